@@ -1,0 +1,16 @@
+"""The project's error types. User mistakes raise these with a one-line message that names the
+file or option, the offending value, and the fix; the CLI prints them without a traceback."""
+
+from __future__ import annotations
+
+
+class DiffusegError(ValueError):
+    """A user-facing error: bad file, shape, config value or option."""
+
+
+class DataError(DiffusegError):
+    """A file or dataset folder that cannot be read or is inconsistent."""
+
+
+class ConfigError(DiffusegError):
+    """A configuration key or value that does not exist or is out of range."""
