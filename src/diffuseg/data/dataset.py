@@ -1,0 +1,405 @@
+"""The dataset folder: nnU-Net v2's raw layout extended with several raters per case.
+
+::
+
+    root/
+      dataset.json                 channel_names, labels, numTraining, file_ending, raters, ...
+      imagesTr/{case}_{XXXX}.ext   one file per channel, XXXX = 0000, 0001, ...
+      labelsTr/{case}.ext          one rater   (raters == 1)
+      labelsTr/{case}_r{k}.ext     rater k = 0..R-1 (raters == R > 1)
+      imagesTs/{case}_{XXXX}.ext   optional, unlabelled (labelsTs/ with the same naming if any)
+      splits.json                  optional {"train": [...], "val": [...], "test": [...]}
+
+Full description: docs/dataset_format.md. Splits are drawn by group (patient), so that no patient
+is in two folds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffuseg.errors import ConfigError, DataError
+from diffuseg.io import NIFTI_ENDINGS, Geometry, read_image, read_mask, write_image, write_mask
+
+DATASET_ENDINGS = (".png", ".tif", ".tiff", ".nii.gz", ".nii")
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_KNOWN_KEYS = ("channel_names", "labels", "numTraining", "file_ending", "raters", "spatial_dims",
+               "groups", "name")
+
+
+@dataclass
+class DatasetInfo:
+    """The parsed ``dataset.json``; unknown keys are kept in ``extra`` and written back."""
+
+    channel_names: dict[str, str]
+    labels: dict[str, int]
+    num_training: int
+    file_ending: str
+    raters: int = 1
+    spatial_dims: int = 2
+    groups: dict[str, str] = field(default_factory=dict)
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def label_values(self) -> tuple[int, ...]:
+        return tuple(sorted(self.labels.values()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> DatasetInfo:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"'{path}' does not exist; every dataset folder needs a dataset.json "
+                            "(see docs/dataset_format.md)")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"'{path}' is not valid JSON ({err}); fix the syntax") from None
+        return cls.from_dict(data, where=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "dataset.json") -> DatasetInfo:
+        if not isinstance(data, dict):
+            raise DataError(f"'{where}' must hold a JSON object, got {type(data).__name__}")
+        missing = [k for k in ("channel_names", "labels", "numTraining", "file_ending")
+                   if k not in data]
+        if missing:
+            raise DataError(f"'{where}' lacks {missing}; see docs/dataset_format.md for an example")
+        ending = data["file_ending"]
+        if ending not in DATASET_ENDINGS:
+            raise DataError(f"'{where}': file_ending {ending!r} is not one of {DATASET_ENDINGS} "
+                            "(JPEG would blur mask labels)")
+        spatial_default = 3 if ending in NIFTI_ENDINGS else 2
+        info = cls(
+            channel_names=_channel_names(data["channel_names"], where),
+            labels=_labels(data["labels"], where),
+            num_training=_integer(data, "numTraining", where, 0, None),
+            file_ending=ending,
+            raters=_integer(data, "raters", where, 1, 1),
+            spatial_dims=_integer(data, "spatial_dims", where, 2, spatial_default),
+            groups=_groups(data.get("groups", {}), where),
+            name=str(data.get("name", "")),
+            extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
+        )
+        if info.spatial_dims not in (2, 3):
+            raise DataError(f"'{where}': spatial_dims={info.spatial_dims} must be 2 or 3")
+        return info
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name} if self.name else {}
+        data.update(channel_names=self.channel_names, labels=self.labels,
+                    numTraining=self.num_training, file_ending=self.file_ending,
+                    raters=self.raters, spatial_dims=self.spatial_dims)
+        if self.groups:
+            data["groups"] = self.groups
+        return {**data, **self.extra}
+
+
+def _integer(data: dict, key: str, where: str, low: int, default: int | None) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise DataError(f"'{where}': {key}={value!r} must be an integer >= {low}; write it as a "
+                        "JSON number")
+    return value
+
+
+def _channel_names(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not value:
+        raise DataError(f"'{where}': channel_names must be an object like {{\"0\": \"CT\"}}")
+    keys = sorted(value, key=lambda k: int(k) if str(k).isdigit() else -1)
+    if keys != [str(i) for i in range(len(keys))]:
+        raise DataError(f"'{where}': channel_names keys {keys} must be \"0\", \"1\", ... in order")
+    return {k: str(value[k]) for k in keys}
+
+
+def _labels(value: Any, where: str) -> dict[str, int]:
+    if not isinstance(value, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+        raise DataError(f"'{where}': labels must map names to integers, e.g. "
+                        "{\"background\": 0, \"lesion\": 1} (region lists are not supported)")
+    if sorted(value.values()) != list(range(len(value))):
+        raise DataError(f"'{where}': label values {sorted(value.values())} must be 0..K-1 with "
+                        "background 0; renumber the labels")
+    return dict(value)
+
+
+def _groups(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, (str, int)) for v in value.values()):
+        raise DataError(f"'{where}': groups must map case ids to patient ids, e.g. "
+                        "{\"case_001\": \"patient_07\"}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# cases
+
+
+@dataclass
+class CaseData:
+    case_id: str
+    image: np.ndarray  # [C, *spatial] float32
+    raters: np.ndarray  # [R, *spatial] int64 labels (R = 0 for unlabelled cases)
+    geometry: Geometry
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    image_paths: tuple[Path, ...]  # one per channel file
+    label_paths: tuple[Path, ...]  # one per rater; empty when unlabelled
+    group: str  # patient id; splits never divide a group
+    labels: tuple[int, ...] = (0, 1)
+    spatial_dims: int = 2
+    n_channels: int = 1
+
+    def load(self) -> CaseData:
+        """Read all channels and raters; refuses channel counts or shapes that disagree."""
+        parts = [_fit_dims(*read_image(p), self.spatial_dims, p) for p in self.image_paths]
+        geometry = parts[0][1]
+        for path, (array, _) in zip(self.image_paths, parts, strict=True):
+            self._same_grid(path, array.shape[1:], geometry)
+        image = np.concatenate([array for array, _ in parts])
+        if image.shape[0] != self.n_channels:
+            raise DataError(f"case '{self.case_id}' has {image.shape[0]} image channels but "
+                            f"channel_names lists {self.n_channels}; fix dataset.json or the files")
+        raters = []
+        for path in self.label_paths:
+            mask, mask_geometry = read_mask(path, labels=self.labels)
+            mask = _fit_dims(mask[None], mask_geometry, self.spatial_dims, path)[0][0]
+            self._same_grid(path, mask.shape, geometry)
+            raters.append(mask)
+        stacked = np.stack(raters) if raters else np.zeros((0, *geometry.shape), np.int64)
+        return CaseData(self.case_id, image, stacked, geometry)
+
+    def _same_grid(self, path: Path, shape: tuple[int, ...], geometry: Geometry) -> None:
+        if tuple(shape) != geometry.shape:
+            raise DataError(f"'{path}' has shape {tuple(shape)} but '{self.image_paths[0]}' has "
+                            f"{geometry.shape}; the files of a case must share one grid")
+
+
+def _fit_dims(array: np.ndarray, geometry: Geometry, spatial_dims: int,
+              path: Path) -> tuple[np.ndarray, Geometry]:
+    """Drop a trailing singleton axis of a 3D file in a 2D dataset; refuse other mismatches."""
+    if geometry.spatial_dims == spatial_dims:
+        return array, geometry
+    if spatial_dims == 2 and geometry.spatial_dims == 3 and geometry.shape[2] == 1:
+        flat = replace(geometry, shape=geometry.shape[:2], spacing=geometry.spacing[:2])
+        return array[..., 0], flat
+    raise DataError(f"'{path}' is {geometry.spatial_dims}D {geometry.shape} but dataset.json "
+                    f"says spatial_dims={spatial_dims}; fix spatial_dims or the file")
+
+
+@dataclass
+class ScanResult:
+    cases: list[Case]
+    errors: list[str]
+    warnings: list[str]
+    found: list[str] = field(default_factory=list)  # every case id seen, errors included
+
+
+def scan_cases(root: Path, info: DatasetInfo, images: str = "imagesTr",
+               labels: str = "labelsTr", labels_required: bool = True) -> ScanResult:
+    """List the cases of ``root/images`` with their files, collecting (not raising) problems.
+    Without ``labels_required`` (imagesTs) a case whose masks are not all present is unlabelled."""
+    result = ScanResult([], [], [])
+    label_folder = root / labels
+    if labels_required and not label_folder.is_dir():
+        result.errors.append(f"'{root}' has no {labels}/ folder; add the masks there")
+        return result
+    expected_labels: set[Path] = set()
+    channels = _channel_files(root / images, info.file_ending, result)
+    result.found = sorted(channels)
+    for case_id, files in channels.items():
+        label_paths = _label_paths(label_folder, case_id, info)
+        expected_labels.update(label_paths)
+        rgb_in_one = info.file_ending not in NIFTI_ENDINGS and info.n_channels == 3 and set(
+            files) == {0}
+        if set(files) != set(range(info.n_channels)) and not rgb_in_one:
+            result.errors.append(f"case '{case_id}' has channel files {sorted(files)} but "
+                                 f"channel_names lists {info.n_channels}; add or rename the files")
+            continue
+        missing = [p for p in label_paths if not p.is_file()]
+        if missing and labels_required:
+            result.errors.append(f"case '{case_id}' has no mask '{missing[0]}' (raters: "
+                                 f"{info.raters}); add it or remove the case's images")
+            continue
+        result.cases.append(Case(case_id, tuple(files[i] for i in sorted(files)),
+                                 () if missing else label_paths,
+                                 info.groups.get(case_id, case_id), info.label_values,
+                                 info.spatial_dims, info.n_channels))
+    if label_folder.is_dir():
+        stray = sorted(p for p in label_folder.iterdir()
+                       if p not in expected_labels and not p.name.startswith("."))
+        result.warnings += [f"'{p}' matches no case and rater; ignored" for p in stray]
+    return result
+
+
+def _channel_files(folder: Path, ending: str, result: ScanResult) -> dict[str, dict[int, Path]]:
+    channels: dict[str, dict[int, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        match = _CHANNEL_FILE.match(path.name[: -len(ending)]) if path.name.endswith(ending) \
+            else None
+        if match is None:
+            result.warnings.append(f"'{path}' is not named {{case}}_{{XXXX}}{ending}; ignored")
+            continue
+        channels.setdefault(match["case"], {})[int(match["channel"])] = path
+    return channels
+
+
+def _label_paths(folder: Path, case_id: str, info: DatasetInfo) -> tuple[Path, ...]:
+    if info.raters == 1:
+        return (folder / f"{case_id}{info.file_ending}",)
+    return tuple(folder / f"{case_id}_r{k}{info.file_ending}" for k in range(info.raters))
+
+
+@dataclass
+class Dataset:
+    root: Path
+    info: DatasetInfo
+    cases: list[Case]  # imagesTr, each with all raters' masks
+    test_cases: list[Case] = field(default_factory=list)  # imagesTs (masks from labelsTs if any)
+
+    @classmethod
+    def open(cls, root: str | Path) -> Dataset:
+        """List the cases; raises DataError on the first problem that stops loading."""
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"dataset folder '{root}' does not exist; check the path")
+        info = DatasetInfo.load(root / "dataset.json")
+        if not (root / "imagesTr").is_dir():
+            raise DataError(f"'{root}' has no imagesTr/ folder; see docs/dataset_format.md")
+        train = scan_cases(root, info)
+        if train.errors:
+            more = f" (and {len(train.errors) - 1} more)" if len(train.errors) > 1 else ""
+            raise DataError(f"{train.errors[0]}{more}; run `diffuseg check {root}` for all")
+        if len(train.cases) != info.num_training:
+            raise DataError(f"'{root}/dataset.json' says numTraining={info.num_training} but "
+                            f"imagesTr holds {len(train.cases)} cases; fix numTraining")
+        test = scan_cases(root, info, "imagesTs", "labelsTs", labels_required=False).cases \
+            if (root / "imagesTs").is_dir() else []
+        return cls(root, info, train.cases, test)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def case(self, case_id: str) -> Case:
+        for case in (*self.cases, *self.test_cases):
+            if case.case_id == case_id:
+                return case
+        raise DataError(f"case '{case_id}' is not in '{self.root}'; check the case id")
+
+
+def write_dataset(root: str | Path,
+                  cases: Iterable[tuple[str, np.ndarray, np.ndarray, Geometry]],
+                  info: DatasetInfo, *, overwrite: bool = False) -> Path:
+    """Write ``(case_id, image [C,*sp], raters [R,*sp], geometry)`` items and dataset.json
+    (numTraining counted). An existing non-empty folder is refused unless ``overwrite``, which
+    removes only what this function writes (imagesTr, labelsTr, dataset.json, splits.json)."""
+    root = Path(root)
+    if root.is_dir() and any(root.iterdir()):
+        if not overwrite:
+            raise DataError(f"'{root}' exists and is not empty; choose a new folder or pass "
+                            "overwrite=True (CLI: --overwrite)")
+        for name in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            shutil.rmtree(root / name, ignore_errors=True)
+        for name in ("dataset.json", "splits.json"):
+            (root / name).unlink(missing_ok=True)
+    seen: set[str] = set()
+    for case_id, image, raters, geometry in cases:
+        _check_item(case_id, np.asarray(image), np.asarray(raters), info, seen)
+        for c in range(image.shape[0]):
+            write_image(root / "imagesTr" / f"{case_id}_{c:04d}{info.file_ending}",
+                        image[c:c + 1], geometry)
+        for path, mask in zip(_label_paths(root / "labelsTr", case_id, info), raters, strict=True):
+            write_mask(path, mask, geometry)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    info = replace(info, num_training=len(seen))
+    (root / "dataset.json").write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    return root
+
+
+def _check_item(case_id: str, image: np.ndarray, raters: np.ndarray, info: DatasetInfo,
+                seen: set[str]) -> None:
+    if not case_id or "/" in case_id or "\\" in case_id or case_id in seen:
+        raise DataError(f"case id {case_id!r} is empty, holds a path separator or repeats; "
+                        "give each case a unique plain name")
+    seen.add(case_id)
+    want = (info.n_channels, info.raters, info.spatial_dims)
+    got = (image.shape[0], raters.shape[0], image.ndim - 1)
+    if got != want or raters.shape[1:] != image.shape[1:]:
+        raise DataError(f"case '{case_id}': image {image.shape} and raters {raters.shape} do not "
+                        f"match dataset.json (channels, raters, spatial_dims) = {want}")
+
+
+# ---------------------------------------------------------------------------------------------
+# splits
+
+
+def make_splits(dataset: Dataset, seed: int = 0,
+                fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, list[str]]:
+    """Split by group (patient): groups are shuffled with ``seed`` and cut into train/val/test
+    with ``round(f * n_groups)`` groups for val and test (at least one each when its fraction is
+    positive and there are enough groups), train takes the rest. Case lists are sorted."""
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"split fractions {fractions} must be three non-negative numbers "
+                          "summing to 1 (train, val, test)")
+    groups = sorted({case.group for case in dataset.cases})
+    order = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+    n = len(groups)
+    sizes = [max(round(f * n), 1) if f > 0 and n >= 3 else round(f * n) for f in fractions[1:]]
+    n_val, n_test = sizes[0], min(sizes[1], n - sizes[0])
+    fold_of = {g: "val" for g in order[:n_val]}
+    fold_of.update({g: "test" for g in order[n_val:n_val + n_test]})
+    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for case in dataset.cases:
+        splits[fold_of.get(case.group, "train")].append(case.case_id)
+    return {fold: sorted(ids) for fold, ids in splits.items()}
+
+
+def save_splits(root: str | Path, splits: dict[str, list[str]]) -> Path:
+    path = Path(root) / "splits.json"
+    path.write_text(json.dumps(splits, indent=2) + "\n")
+    return path
+
+
+def load_splits(root: str | Path, dataset: Dataset | None = None, *, seed: int = 0,
+                fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+                ) -> dict[str, list[str]]:
+    """The user's ``splits.json`` when present (validated), else ``make_splits`` (not saved)."""
+    root = Path(root)
+    dataset = dataset or Dataset.open(root)
+    path = root / "splits.json"
+    if not path.is_file():
+        return make_splits(dataset, seed, fractions)
+    try:
+        splits = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"'{path}' is not valid JSON ({err}); fix it or delete it") from None
+    if not isinstance(splits, dict) or "train" not in splits or not set(splits) <= {
+            "train", "val", "test"} or not all(
+            isinstance(v, list) and all(isinstance(c, str) for c in v) for v in splits.values()):
+        raise DataError(f"'{path}' must look like {{\"train\": [ids], \"val\": [ids], \"test\": "
+                        "[ids]}; fix it or delete it to split by patient automatically")
+    known = {case.case_id for case in dataset.cases}
+    listed = [c for ids in splits.values() for c in ids]
+    unknown = sorted(set(listed) - known)
+    if unknown:
+        raise DataError(f"'{path}' names cases not in imagesTr: {unknown[:5]}; fix or delete it")
+    if len(listed) != len(set(listed)):
+        twice = sorted({c for c in listed if listed.count(c) > 1})
+        raise DataError(f"'{path}' lists cases in more than one place: {twice[:5]}; fix it")
+    return {fold: list(splits.get(fold, [])) for fold in ("train", "val", "test")}
