@@ -1,0 +1,436 @@
+"""``diffuseg evaluate``: score a prediction folder against the raters of a dataset folder.
+
+For every case folder ``PRED_DIR/<case>/`` (written by ``diffuseg.outputs.write_result``) whose
+name is a labelled case of the dataset, the evaluator reads the samples, the consensus, the mean
+probability and the variance map, and compares them with the case's R rater masks:
+
+- consensus vs the raters' majority mask Y_maj (per pixel most frequent label, ties to the higher
+  label so that a 2-of-4 split is foreground): Dice, IoU, HD95 and ASSD per foreground label, the
+  surface distances in the physical units of the dataset's geometry (mm; pixels for PNG);
+- samples vs raters: GED (squared form, d = 1 - IoU) with the first n samples for each n of
+  ``n_samples_list`` (all of them when fewer were drawn; the count used is recorded), HM-IoU and
+  the CI score with its three components on the first ``n_samples_list[0]`` samples, S_NCC on the
+  first ``max(n_samples_list)``;
+- calibration: ECE of the mean foreground probability p_bar against the rater-mean mask
+  m = (1/R) sum_k [y_k > 0] (10 bins, all pixels), and the uncertainty-error overlap
+  UEO = Dice(v / v_max > 1/2, consensus != Y_maj) of the variance map v, with v_max = 1/4 for a
+  binary foreground (p(1 - p) <= 1/4) and 1 - 1/K for K labels.
+
+Formulas and empty-mask rules: ``diffuseg.metrics`` and its ``CONVENTIONS``. The results go to
+``OUT/summary.json`` in nnU-Net's shape (conventions, then means, then per case) and a
+self-contained ``OUT/report.html``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffuseg.data import Case, CaseData, Dataset
+from diffuseg.data.loader import majority
+from diffuseg.errors import ConfigError, DataError
+from diffuseg.io import PROBABILITY_PNG_SCALE, Geometry, file_ending, read_image, read_mask
+from diffuseg.metrics import (
+    CONVENTIONS,
+    assd,
+    ci_score,
+    dice,
+    ece,
+    ged,
+    hd95,
+    hm_iou,
+    iou,
+    reliability_curve,
+    s_ncc_categorical,
+    uncertainty_error_overlap,
+)
+
+PRED_ENDINGS = (".png", ".nii.gz", ".nii")
+N_BINS = 10  # reliability / ECE bins, as in CONVENTIONS["ece"]
+UEO_THRESHOLD = 0.5  # on the variance divided by its largest possible value
+MAX_OVERLAYS = 24  # per-case figures in the report (the worst cases by Dice when there are more)
+EVALUATION_CONVENTIONS: dict[str, str] = {
+    "reference": "consensus metrics against the raters' majority mask (most frequent label per "
+    "pixel, ties to the higher label); distribution metrics against all raters",
+    "ece_target": "rater-mean foreground mask (fraction of raters marking the pixel), all pixels",
+    "uncertainty_error_overlap": "Dice(variance / v_max > 0.5, consensus != majority), v_max = "
+    "0.25 (binary) or 1 - 1/K; 1 when neither errors nor uncertain pixels",
+    "multi_class_evaluation": "Dice/IoU/HD95/ASSD per foreground label ('dice_1', ...) and "
+    "their mean ('dice'); GED and HM-IoU average 1 - IoU over labels; CI on the foreground "
+    "(label > 0)",
+    "aggregation": "mean and population std (ddof=0) over cases; NaN values (e.g. HD95 with one "
+    "mask empty) are left out of the mean and counted in 'n_nan'; null in JSON",
+}
+
+
+@dataclass
+class Prediction:
+    """One case folder of ``diffuseg predict``."""
+
+    case_dir: Path
+    samples: np.ndarray  # [S, *spatial] int64 labels
+    consensus: np.ndarray  # [*spatial] int64 labels
+    probability: np.ndarray  # [*spatial] float64 mean foreground probability in [0, 1]
+    variance: np.ndarray  # [*spatial] float64
+    geometry: Geometry
+    info: dict[str, Any]  # result.json ({} when absent)
+
+
+# ---------------------------------------------------------------------------------------------
+# the API
+
+
+def evaluate(pred_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path, *,
+             n_samples_list: Sequence[int] = (16, 100), report: bool = True,
+             max_overlays: int = MAX_OVERLAYS) -> dict[str, Any]:
+    """Score every prediction case folder that names a labelled dataset case; write
+    ``out_dir/summary.json`` (and ``out_dir/report.html`` with ``report``); return the summary."""
+    n_samples_list = _check_sample_counts(n_samples_list)
+    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    dataset = Dataset.open(dataset_dir)
+    cases, unmatched = match_cases(pred_dir, dataset)
+    labels = dataset.info.label_values
+    per_case, curves = [], []
+    for case in cases:
+        pred = load_prediction(pred_dir / case.case_id, labels)
+        data = case.load()
+        _check_grid(pred, data)
+        metrics, curve = case_metrics(pred, data, labels, n_samples_list)
+        per_case.append({"case": case.case_id, **metrics})
+        curves.append(curve)
+    summary = build_summary(per_case, n_samples_list, run_of(pred_dir, cases),
+                            unmatched=unmatched, reliability=pool_curves(curves))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    if report:
+        write_report(out_dir / "report.html", summary, pred_dir, cases, labels, max_overlays)
+    return summary
+
+
+def _check_sample_counts(n_samples_list: Sequence[int]) -> tuple[int, ...]:
+    counts = tuple(int(n) for n in n_samples_list)
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"n_samples_list={list(n_samples_list)} must list sample counts >= 1, "
+                          "e.g. 16 100")
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# finding and reading the predictions
+
+
+def match_cases(pred_dir: Path, dataset: Dataset) -> tuple[list[Case], list[str]]:
+    """The labelled dataset cases that have a case folder in ``pred_dir`` (sorted by id), and the
+    names of the case folders that match no labelled case."""
+    if not pred_dir.is_dir():
+        raise DataError(f"prediction folder '{pred_dir}' does not exist; give the -o folder of "
+                        "'diffuseg predict'")
+    folders = sorted(p.name for p in pred_dir.iterdir()
+                     if p.is_dir() and not p.name.startswith("."))
+    labelled = {c.case_id: c for c in (*dataset.cases, *dataset.test_cases) if c.label_paths}
+    if not folders:
+        raise DataError(f"prediction folder '{pred_dir}' holds no case folders; run 'diffuseg "
+                        f"predict RUN -i {dataset.root}/imagesTr -o {pred_dir}' first")
+    matched = [labelled[name] for name in folders if name in labelled]
+    if not matched:
+        raise DataError(f"no case folder of '{pred_dir}' ({_few(folders)}) is a labelled case of "
+                        f"'{dataset.root}' ({_few(sorted(labelled))}); predict that dataset's "
+                        "images or pick the matching dataset")
+    return matched, [name for name in folders if name not in labelled]
+
+
+def _few(names: Sequence[str], n: int = 3) -> str:
+    shown = ", ".join(names[:n])
+    return f"{shown}, ... {len(names)} in all" if len(names) > n else shown or "none"
+
+
+def load_prediction(case_dir: Path, labels: Sequence[int]) -> Prediction:
+    """Read ``sample_XX``, ``consensus``, ``probability`` and ``variance`` of one case folder."""
+    ending = _prediction_ending(case_dir)
+    samples = sorted(case_dir.glob(f"sample_*{ending}"), key=_sample_index)
+    if not samples:
+        raise DataError(f"'{case_dir}' has no sample_XX{ending} files; re-run 'diffuseg predict' "
+                        "for this case")
+    consensus, geometry = read_mask(case_dir / f"consensus{ending}", labels=labels)
+    stack = np.stack([read_mask(p, labels=labels)[0] for p in samples])
+    info_path = case_dir / "result.json"
+    return Prediction(
+        case_dir=case_dir,
+        samples=stack,
+        consensus=consensus,
+        probability=_unit_interval(read_float_map(_required(case_dir / f"probability{ending}")),
+                                   case_dir / f"probability{ending}"),
+        variance=read_float_map(_required(case_dir / f"variance{ending}")),
+        geometry=geometry,
+        info=json.loads(info_path.read_text()) if info_path.is_file() else {},
+    )
+
+
+def _prediction_ending(case_dir: Path) -> str:
+    for ending in PRED_ENDINGS:
+        if (case_dir / f"consensus{ending}").is_file():
+            return ending
+    raise DataError(f"'{case_dir}' has no consensus.png or consensus.nii.gz; it is not an output "
+                    "folder of 'diffuseg predict' (move it out of the prediction folder)")
+
+
+def _sample_index(path: Path) -> int:
+    match = re.match(r"sample_(\d+)", path.name)
+    return int(match[1]) if match else -1
+
+
+def _required(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"'{path}' is missing; re-run 'diffuseg predict' for this case")
+    return path
+
+
+def read_float_map(path: Path) -> np.ndarray:
+    """A float map ``[*spatial]`` written by ``io.write_probability``: NIfTI/TIFF as stored,
+    PNG as value / PROBABILITY_PNG_SCALE (the writer stored round(scale * p))."""
+    array, _ = read_image(path)
+    values = array[0].astype(np.float64)
+    return values / PROBABILITY_PNG_SCALE if file_ending(path) == ".png" else values
+
+
+def _unit_interval(values: np.ndarray, path: Path, tol: float = 1e-4) -> np.ndarray:
+    """Probabilities clipped to [0, 1] (float32 rounding); refuses values clearly outside."""
+    if values.size and (not np.isfinite(values).all() or values.min() < -tol
+                        or values.max() > 1 + tol):
+        raise DataError(f"'{path}' holds values in [{values.min():g}, {values.max():g}], not "
+                        "probabilities in [0, 1]; re-run 'diffuseg predict' for this case")
+    return np.clip(values, 0.0, 1.0)
+
+
+def _check_grid(pred: Prediction, data: CaseData) -> None:
+    if pred.consensus.shape != data.geometry.shape:
+        raise DataError(f"'{pred.case_dir}' holds masks of shape {pred.consensus.shape} but case "
+                        f"'{data.case_id}' has shape {data.geometry.shape}; predictions must be "
+                        "written in the input's geometry")
+    if len(data.raters) == 0:
+        raise DataError(f"case '{data.case_id}' has no rater masks; evaluate labelled cases only")
+
+
+def run_of(pred_dir: Path, cases: Sequence[Case]) -> str | None:
+    """The run folder named by the cases' result.json (key "run"), or None."""
+    runs = set()
+    for case in cases:
+        path = pred_dir / case.case_id / "result.json"
+        if path.is_file():
+            run = json.loads(path.read_text()).get("run")
+            runs.add(str(run) if run else None)
+    runs.discard(None)
+    if len(runs) > 1:
+        raise DataError(f"the cases of '{pred_dir}' come from {len(runs)} runs "
+                        f"({_few(sorted(runs))}); evaluate one run's predictions at a time")
+    return runs.pop() if runs else None
+
+
+def config_hash(run: str | None) -> str | None:
+    """sha256 of the run's config.json bytes; None without a run or without its config.json."""
+    path = Path(run) / "config.json" if run else None
+    if path is None or not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# per-case metrics
+
+
+def case_metrics(pred: Prediction, data: CaseData, labels: Sequence[int],
+                 n_samples_list: Sequence[int]) -> tuple[dict[str, Any], dict[str, list]]:
+    """All metrics of one case, and its reliability curve (for the pooled diagram)."""
+    raters = np.asarray(data.raters, dtype=np.int64)
+    reference = majority(raters, len(labels))
+    foreground = [lbl for lbl in labels if lbl != 0]
+    metrics: dict[str, Any] = {"n_samples": int(len(pred.samples)), "n_raters": int(len(raters))}
+    metrics.update(consensus_metrics(pred.consensus, reference, foreground, data.geometry.spacing))
+    metrics.update(distribution_metrics(pred.samples, raters, foreground, n_samples_list))
+    metrics.update(calibration_metrics(pred, raters, reference, len(labels), n_samples_list))
+    target = (raters > 0).mean(axis=0)
+    return metrics, reliability_curve(pred.probability, target, N_BINS)
+
+
+def consensus_metrics(consensus: np.ndarray, reference: np.ndarray, foreground: Sequence[int],
+                      spacing: Sequence[float]) -> dict[str, float]:
+    """Dice, IoU, HD95, ASSD of each foreground label; with several labels, ``name_<label>`` per
+    label and ``name`` their mean (NaNs left out)."""
+    functions = {"dice": dice, "iou": iou, "hd95": partial(hd95, spacing=spacing),
+                 "assd": partial(assd, spacing=spacing)}
+    out: dict[str, float] = {}
+    for name, fn in functions.items():
+        values = {lbl: fn(consensus == lbl, reference == lbl) for lbl in foreground}
+        if len(values) > 1:
+            out.update({f"{name}_{lbl}": v for lbl, v in values.items()})
+        out[name] = _nanmean(list(values.values()))
+    return out
+
+
+def distribution_metrics(samples: np.ndarray, raters: np.ndarray, foreground: Sequence[int],
+                         n_samples_list: Sequence[int]) -> dict[str, Any]:
+    """GED with the first n samples for each n, HM-IoU and CI with the first ``n_samples_list[0]``;
+    ``samples_used`` records how many were available for each metric."""
+    by_label = {"labels": list(foreground)} if len(foreground) > 1 else {}
+    s = samples if by_label else samples > 0
+    y = raters if by_label else raters > 0
+    out: dict[str, Any] = {}
+    used: dict[str, int] = {}
+    for n in n_samples_list:
+        out[f"ged_{n}"] = float(ged(s[:n], y, **by_label)["ged"])
+        used[f"ged_{n}"] = int(len(s[:n]))
+    n = n_samples_list[0]
+    out[f"hm_iou_{n}"] = float(hm_iou(s[:n], y, **by_label))
+    used[f"hm_iou_{n}"] = used[f"ci_{n}"] = int(len(s[:n]))
+    out.update(_ci(samples[:n] > 0, raters > 0, n))
+    out["samples_used"] = used
+    return out
+
+
+def _ci(samples: np.ndarray, raters: np.ndarray, n: int) -> dict[str, float]:
+    """The CI score and its components; NaN when fewer than 2 samples or 2 raters."""
+    keys = ("ci", "combined_sensitivity", "max_dice", "diversity_agreement")
+    names = [f"ci_{n}"] + [f"ci_{n}_{k}" for k in keys[1:]]
+    if len(samples) < 2 or len(raters) < 2:
+        return dict.fromkeys(names, math.nan)
+    score = ci_score(samples, raters)
+    return {name: float(score[key]) for name, key in zip(names, keys, strict=True)}
+
+
+def calibration_metrics(pred: Prediction, raters: np.ndarray, reference: np.ndarray,
+                        num_labels: int, n_samples_list: Sequence[int]) -> dict[str, float]:
+    """ECE (p_bar vs rater mean), S_NCC (one-hot samples and raters), uncertainty-error overlap."""
+    target = (raters > 0).mean(axis=0)
+    k = max(num_labels, 2)
+    samples = pred.samples[: max(n_samples_list)]
+    one_hot_s = (samples[:, None] == np.arange(k).reshape(1, k, *[1] * samples[0].ndim))
+    one_hot_y = (raters[:, None] == np.arange(k).reshape(1, k, *[1] * raters[0].ndim))
+    v_max = 0.25 if num_labels <= 2 else 1.0 - 1.0 / num_labels
+    errors = pred.consensus != reference
+    return {
+        "ece": ece(pred.probability, target, N_BINS),
+        "s_ncc": s_ncc_categorical(one_hot_s.astype(np.float64), one_hot_y.astype(np.float64)),
+        # pred = the error map, target = nothing: P xor T is then the error map itself
+        "uncertainty_error_overlap": uncertainty_error_overlap(
+            pred.variance / v_max, errors, np.zeros_like(errors), UEO_THRESHOLD),
+    }
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregation
+
+
+METADATA_KEYS = ("case", "n_samples", "n_raters", "samples_used")
+
+
+def aggregate(per_case: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
+    """``{metric: {"mean", "std", "n", "n_nan"}}`` over cases; NaN/None values are left out of
+    mean and std (population, ddof = 0) and counted in ``n_nan``."""
+    names = [k for k in per_case[0] if k not in METADATA_KEYS] if per_case else []
+    out: dict[str, dict[str, float | int | None]] = {}
+    for name in names:
+        values = [c.get(name) for c in per_case]
+        finite = [float(v) for v in values if v is not None and not math.isnan(v)]
+        out[name] = {
+            "mean": float(np.mean(finite)) if finite else None,
+            "std": float(np.std(finite)) if finite else None,
+            "n": len(finite),
+            "n_nan": len(values) - len(finite),
+        }
+    return out
+
+
+def build_summary(per_case: list[dict[str, Any]], n_samples_list: Sequence[int],
+                  run: str | None, *, unmatched: Sequence[str] = (),
+                  reliability: dict[str, list] | None = None) -> dict[str, Any]:
+    """nnU-Net's summary.json shape: conventions and provenance, "mean" first, then "per_case"."""
+    available = [c["n_samples"] for c in per_case]
+    conventions = {
+        **CONVENTIONS,
+        **EVALUATION_CONVENTIONS,
+        "n_samples_requested": list(n_samples_list),
+        "n_samples_available": {"min": min(available), "max": max(available)},
+        "reliability_bins": N_BINS,
+    }
+    clean = [_json_safe(c) for c in per_case]
+    return {"conventions": conventions, "run": run, "config_hash": config_hash(run),
+            "n_cases": len(per_case), "unmatched_predictions": list(unmatched),
+            "reliability": reliability, "mean": aggregate(clean), "per_case": clean}
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities -> None (strict JSON), recursively; NumPy scalars -> Python."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def pool_curves(curves: Sequence[dict[str, list]]) -> dict[str, list]:
+    """One reliability curve over the pixels of all cases: counts and per-bin sums add up."""
+    counts = np.sum([c["counts"] for c in curves], axis=0)
+    sums = {}
+    for key in ("mean_predicted", "mean_observed"):
+        parts = [np.nan_to_num(np.asarray(c[key], dtype=np.float64)) * np.asarray(c["counts"])
+                 for c in curves]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sums[key] = np.sum(parts, axis=0) / counts
+    total = max(int(counts.sum()), 1)
+    gap = np.nan_to_num(np.abs(sums["mean_predicted"] - sums["mean_observed"])) * counts
+    return _json_safe({"bin_centres": curves[0]["bin_centres"], **{k: v.tolist() for k, v in
+                       sums.items()}, "counts": counts.astype(int).tolist(),
+                       "ece": float(gap.sum() / total)})
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def overlay_cases(per_case: Sequence[dict[str, Any]], max_overlays: int) -> list[str]:
+    """All cases when they are few, else the ``max_overlays`` worst by consensus Dice."""
+    if len(per_case) <= max_overlays:
+        return [c["case"] for c in per_case]
+    return [c["case"] for c in worst_cases(per_case, max_overlays)]
+
+
+def worst_cases(per_case: Sequence[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The n cases of lowest consensus Dice (cases without a Dice last)."""
+    def key(c: dict[str, Any]) -> tuple[bool, float]:
+        return (c.get("dice") is None, c.get("dice") or 0.0)
+
+    return sorted(per_case, key=key)[:n]
+
+
+def write_report(path: Path, summary: dict[str, Any], pred_dir: Path, cases: Sequence[Case],
+                 labels: Sequence[int], max_overlays: int = MAX_OVERLAYS) -> Path:
+    """Render the figures (re-reading the cases that get an overlay) and write report.html."""
+    from diffuseg.report import build_report, overlay_figure
+
+    by_id = {c.case_id: c for c in cases}
+    overlays = {}
+    for case_id in overlay_cases(summary["per_case"], max_overlays):
+        pred = load_prediction(pred_dir / case_id, labels)
+        data = by_id[case_id].load()
+        overlays[case_id] = overlay_figure(data.image, data.raters, pred.samples, pred.consensus,
+                                           pred.variance)
+    path.write_text(build_report(summary, overlays, title=f"diffuseg evaluation: {pred_dir}"))
+    return path

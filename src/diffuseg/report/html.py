@@ -1,0 +1,164 @@
+"""The self-contained evaluation report: one HTML file, images inline as base64 PNG, inline CSS,
+no scripts and no external resources. Every piece of text from the data is escaped
+(``html.escape``); each function below renders one part of the page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from diffuseg.report.plots import metric_boxplots, reliability_diagram
+
+N_WORST = 10
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+img { max-width: 100%; height: auto; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.case { margin: 1em 0; padding-top: 0.3em; }
+.metrics { font-size: 0.85em; color: #444; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; font-size: 0.85em; }
+dt { font-weight: 600; } dd { margin: 0; }
+"""
+
+
+def build_report(summary: Mapping[str, Any], overlays: Mapping[str, bytes], *,
+                 title: str = "diffuseg evaluation") -> str:
+    """The whole page from a summary (``diffuseg.evaluation.build_summary``) and per-case overlay
+    PNGs keyed by case id (cases without one are listed but not pictured)."""
+    per_case = list(summary.get("per_case", []))
+    anchors = case_anchors([c["case"] for c in per_case])
+    body = [
+        header(summary, title),
+        conventions(summary.get("conventions", {})),
+        mean_table(summary.get("mean", {})),
+        worst_table(per_case, anchors, overlays),
+        figures(summary, per_case),
+        case_sections(per_case, overlays, anchors),
+    ]
+    return page(title, "\n".join(body))
+
+
+def page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n"
+            "</body>\n</html>\n")
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def img_tag(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+
+
+def fmt(value: Any) -> str:
+    """Numbers with 4 significant digits; None/NaN as an en dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "&ndash;"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return esc(value)
+
+
+def case_anchors(case_ids: Sequence[str]) -> dict[str, str]:
+    """An HTML id for each case: ``case-<index>-<id with unsafe characters as _>``."""
+    return {cid: f"case-{i}-{re.sub(r'[^A-Za-z0-9_.-]', '_', cid)}"
+            for i, cid in enumerate(case_ids)}
+
+
+def header(summary: Mapping[str, Any], title: str) -> str:
+    rows = {
+        "cases": summary.get("n_cases"),
+        "run": summary.get("run"),
+        "config sha256": summary.get("config_hash"),
+        "samples requested": summary.get("conventions", {}).get("n_samples_requested"),
+        "samples available": summary.get("conventions", {}).get("n_samples_available"),
+    }
+    unmatched = summary.get("unmatched_predictions") or []
+    if unmatched:
+        rows["ignored folders"] = ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10
+                                                              else "")
+    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc('none' if v is None else v)}</dd>"
+                    for k, v in rows.items())
+    return f"<h1>{esc(title)}</h1>\n<dl>{items}</dl>"
+
+
+def mean_table(mean: Mapping[str, Mapping[str, Any]]) -> str:
+    """metric | mean ± std | n | NaN."""
+    rows = "".join(
+        f"<tr><td>{esc(name)}</td><td>{fmt(s.get('mean'))} &plusmn; {fmt(s.get('std'))}</td>"
+        f"<td>{fmt(s.get('n'))}</td><td>{fmt(s.get('n_nan'))}</td></tr>"
+        for name, s in mean.items())
+    return ("<h2>Mean over cases</h2>\n<table><tr><th>metric</th><th>mean &plusmn; std</th>"
+            f"<th>n</th><th>NaN</th></tr>{rows}</table>")
+
+
+WORST_COLUMNS = ("dice", "iou", "hd95", "ged_16", "hm_iou_16", "ece")
+
+
+def worst_table(per_case: Sequence[Mapping[str, Any]], anchors: Mapping[str, str],
+                overlays: Mapping[str, bytes], n: int = N_WORST) -> str:
+    """The n cases of lowest consensus Dice, each linked to its overlay."""
+    ranked = sorted(per_case, key=lambda c: (c.get("dice") is None, c.get("dice") or 0.0))[:n]
+    columns = [c for c in WORST_COLUMNS if any(c in case for case in per_case)]
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    rows = []
+    for rank, case in enumerate(ranked, 1):
+        cid = case["case"]
+        name = (f'<a href="#{esc(anchors[cid])}">{esc(cid)}</a>' if cid in overlays
+                else esc(cid))
+        cells = "".join(f"<td>{fmt(case.get(c))}</td>" for c in columns)
+        rows.append(f"<tr><td>{rank}. {name}</td>{cells}</tr>")
+    return (f"<h2>Worst cases by consensus Dice</h2>\n<table><tr><th>case</th>{head}</tr>"
+            f"{''.join(rows)}</table>")
+
+
+def figures(summary: Mapping[str, Any], per_case: Sequence[Mapping[str, Any]]) -> str:
+    """Box plots of every metric in the mean table, and the pooled reliability diagram."""
+    parts = []
+    boxes = metric_boxplots(per_case, list(summary.get("mean", {})))
+    if boxes is not None:
+        parts.append(img_tag(boxes, "metric distributions over cases"))
+    curve = summary.get("reliability")
+    if curve and sum(curve.get("counts", [])) > 0:
+        parts.append(img_tag(reliability_diagram(curve), "reliability diagram"))
+    return f"<h2>Distributions and calibration</h2>\n<div class=\"figures\">{''.join(parts)}</div>"
+
+
+def case_sections(per_case: Sequence[Mapping[str, Any]], overlays: Mapping[str, bytes],
+                  anchors: Mapping[str, str]) -> str:
+    shown = [c for c in per_case if c["case"] in overlays]
+    note = "" if len(shown) == len(per_case) else (
+        f"<p>Showing the {len(shown)} worst of {len(per_case)} cases by consensus Dice.</p>")
+    sections = "\n".join(case_section(c, overlays[c["case"]], anchors[c["case"]])
+                         for c in shown)
+    return f'<div id="cases">\n<h2>Cases</h2>\n{note}\n{sections}\n</div>'
+
+
+CASE_METRICS = ("dice", "hd95", "assd", "ged_16", "ged_100", "hm_iou_16", "ci_16", "ece",
+                "s_ncc", "uncertainty_error_overlap", "n_samples")
+
+
+def case_section(case: Mapping[str, Any], png: bytes, anchor: str) -> str:
+    """The overlay figure of one case with a line of its main metrics."""
+    cid = case["case"]
+    values = " &middot; ".join(f"{esc(k)} {fmt(case[k])}" for k in CASE_METRICS if k in case)
+    return (f'<section class="case" id="{esc(anchor)}">\n<h3>{esc(cid)}</h3>\n'
+            f'<p class="metrics">{values}</p>\n{img_tag(png, f"overlays of {cid}")}\n</section>')
+
+
+def conventions(conv: Mapping[str, Any]) -> str:
+    """The metric conventions the numbers depend on (also in summary.json)."""
+    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in conv.items())
+    return f"<details><summary>Metric conventions</summary>\n<dl>{items}</dl></details>"
