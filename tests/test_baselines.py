@@ -1,0 +1,171 @@
+"""The uncertainty baselines: deterministic U-Net, MC dropout, deep ensemble."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import diffuseg.methods.baselines  # noqa: F401  (registers "unet", "mc_dropout", "ensemble")
+from diffuseg.config import DataConfig, MethodConfig, NetworkConfig, RunConfig
+from diffuseg.ensemble import summarise
+from diffuseg.errors import ConfigError
+from diffuseg.methods import build_method, one_hot
+from diffuseg.methods.baselines import dice_ce, read_options
+
+SIZE = {2: (16, 16), 3: (8, 8, 8)}
+NAMES = ["unet", "mc_dropout", "ensemble"]
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def config(name: str, spatial_dims: int = 2, num_classes: int = 1, network_dropout: float = 0.0,
+           **options) -> RunConfig:
+    return RunConfig(
+        spatial_dims=spatial_dims, num_classes=num_classes,
+        network=NetworkConfig(channels=(8, 16), attention_levels=(False, True), norm_groups=4,
+                              num_heads=2, dropout=network_dropout),
+        data=DataConfig(patch_size=SIZE[spatial_dims]),
+        method=MethodConfig(name=name, options=options),
+    ).validate()  # fmt: skip
+
+
+def batch(spatial_dims: int, num_classes: int, b: int = 2, seed: int = 0) -> dict:
+    g = gen(seed)
+    sp = SIZE[spatial_dims]
+    labels = torch.randint(0, max(num_classes, 2), (b, 1, *sp), generator=g)
+    return {"image": torch.randn(b, 1, *sp, generator=g), "mask": labels}
+
+
+def build(name: str, *args, seed: int = 0, **kw):
+    torch.manual_seed(seed)  # network initialisation, as training.py does
+    return build_method(config(name, *args, **kw))
+
+
+# ------------------------------------------------------------------------------------------
+# every baseline
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_loss_and_sample_contract(name, spatial_dims, num_classes):
+    method = build(name, spatial_dims, num_classes, members=2) if name == "ensemble" else build(
+        name, spatial_dims, num_classes)
+    data = batch(spatial_dims, num_classes)
+    terms = method.loss(data, generator=gen(0))
+    assert torch.isfinite(terms["loss"])
+    terms["loss"].backward()
+    for net_name, net in method.networks().items():
+        for pname, p in net.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{net_name}.{pname}"
+    method.eval()
+    s = method.sample(data["image"], 3, generator=gen(1))
+    assert s.shape == (3, 2, num_classes, *SIZE[spatial_dims])
+    assert s.min() >= 0 and s.max() <= 1
+    if num_classes > 1:
+        torch.testing.assert_close(s.sum(2), torch.ones_like(s.sum(2)))
+    assert torch.equal(s, method.sample(data["image"], 3, generator=gen(1)))
+
+
+def test_dice_ce_is_small_for_a_confident_correct_prediction():
+    y = one_hot(torch.tensor([[[[0, 1], [2, 1]]]]), 3)
+    good, bad = torch.where(y > 0, 20.0, -20.0), torch.where(y > 0, -20.0, 20.0)
+    loss = dice_ce(3)
+    assert loss(good, y) < 1e-3 < 1.0 < loss(bad, y)
+
+
+# ------------------------------------------------------------------------------------------
+# what each baseline's samples mean
+
+
+def test_unet_samples_are_identical_with_zero_variance_but_nonzero_entropy():
+    method = build("unet", 2, 1).eval()
+    image = batch(2, 1)["image"]
+    s = method.sample(image, 4, generator=gen(0))
+    with torch.no_grad():
+        expected = torch.sigmoid(method.members[0](image))
+    for k in range(4):
+        torch.testing.assert_close(s[k], expected)
+    result = summarise(s)
+    assert result.variance.abs().max() == 0
+    assert result.mutual_information.abs().max() < 1e-5
+    assert result.entropy.min() > 0
+
+
+def test_mc_dropout_samples_differ_and_follow_the_generator():
+    method = build("mc_dropout", 2, 3).eval()
+    image = batch(2, 3)["image"]
+    s = method.sample(image, 4, generator=gen(0))
+    for k in range(1, 4):
+        assert (s[k] - s[0]).abs().amax() > 1e-3
+    assert not torch.equal(s, method.sample(image, 4, generator=gen(1)))
+    assert summarise(s).variance.max() > 0
+
+
+def test_mc_dropout_rate():
+    """Option ``dropout``; else network.dropout when > 0; else 0.2."""
+
+    def rate(**kw) -> float:
+        return build("mc_dropout", **kw).members[0].body.mid_res1.dropout
+
+    assert rate() == 0.2
+    assert rate(network_dropout=0.1) == 0.1
+    assert rate(network_dropout=0.1, dropout=0.4) == 0.4
+    with pytest.raises(ConfigError, match="must be in"):
+        build("mc_dropout", dropout=1.0)
+
+
+def test_mc_dropout_training_draws_masks_from_the_generator():
+    method = build("mc_dropout").train()
+    data = batch(2, 1)
+    a = method.loss(data, generator=gen(3))["loss"]
+    b = method.loss(data, generator=gen(3))["loss"]
+    c = method.loss(data, generator=gen(4))["loss"]
+    assert a == b and a != c
+
+
+def test_ensemble_members_differ_and_samples_cycle_through_them():
+    method = build("ensemble", 2, 1, members=3).eval()
+    assert set(method.networks()) == {"member0", "member1", "member2"}
+    image = batch(2, 1)["image"]
+    s = method.sample(image, 7, generator=gen(0))
+    with torch.no_grad():
+        own = [torch.sigmoid(net(image)) for net in method.members]
+    for k in range(7):
+        torch.testing.assert_close(s[k], own[k % 3])
+    assert (own[0] - own[1]).abs().amax() > 1e-3 and (own[1] - own[2]).abs().amax() > 1e-3
+    assert method.sample(image, 2, generator=gen(0)).shape[0] == 2
+
+
+def test_ensemble_loss_is_the_sum_of_member_losses():
+    method = build("ensemble", 2, 3, members=2)
+    data = batch(2, 3)
+    terms = method.loss(data, generator=gen(0))
+    y = one_hot(data["mask"], 3)
+    each = [dice_ce(3)(net(data["image"]), y) for net in method.members]
+    torch.testing.assert_close(terms["member0"], each[0])
+    torch.testing.assert_close(terms["loss"], each[0] + each[1])
+
+
+# ------------------------------------------------------------------------------------------
+# options
+
+
+def test_read_options_refuses_unknown_and_mistyped_values():
+    with pytest.raises(ConfigError, match="did you mean 'members'"):
+        build("ensemble", member=3)
+    with pytest.raises(ConfigError, match="not an option of method 'unet'"):
+        build("unet", members=2)
+    with pytest.raises(ConfigError, match="whole number"):
+        build("ensemble", members=2.5)
+    with pytest.raises(ConfigError, match="at least 1"):
+        build("ensemble", members=0)
+    cfg = config("ensemble", members="3")
+    assert read_options(cfg, {"members": 4, "flag": False}) == {"members": 3, "flag": False}
+    cfg.method.options = {"flag": "true"}
+    assert read_options(cfg, {"flag": False}) == {"flag": True}
+    cfg.method.options = {"flag": 1}
+    with pytest.raises(ConfigError, match="true or false"):
+        read_options(cfg, {"flag": False})
