@@ -1,0 +1,88 @@
+"""Training batches from a dataset folder, held in memory.
+
+Each example picks one rater's mask (``rater_mode="sample"``, the convention of the Probabilistic
+U-Net and CIMD), the majority mask (``"majority"``), or keeps all raters (``"all"``: ``raters`` is
+in every batch, and ``mask`` is a random rater's). All raters go through the same spatial
+transforms as the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from diffuseg.config import RunConfig
+from diffuseg.data.transforms import normalize_intensity, training_transforms
+from diffuseg.errors import DataError
+
+
+@dataclass
+class Example:
+    case_id: str
+    image: np.ndarray  # [C, *sp] float32, normalised
+    raters: np.ndarray  # [R, *sp] int64 labels
+
+
+def load_examples(dataset, case_ids: list[str], config: RunConfig) -> list[Example]:
+    """Load and normalise the named cases of an opened ``Dataset``."""
+    by_id = {case.case_id: case for case in dataset.cases}
+    missing = [c for c in case_ids if c not in by_id]
+    if missing:
+        raise DataError(f"splits.json names cases that are not in the dataset: {missing[:5]}; "
+                        "fix splits.json or delete it to regenerate")
+    examples = []
+    for case_id in case_ids:
+        data = by_id[case_id].load()
+        image = normalize_intensity(data.image, config.data.intensity, config.data.ct_window)
+        examples.append(Example(case_id, image, np.asarray(data.raters, dtype=np.int64)))
+    return examples
+
+
+def majority(raters: np.ndarray, num_labels: int) -> np.ndarray:
+    """Per-pixel most frequent label over raters ``[R, *sp]`` (ties: the higher label, so that a
+    2-of-4 split counts as foreground)."""
+    counts = np.stack([(raters == k).sum(0) for k in range(num_labels)])
+    return (num_labels - 1 - counts[::-1].argmax(0)).astype(np.int64)
+
+
+def choose_mask(example: Example, mode: str, num_labels: int, rng: np.random.Generator
+                ) -> np.ndarray:
+    if mode == "majority":
+        return majority(example.raters, num_labels)
+    return example.raters[rng.integers(len(example.raters))]
+
+
+def batches(examples: list[Example], config: RunConfig, seed: int) -> Iterator[dict]:
+    """An endless stream of augmented training batches as torch tensors."""
+    if not examples:
+        raise DataError("the training split is empty; check splits.json or the dataset folder")
+    rng = np.random.default_rng(seed)
+    transform = training_transforms(config.data, config.spatial_dims, seed)
+    num_labels = max(2, config.num_classes)
+    while True:
+        items = []
+        for index in rng.integers(len(examples), size=config.train.batch_size):
+            ex = examples[index]
+            mask = choose_mask(ex, config.data.rater_mode, num_labels, rng)
+            item = {
+                "image": ex.image,
+                "mask": mask[None].astype(np.float32),
+                "raters": ex.raters.astype(np.float32),
+                "foreground": (ex.raters.max(0) > 0)[None].astype(np.float32),
+            }
+            out = transform(item)
+            items.append(out[0] if isinstance(out, list) else out)
+        yield collate(items, keep_raters=config.data.rater_mode == "all")
+
+
+def collate(items: list[dict], keep_raters: bool) -> dict[str, torch.Tensor]:
+    def stack(key: str) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(np.asarray(item[key])) for item in items])
+
+    batch = {"image": stack("image").float(), "mask": stack("mask").round().long()}
+    if keep_raters:
+        batch["raters"] = stack("raters").round().long()  # [B, R, *sp] labels
+    return batch

@@ -1,0 +1,136 @@
+"""Loading a trained run and segmenting images: ``Predictor.from_run(run).segment(image)``.
+
+A run folder is loaded from its own files alone: ``config.json`` builds the method, and
+``ema.safetensors`` (or ``model.safetensors``) fills its networks. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffuseg.config import RunConfig, load_config
+from diffuseg.data.transforms import normalize_intensity
+from diffuseg.ensemble import Result, summarise
+from diffuseg.errors import ConfigError, DataError
+from diffuseg.io import read_image
+from diffuseg.methods import Method, build_method
+from diffuseg.training import autocast, autocast_dtype, resolve_device
+from diffuseg.weights import load_networks, load_state
+
+
+@dataclass
+class Predictor:
+    method: Method
+    config: RunConfig
+    run_dir: Path
+    device: torch.device
+    precision: str = "auto"
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, device: str = "auto", use_ema: bool = True,
+                 precision: str = "auto") -> Predictor:
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise DataError(f"'{run_dir}' is not a run folder (no config.json); "
+                            "give the -o folder of 'diffuseg train'")
+        config = load_config(run_dir / "config.json")
+        dev = resolve_device(device)
+        method = build_method(config).to(dev).eval()
+        weights = run_dir / ("ema.safetensors" if use_ema else "model.safetensors")
+        if use_ema and not weights.is_file():
+            weights = run_dir / "model.safetensors"
+        load_networks(method.networks(), load_state(weights), weights)
+        method.window = tuple(config.data.patch_size) if config.spatial_dims == 3 else None
+        return cls(method, config, run_dir, dev, precision)
+
+    def check_steps(self, steps: int | None, n_samples: int | None) -> tuple[int, int]:
+        steps = self.config.sample.steps if steps is None else steps
+        n_samples = self.config.sample.n_samples if n_samples is None else n_samples
+        if not 1 <= steps <= self.config.process.T:
+            raise ConfigError(f"--steps {steps} is out of range; use 1..{self.config.process.T}")
+        if n_samples < 1:
+            raise ConfigError(f"--samples {n_samples} must be at least 1")
+        return steps, n_samples
+
+    def prepare(self, image: np.ndarray, source: str = "image") -> torch.Tensor:
+        expected = self.config.in_channels
+        if image.ndim != self.config.spatial_dims + 1:
+            raise DataError(f"{source}: expected a {self.config.spatial_dims}D image "
+                            f"[C, *spatial], got shape {tuple(image.shape)}")
+        if image.shape[0] != expected:
+            raise DataError(f"{source} has {image.shape[0]} channel(s) but the model was trained "
+                            f"on {expected}; convert the image (e.g. to grayscale) first")
+        image = normalize_intensity(image, self.config.data.intensity, self.config.data.ct_window)
+        return torch.from_numpy(image)[None].to(self.device)
+
+    @torch.no_grad()
+    def segment(self, image: np.ndarray, *, n_samples: int | None = None,
+                steps: int | None = None, seed: int = 0, source: str = "image") -> Result:
+        """Samples, consensus and uncertainty for one image ``[C, *spatial]`` (raw intensities)."""
+        steps, n_samples = self.check_steps(steps, n_samples)
+        x = self.prepare(image, source)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        with autocast(self.device, autocast_dtype(self.precision, self.device)):
+            samples = self.method.segment(x, n_samples, steps=steps, generator=generator)
+        return summarise(samples.float().cpu())
+
+    def predict_file(self, path: str | Path, out_dir: str | Path, *, n_samples: int | None = None,
+                     steps: int | None = None, seed: int = 0, overwrite: bool = False) -> Path:
+        """Segment one file and write its outputs into ``out_dir/<case>/`` (see
+        ``diffuseg.outputs.write_result``)."""
+        from diffuseg.outputs import write_result
+
+        path = Path(path)
+        image, geometry = read_image(path)
+        result = self.segment(image, n_samples=n_samples, steps=steps, seed=seed,
+                              source=str(path))
+        case_dir = Path(out_dir) / case_name(path)
+        if case_dir.exists() and any(case_dir.iterdir()) and not overwrite:
+            raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite to "
+                            "replace it or choose another -o")
+        write_result(result, geometry, case_dir, source=path,
+                     extra={"run": str(self.run_dir), "steps": steps or self.config.sample.steps,
+                            "seed": seed, "threads": torch.get_num_threads(),
+                            "device": str(self.device)})
+        return case_dir
+
+
+def case_name(path: Path) -> str:
+    """'case_0000.nii.gz' -> 'case' (nnU-Net channel suffix dropped), 'img.png' -> 'img'."""
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    if len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
+        name = name[:-5]
+    return name
+
+
+def list_inputs(path: str | Path) -> list[Path]:
+    """A file, a DICOM series folder, or a folder of image files."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"input '{path}' does not exist; check the path given to -i")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if case_name(p) != p.name]
+    if images:
+        return images
+    if files:  # a DICOM series folder is one image
+        return [path]
+    raise DataError(f"input folder '{path}' holds no images (.png, .tif, .jpg, .nii.gz) "
+                    "or DICOM files")
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,9 @@
+"""Segmentation paradigms: each combines a process, a network and a loss."""
+
+import diffuseg.methods.baselines  # noqa: F401  (registers "unet", "mc_dropout", "ensemble")
+import diffuseg.methods.cimd  # noqa: F401  (registers "cimd")
+import diffuseg.methods.prob_unet  # noqa: F401  (registers "prob_unet")
+from diffuseg.methods import ddpm  # noqa: F401  (registers "ddpm")
+from diffuseg.methods.base import METHODS, Method, build_method, one_hot
+
+__all__ = ["METHODS", "Method", "build_method", "one_hot"]

@@ -1,0 +1,84 @@
+"""Weights and optimiser state on disk, in safetensors and JSON only: nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from diffuseg.errors import DataError
+
+
+def state_of(networks: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    return {f"{name}.{key}": value.detach().cpu().contiguous()
+            for name, net in networks.items() for key, value in net.state_dict().items()}
+
+
+def save_networks(networks: dict[str, nn.Module], path: Path) -> None:
+    save_file(state_of(networks), str(path))
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise DataError(f"weights file '{path}' is missing; was the run trained to the end? "
+                        "Resume it with 'diffuseg train ... --resume'")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises several types for corrupt headers
+        raise DataError(f"weights file '{path}' is not a readable safetensors file ({err}); "
+                        "retrain or restore the file") from None
+
+
+def load_networks(networks: dict[str, nn.Module], state: dict[str, torch.Tensor],
+                  source: Path | str = "weights") -> None:
+    for name, net in networks.items():
+        prefix = f"{name}."
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing, unexpected = net.load_state_dict(part, strict=False)
+        if missing or unexpected:
+            raise DataError(f"'{source}' does not match network '{name}' (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]}); the run's config.json and weights "
+                            "disagree")
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Tensors to ``optimizer.safetensors``, the rest (param groups, scalars) to JSON."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    meta = {"param_groups": state["param_groups"], "scalars": scalars}
+    (folder / "optimizer.json").write_text(json.dumps(meta))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def replace_folder_atomically(tmp: Path, final: Path) -> None:
+    """Move a fully written ``tmp`` folder to ``final``; an interrupted write leaves the previous
+    ``final`` intact."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
