@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffuseg.api import build_config
-from diffuseg.data import Dataset
+from diffuseg.data import Dataset, load_splits
 from diffuseg.data.loader import majority
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import DataError
@@ -101,7 +101,8 @@ def test_a_small_model_learns_the_phantom(tmp_path):
     data_dir = write_phantom_dataset(tmp_path / "ph", n_cases=64, spatial_dims=2, size=32,
                                      n_raters=3, seed=3)
     dataset = Dataset.open(data_dir)
-    cases = [c.load() for c in dataset.cases[:12]]
+    held_out = load_splits(data_dir, dataset)
+    cases = [dataset.case(i).load() for i in held_out["val"] + held_out["test"]]
     trivial = np.mean([foreground_dice(np.ones_like(c.raters[0]), majority(c.raters, 2))
                        for c in cases])
     agreement = np.mean([np.mean([foreground_dice(r, majority(c.raters, 2)) for r in c.raters])
@@ -109,7 +110,7 @@ def test_a_small_model_learns_the_phantom(tmp_path):
     threshold = (trivial + agreement) / 2
     config = build_config(None, [
         "network.channels=[16,32,64]", "network.attention_levels=[false,false,true]",
-        "train.batch_size=8", "train.max_steps=400", "train.max_minutes=1.5", "train.lr=0.001",
+        "train.batch_size=8", "train.max_steps=150", "train.max_minutes=2", "train.lr=0.001",
         "train.val_every=1000", "train.ema_decay=0.99", "train.device=cpu"], dataset=data_dir)
     untrained = build_method(config).eval()
     run = train(config, data_dir, tmp_path / "run", progress=False)

@@ -16,20 +16,21 @@ from pathlib import Path
 import numpy as np
 
 from diffuseg.api import build_config
-from diffuseg.data.loader import majority
 from diffuseg.errors import DataError
+from diffuseg.runlog import read_metrics
 
 N_CASES = 240
 SIZE = 64
 N_RATERS = 3
 N_SAMPLES = 16
 STEPS = 10
-N_WRITTEN = 4  # test cases whose outputs are written to disk
 
 
 def demo_overrides(minutes: float, device: str) -> list[str]:
     return [
         f"train.max_minutes={minutes}",
+        "network.channels=[16,32,64]",
+        "network.attention_levels=[false,false,true]",
         "train.max_steps=4000",
         "train.val_every=250",
         "train.checkpoint_every=250",
@@ -55,6 +56,7 @@ def run_demo(output: str | Path, *, minutes: float = 5.0, device: str = "auto",
              overwrite: bool = False, n_cases: int = N_CASES) -> str:
     from diffuseg.data import Dataset, load_splits
     from diffuseg.data.phantom import write_phantom_dataset
+    from diffuseg.evaluation import evaluate
     from diffuseg.inference import Predictor
     from diffuseg.training import train
 
@@ -69,55 +71,64 @@ def run_demo(output: str | Path, *, minutes: float = 5.0, device: str = "auto",
     predictor = Predictor.from_run(run_dir, device=device)
     dataset = Dataset.open(dataset_dir)
     test_ids = load_splits(dataset_dir, dataset, seed=config.train.seed)["test"]
-    summary = evaluate_cases(predictor, dataset, test_ids, output / "predictions")
-    summary.update({"train_seconds": round(train_seconds, 1), "run": str(run_dir),
-                    "dataset": str(dataset_dir), "predictions": str(output / "predictions")})
+    seconds = predict_cases(predictor, dataset, test_ids, output / "predictions")
+    evaluation = evaluate(output / "predictions", dataset_dir, output / "evaluation",
+                          n_samples_list=(N_SAMPLES,))
+    summary = demo_summary(evaluation, seconds, train_seconds, run_dir, output)
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return format_summary(summary, output)
+    return format_summary(summary)
 
 
-def evaluate_cases(predictor, dataset, case_ids: list[str], out_dir: Path) -> dict:
-    from diffuseg.metrics import ged, hm_iou
+def predict_cases(predictor, dataset, case_ids: list[str], out_dir: Path) -> list[float]:
+    """Segment each case, write its outputs, and return the sampling seconds per case."""
     from diffuseg.outputs import write_result
-    from diffuseg.training import foreground_dice
 
-    by_id = {c.case_id: c for c in dataset.cases}
-    per_case = []
+    seconds = []
     for index, case_id in enumerate(case_ids):
-        data = by_id[case_id].load()
+        data = dataset.case(case_id).load()
         start = time.monotonic()
         result = predictor.segment(data.image, n_samples=N_SAMPLES, steps=STEPS, seed=index)
-        seconds = time.monotonic() - start
-        consensus = result.consensus[0].numpy()
-        samples = result.sample_labels()[:, 0].numpy() > 0
-        raters = data.raters > 0
-        per_case.append({
-            "case": case_id,
-            "dice_vs_majority": foreground_dice(consensus, majority(data.raters, 2)),
-            "ged": float(ged(samples, raters)["ged"]),
-            "hm_iou": float(hm_iou(samples, raters)),
-            "sampling_seconds": round(seconds, 3),
-        })
-        if index < N_WRITTEN:
-            write_result(result, data.geometry, out_dir / case_id, source=Path(case_id))
-    keys = ("dice_vs_majority", "ged", "hm_iou", "sampling_seconds")
-    mean = {k: float(np.mean([c[k] for c in per_case])) for k in keys}
-    return {"mean": mean, "n_cases": len(per_case), "n_samples": N_SAMPLES, "steps": STEPS,
-            "per_case": per_case}
+        seconds.append(time.monotonic() - start)
+        write_result(result, data.geometry, out_dir / case_id, source=Path(case_id),
+                     extra={"run": str(predictor.run_dir), "steps": STEPS, "seed": index})
+    return seconds
 
 
-def format_summary(summary: dict, output: Path) -> str:
-    m = summary["mean"]
+def demo_summary(evaluation: dict, seconds: list[float], train_seconds: float, run_dir: Path,
+                 output: Path) -> dict:
+    mean = {k: v["mean"] for k, v in evaluation["mean"].items()}
+    steps = [r["step"] for r in read_metrics(run_dir) if "loss" in r]
+    return {
+        "consensus_dice_vs_majority": mean["dice"],
+        "ged_16": mean["ged_16"],
+        "hm_iou_16": mean["hm_iou_16"],
+        "ci_16": mean.get("ci_16"),
+        "ece": mean.get("ece"),
+        "n_test_cases": evaluation["n_cases"],
+        "n_samples": N_SAMPLES,
+        "steps": STEPS,
+        "sampling_seconds_per_image": float(np.mean(seconds)),
+        "train_seconds": round(train_seconds, 1),
+        "train_steps": steps[-1] if steps else 0,
+        "run": str(run_dir),
+        "predictions": str(output / "predictions"),
+        "evaluation": str(output / "evaluation" / "summary.json"),
+        "report": str(output / "evaluation" / "report.html"),
+    }
+
+
+def format_summary(s: dict) -> str:
     return "\n".join([
-        f"demo finished: {summary['n_cases']} test cases, {summary['n_samples']} samples, "
-        f"{summary['steps']} DDIM steps",
-        f"  consensus Dice vs majority mask: {m['dice_vs_majority']:.3f}",
-        f"  GED (16 samples vs 3 raters):    {m['ged']:.3f}",
-        f"  HM-IoU:                          {m['hm_iou']:.3f}",
-        f"  sampling time per image:         {m['sampling_seconds']:.2f} s",
-        f"  training time:                   {summary['train_seconds']:.0f} s",
-        f"outputs: {output.resolve()}",
-        f"  summary:     {output / 'summary.json'}",
-        f"  run folder:  {summary['run']} (progress.png, training_log.txt)",
-        f"  predictions: {summary['predictions']} (samples, consensus, uncertainty maps)",
+        f"demo finished: {s['n_test_cases']} test cases, {s['n_samples']} samples, "
+        f"{s['steps']} DDIM steps",
+        f"  consensus Dice vs majority mask: {s['consensus_dice_vs_majority']:.3f}",
+        f"  GED (16 samples vs 3 raters):    {s['ged_16']:.3f}",
+        f"  HM-IoU (16 samples):             {s['hm_iou_16']:.3f}",
+        f"  sampling time per image:         {s['sampling_seconds_per_image']:.2f} s",
+        f"  training:                        {s['train_steps']} steps, {s['train_seconds']:.0f} s",
+        "outputs:",
+        f"  run folder:  {s['run']} (progress.png, training_log.txt)",
+        f"  predictions: {s['predictions']} (samples, consensus, uncertainty maps)",
+        f"  metrics:     {s['evaluation']}",
+        f"  report:      {s['report']}",
     ])

@@ -5,7 +5,9 @@ For one input, ``<out>/<case>/`` receives:
 - ``sample_XX.<ext>``   every sampled mask (label map);
 - ``consensus.<ext>``   the consensus mask (mean probability > 0.5; majority vote for multi-class);
 - ``probability.<ext>`` the mean foreground probability (binary) / 1 - P(background);
-- ``variance``, ``entropy``, ``mutual_information`` uncertainty maps (float);
+- ``variance``, ``entropy``, ``mutual_information`` uncertainty maps (float); entropy and mutual
+  information are divided by their maximum, log K (log 2 for a binary mask), so that every map
+  lies in [0, 1] and 1 means "uniform over the classes";
 - ``result.json``       shapes, sample count, per-sample foreground volume, file list, settings.
 
 2D inputs give PNG (masks as labels 0..K-1, preview-friendly 0/255 for binary masks; float maps
@@ -45,6 +47,8 @@ def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: 
     write_probability(case_dir / f"probability{ext}", foreground.astype(np.float32), geometry)
     for name in UNCERTAINTY_MAPS:
         values = getattr(result, name)[0].numpy().astype(np.float32)
+        if name != "variance":
+            values = np.clip(values / np.log(max(2, mean.shape[0])), 0.0, 1.0)
         write_probability(case_dir / f"{name}{ext}", values, geometry)
     voxel = float(np.prod(geometry.spacing))
     summary = {
@@ -54,7 +58,10 @@ def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: 
         "spacing": [float(s) for s in geometry.spacing],
         "consensus_volume": float((result.consensus[0].numpy() > 0).sum() * voxel),
         "sample_volumes": [float((m > 0).sum() * voxel) for m in labels],
-        "mean_uncertainty": {n: float(getattr(result, n)[0].mean()) for n in UNCERTAINTY_MAPS},
+        "mean_uncertainty_nats": {n: float(getattr(result, n)[0].mean())
+                                  for n in UNCERTAINTY_MAPS},
+        "uncertainty_maps": "variance of the sample probabilities; entropy and mutual "
+        "information divided by log K (log 2 for binary), in [0, 1]",
         "files": files + [f"consensus{ext}", f"probability{ext}"]
         + [f"{n}{ext}" for n in UNCERTAINTY_MAPS],
         **(extra or {}),
