@@ -79,3 +79,14 @@ def test_samples_are_one_batch_per_step():
     method.denoiser.forward = counting
     method.sample(torch.randn(2, 2, 16, 16), 5, steps=3)
     assert calls == [10, 10, 10]  # 5 samples x 2 images, once per step
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver_pp"])
+def test_every_sampler_is_selectable(sampler):
+    method, config = make(2, 1)
+    config.sample.sampler = sampler
+    image = torch.randn(1, 2, 16, 16)
+    a = method.sample(image, 2, steps=3, generator=torch.Generator().manual_seed(0))
+    b = method.sample(image, 2, steps=3, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (2, 1, 1, 16, 16)
+    torch.testing.assert_close(a, b)

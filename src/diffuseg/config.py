@@ -83,7 +83,7 @@ class TrainConfig:
 class SampleConfig:
     n_samples: int = 16
     steps: int = 10
-    sampler: Literal["ddim", "ddpm"] = "ddim"
+    sampler: Literal["ddim", "ddpm", "dpm_solver_pp"] = "ddim"  # dpm_solver_pp: DPM-Solver++(2M)
     eta: float = 0.0  # DDIM stochasticity; 0 is deterministic given x_T
 
 
