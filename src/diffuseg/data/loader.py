@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from diffuseg.config import RunConfig
+from diffuseg.data.resample import resample_case
 from diffuseg.data.transforms import normalize_intensity, training_transforms
 from diffuseg.errors import DataError
 
@@ -36,8 +37,11 @@ def load_examples(dataset, case_ids: list[str], config: RunConfig) -> list[Examp
     examples = []
     for case_id in case_ids:
         data = by_id[case_id].load()
-        image = normalize_intensity(data.image, config.data.intensity, config.data.ct_window)
-        examples.append(Example(case_id, image, np.asarray(data.raters, dtype=np.int64)))
+        image, raters = data.image, data.raters
+        if config.data.spacing is not None and config.spatial_dims == 3:
+            image, raters, _ = resample_case(image, raters, data.geometry, config.data.spacing)
+        image = normalize_intensity(image, config.data.intensity, config.data.ct_window)
+        examples.append(Example(case_id, image, np.asarray(raters, dtype=np.int64)))
     return examples
 
 

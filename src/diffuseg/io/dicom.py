@@ -103,13 +103,21 @@ def _read_headers(path: Path) -> list[pydicom.Dataset]:
 
 
 def _geometry_tags(ds: pydicom.Dataset, where: Path) -> tuple[np.ndarray, np.ndarray]:
-    missing = [t for t in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")
-               if t not in ds]
+    missing = [t for t in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
+                           "Rows", "Columns") if t not in ds]
     if missing:
         raise DataError(f"DICOM '{where}' lacks {missing}, so its geometry is unknown; export "
                         "the series with patient geometry or convert it with dcm2niix")
-    return (np.array(ds.ImageOrientationPatient, dtype=np.float64),
-            np.array(ds.ImagePositionPatient, dtype=np.float64))
+    try:
+        orientation = np.array(ds.ImageOrientationPatient, dtype=np.float64).reshape(6)
+        position = np.array(ds.ImagePositionPatient, dtype=np.float64).reshape(3)
+        spacing = np.array(ds.PixelSpacing, dtype=np.float64).reshape(2)
+    except (ValueError, TypeError):
+        orientation = position = spacing = np.array([np.nan])
+    if not (np.all(np.isfinite([*orientation, *position, *spacing])) and spacing.min() > 0):
+        raise DataError(f"DICOM '{where}' has an invalid ImageOrientationPatient (6 numbers), "
+                        "ImagePositionPatient (3) or PixelSpacing (2 positive); fix the export")
+    return orientation, position
 
 
 def _assemble(path: Path, slices: list[pydicom.Dataset]) -> DicomSeries:
@@ -156,8 +164,10 @@ def _slice_step(path: Path, positions: np.ndarray, normal: np.ndarray,
 def _pixels(ds: pydicom.Dataset) -> np.ndarray:
     try:
         pixels = ds.pixel_array
-    except (RuntimeError, NotImplementedError, ValueError, AttributeError, OSError) as err:
-        raise DataError(f"cannot decode the pixels of '{ds.filename}' ({err}); install "
+    except (RuntimeError, NotImplementedError, ValueError, AttributeError, OSError, TypeError,
+            KeyError) as err:
+        reason = " ".join(str(err).split())  # one line
+        raise DataError(f"cannot decode the pixels of '{ds.filename}' ({reason}); install "
                         "pylibjpeg or decompress the series (e.g. dcmdjpeg)") from None
     if pixels.ndim != 2:
         raise DataError(f"'{ds.filename}' holds {pixels.shape} pixels; only single-frame "

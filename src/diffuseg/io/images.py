@@ -34,7 +34,8 @@ from diffuseg.io.dicom import read_dicom_series
 RASTER_ENDINGS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 PROBABILITY_PNG_SCALE = 255  # a probability p is stored in PNG as round(255 * p)
-_NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
+_NIFTI_ERRORS = (OSError, EOFError, ValueError, OverflowError, zlib.error, ImageFileError,
+                 HeaderDataError)
 _FIX_IMAGE = "re-export it from its source, or check that the copy finished"
 
 
@@ -76,6 +77,11 @@ class Geometry:
         """Same spatial shape and affines equal within ``atol`` (mm, element-wise)."""
         return self.shape == other.shape and bool(
             np.allclose(self.affine, other.affine, rtol=0.0, atol=atol))
+
+
+def _one_line(err: BaseException) -> str:
+    """A library's error message on one line (some span several)."""
+    return " ".join(str(err).split())
 
 
 def file_ending(path: str | Path) -> str:
@@ -150,7 +156,8 @@ def _open_raster(path: Path) -> Image.Image:
     except DataError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(f"'{path}' is not a readable image ({err}); {_FIX_IMAGE}") from None
+        raise DataError(f"'{path}' is not a readable image ({_one_line(err)}); {_FIX_IMAGE}"
+                        ) from None
 
 
 def _raster_image_channels(image: Image.Image, path: Path) -> np.ndarray:
@@ -187,9 +194,15 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
         data = np.asanyarray(image.dataobj)  # applies scl_slope/scl_inter
     except FileNotFoundError:
         raise DataError(f"'{path}' does not exist; check the path") from None
+    except MemoryError:
+        raise DataError(f"'{path}' declares a data array too large for memory; its header is "
+                        f"probably damaged: {_FIX_IMAGE}") from None
     except _NIFTI_ERRORS as err:
-        raise DataError(f"'{path}' is not a readable NIfTI file ({err}); it may be truncated or "
-                        f"not NIfTI: {_FIX_IMAGE}") from None
+        raise DataError(f"'{path}' is not a readable NIfTI file ({_one_line(err)}); it may be "
+                        f"truncated or not NIfTI: {_FIX_IMAGE}") from None
+    if data.dtype.kind not in "biuf":
+        raise DataError(f"'{path}' holds {data.dtype} voxels; only real-valued NIfTI files are "
+                        "read, convert it to one grey channel per file")
     if data.ndim not in (2, 3, 4):
         raise DataError(f"'{path}' has {data.ndim} dimensions {data.shape}; expected 2D, 3D, or 4D "
                         "with channels last")

@@ -1,0 +1,323 @@
+"""Malformed files and dataset.json values give the project's own errors, never another
+exception (hypothesis), and each common mistake gets one clear line naming the file."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from diffuseg.data import Dataset, DatasetInfo, write_dataset
+from diffuseg.errors import DataError, DiffusegError
+from diffuseg.io import Geometry, read_dicom_series, read_image, read_mask
+
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
+ENDINGS = (".png", ".tif", ".jpg", ".nii", ".nii.gz", ".dcm")
+
+
+@contextmanager
+def scratch() -> Iterator[Path]:
+    """A fresh folder per hypothesis example (pytest's tmp_path is per test, not per example)."""
+    folder = Path(tempfile.mkdtemp(prefix="diffuseg-fuzz-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def only_our_errors(read: Callable[..., object], *args: object, **kwargs: object) -> None:
+    """Call ``read``; a DiffusegError is the expected refusal, anything else fails the test."""
+    try:
+        read(*args, **kwargs)
+    except DiffusegError as err:
+        assert str(err) and "\n" not in str(err), repr(err)
+
+
+def read_both(path: Path) -> None:
+    only_our_errors(read_image, path)
+    only_our_errors(read_mask, path)
+    only_our_errors(read_mask, path, labels=(0, 1, 2))
+
+
+def nifti_bytes(shape: tuple[int, ...] = (4, 3, 2), dtype: type = np.int16) -> bytes:
+    image = nib.Nifti1Image(np.arange(np.prod(shape), dtype=dtype).reshape(shape) % 3, np.eye(4))
+    return image.to_bytes()
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# image and mask readers
+
+
+@FUZZ
+@given(data=st.binary(max_size=600), ending=st.sampled_from(ENDINGS))
+def test_random_bytes_with_valid_endings(data, ending):
+    with scratch() as folder:
+        path = folder / f"x{ending}"
+        path.write_bytes(data)
+        read_both(path)
+        (folder / "gz.nii.gz").write_bytes(gzip.compress(data))
+        read_both(folder / "gz.nii.gz")
+
+
+VALID = {
+    ".png": png_bytes(np.array([[0, 255], [255, 0]], dtype=np.uint8)),
+    ".nii": nifti_bytes(),
+    ".nii.gz": gzip.compress(nifti_bytes()),
+}
+
+
+@FUZZ
+@given(ending=st.sampled_from(sorted(VALID)), fraction=st.floats(0.0, 0.999))
+def test_truncated_files(ending, fraction):
+    with scratch() as folder:
+        path = folder / f"cut{ending}"
+        raw = VALID[ending]
+        path.write_bytes(raw[: int(len(raw) * fraction)])
+        read_both(path)
+
+
+# (offset, struct format) of NIfTI-1 header fields (nifti1.h)
+NIFTI_FIELDS = {
+    "sizeof_hdr": (0, "<i"), "dim": (40, "<8h"), "datatype": (70, "<h"), "bitpix": (72, "<h"),
+    "pixdim": (76, "<8f"), "vox_offset": (108, "<f"), "scl_slope": (112, "<f"),
+    "scl_inter": (116, "<f"), "qform_code": (252, "<h"), "sform_code": (254, "<h"),
+    "quatern": (256, "<6f"), "srow": (280, "<12f"),
+}
+NIFTI_DTYPE_CODES = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048,
+                     2304]  # incl. complex, RGB24, RGBA32 and float128
+ANY_SHORT = st.integers(-(2**15), 2**15 - 1)
+ODD_FLOAT = st.floats(allow_nan=True, allow_infinity=True, width=32)
+
+
+@st.composite
+def corrupted_nifti(draw) -> bytes:
+    raw = bytearray(nifti_bytes())
+    for name in draw(st.lists(st.sampled_from(sorted(NIFTI_FIELDS)), min_size=1, max_size=3)):
+        offset, fmt = NIFTI_FIELDS[name]
+        count = struct.calcsize(fmt) // (2 if fmt[-1] == "h" else 4)
+        if name == "datatype":
+            values = [draw(st.sampled_from(NIFTI_DTYPE_CODES) | ANY_SHORT)]
+        elif fmt[-1] == "h":
+            values = draw(st.lists(ANY_SHORT | st.integers(-2, 8), min_size=count,
+                                   max_size=count))
+        elif fmt[-1] == "i":
+            values = [draw(st.integers(-(2**31), 2**31 - 1))]
+        else:
+            values = draw(st.lists(ODD_FLOAT, min_size=count, max_size=count))
+        struct.pack_into(fmt, raw, offset, *values)
+    return bytes(raw)
+
+
+@FUZZ
+@given(raw=corrupted_nifti(), compress=st.booleans())
+def test_nifti_with_corrupted_header_fields(raw, compress):
+    with scratch() as folder:
+        path = folder / ("bad.nii.gz" if compress else "bad.nii")
+        path.write_bytes(gzip.compress(raw) if compress else raw)
+        read_both(path)
+
+
+PNG_MODES = {  # mode -> numpy dtype and value range of a random array for Image.fromarray
+    "1": (bool, 2), "L": (np.uint8, 256), "LA": (np.uint8, 256), "P": (np.uint8, 256),
+    "RGB": (np.uint8, 256), "RGBA": (np.uint8, 256), "I;16": (np.uint16, 65536),
+}
+
+
+@FUZZ
+@given(mode=st.sampled_from(sorted(PNG_MODES)), seed=st.integers(0, 2**16),
+       small=st.booleans(), labels=st.sets(st.integers(0, 300), max_size=4))
+def test_png_with_odd_modes_and_values(mode, seed, small, labels):
+    rng = np.random.default_rng(seed)
+    dtype, high = PNG_MODES[mode]
+    channels = {"LA": 2, "RGB": 3, "RGBA": 4}.get(mode)
+    shape = (3, 4) if channels is None else (3, 4, channels)
+    array = rng.integers(0, 3 if small else high, size=shape).astype(dtype)
+    base = "L" if mode in ("P", "1") else None
+    image = Image.fromarray(array.astype(np.uint8) if base else array)
+    image = image.convert(mode) if base else image
+    with scratch() as folder:
+        path = folder / "odd.png"
+        image.save(path)
+        read_both(path)
+        only_our_errors(read_mask, path, labels=sorted(labels) or None)
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset.json and dataset folders
+
+JSON_LEAF = st.none() | st.booleans() | st.integers(-3, 300) | st.floats(allow_nan=False) | \
+    st.text(max_size=8)
+JSON = st.recursive(JSON_LEAF, lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=8)
+VALID_INFO = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1},
+              "numTraining": 1, "file_ending": ".png", "raters": 2, "spatial_dims": 2,
+              "groups": {"a": "p"}, "name": "x"}
+
+
+@st.composite
+def dataset_dicts(draw) -> object:
+    """A valid dataset.json with some keys replaced by arbitrary JSON, dropped or added, or
+    arbitrary JSON altogether."""
+    if draw(st.booleans()):
+        return draw(JSON)
+    data = dict(VALID_INFO)
+    for key in draw(st.lists(st.sampled_from(sorted(VALID_INFO)), max_size=3)):
+        if draw(st.booleans()):
+            data[key] = draw(JSON)
+        else:
+            data.pop(key, None)
+    return data
+
+
+@FUZZ
+@given(data=dataset_dicts())
+def test_dataset_info_from_wrong_types(data):
+    try:
+        info = DatasetInfo.from_dict(data)
+    except DiffusegError:
+        return
+    assert info.n_channels >= 1 and info.raters >= 1 and info.spatial_dims in (2, 3)
+    assert info.label_values == tuple(range(len(info.labels)))
+    DatasetInfo.from_dict(json.loads(json.dumps(info.to_dict())))  # what is written reads back
+
+
+def small_dataset(root: Path) -> Path:
+    image = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    raters = np.stack([image[0] % 2, image[0] > 5]).astype(np.int64)
+    cases = [("a", image, raters, Geometry.identity((3, 4)))]
+    info = DatasetInfo.from_dict({**VALID_INFO, "numTraining": 0})
+    return write_dataset(root / "ds", cases, info)
+
+
+@FUZZ
+@given(text=st.binary(max_size=200) | dataset_dicts().map(lambda d: json.dumps(d).encode()),
+       junk=st.binary(max_size=64), victim=st.sampled_from(
+           ["imagesTr/a_0000.png", "labelsTr/a_r0.png", "labelsTr/a_r1.png", None]))
+def test_dataset_open_and_load_with_broken_files(text, junk, victim):
+    with scratch() as folder:
+        root = small_dataset(folder)
+        if victim is None:
+            (root / "dataset.json").write_bytes(text)
+        else:
+            (root / victim).write_bytes(junk)
+        try:
+            for case in Dataset.open(root).cases:
+                case.load()
+        except DiffusegError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM series
+
+
+def dicom_slice(path: Path, z: float, series: str = "1.2.3.4", **changes: object) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality = series, "1.2.3", "MR"
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.ImagePositionPatient = [0.0, 0.0, z]
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.Rows, ds.Columns = 3, 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.arange(12, dtype=np.uint16).tobytes()
+    for key, value in changes.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+
+
+DICOM_CHANGES = st.fixed_dictionaries({}, optional={
+    "Rows": st.integers(0, 9), "Columns": st.integers(0, 9),
+    "BitsAllocated": st.sampled_from([0, 1, 7, 8, 12, 16, 32, 64]),
+    "SamplesPerPixel": st.integers(0, 4),
+    "PhotometricInterpretation": st.sampled_from(["RGB", "PALETTE COLOR", "YBR_FULL", "X"]),
+    "PixelSpacing": st.lists(st.floats(-2, 2) | st.just(0.0), max_size=3),
+    "ImageOrientationPatient": st.lists(st.floats(-1, 1), max_size=7),
+    "ImagePositionPatient": st.lists(st.floats(-5, 5), max_size=4),
+    "PixelData": st.binary(max_size=40),
+    "RescaleSlope": st.sampled_from(["0", "1e400", "nan", "2"]),
+    "NumberOfFrames": st.integers(0, 3),
+    "SeriesInstanceUID": st.sampled_from(["1.2.3.4", "1.2.3.5"]),
+}).map(lambda d: d) | st.fixed_dictionaries({}, optional={
+    key: st.none() for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
+                               "Rows", "PixelData", "SeriesInstanceUID")})
+
+
+@FUZZ
+@given(changes=DICOM_CHANGES, which=st.integers(0, 2), junk=st.binary(max_size=80))
+def test_dicom_series_with_corrupted_tags(changes, which, junk):
+    with scratch() as folder:
+        for k in range(3):
+            dicom_slice(folder / f"s{k}.dcm", 2.0 * k, **(changes if k == which else {}))
+        (folder / "junk.dcm").write_bytes(junk)
+        only_our_errors(read_dicom_series, folder)
+        only_our_errors(read_dicom_series, folder / f"s{which}.dcm")
+        only_our_errors(read_image, folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# one clear line for each common mistake
+
+
+def one_line(call: Callable[[], object], *needles: str) -> str:
+    with pytest.raises(DataError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def test_common_mistakes_get_one_line_naming_the_file(tmp_path):
+    raw = gzip.compress(nifti_bytes((8, 8, 8), np.float32))
+    (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])
+    one_line(lambda: read_image(tmp_path / "cut.nii.gz"), "cut.nii.gz", "truncated")
+    (tmp_path / "odd.png").write_bytes(png_bytes(np.array([[0, 17], [255, 0]], np.uint8)))
+    one_line(lambda: read_mask(tmp_path / "odd.png"), "odd.png", "[0, 17, 255]")
+
+    root = small_dataset(tmp_path)
+    Image.fromarray(np.zeros((5, 4), np.uint8)).save(root / "labelsTr" / "a_r1.png")
+    one_line(lambda: Dataset.open(root).cases[0].load(), "a_r1.png", "(5, 4)", "(3, 4)")
+    (root / "labelsTr" / "a_r1.png").unlink()
+    one_line(lambda: Dataset.open(root), "a_r1.png", "no mask")
+    (root / "dataset.json").write_text("{'channel_names': ")
+    one_line(lambda: Dataset.open(root), "dataset.json", "not valid JSON")
+
+    (tmp_path / "mixed").mkdir()
+    for k in range(2):
+        dicom_slice(tmp_path / "mixed" / f"a{k}.dcm", 2.0 * k, series="1.2.3.4")
+        dicom_slice(tmp_path / "mixed" / f"b{k}.dcm", 2.0 * k, series="1.2.3.5")
+    one_line(lambda: read_image(tmp_path / "mixed"), "mixed", "1.2.3.4", "1.2.3.5", "series_uid")
