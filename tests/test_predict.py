@@ -82,3 +82,19 @@ def test_list_inputs_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no images"):
         list_inputs(tmp_path / "empty")
+
+
+def test_resampled_run_predicts_on_the_input_grid(tmp_path):
+    """A run trained at 2 mm spacing segments a 1 x 1 x 3 mm volume and answers on its grid."""
+    data = write_phantom_dataset(tmp_path / "p", n_cases=3, spatial_dims=3, size=16, n_raters=1)
+    config = build_config(None, TINY + ["data.patch_size=[16,16,16]", "data.spacing=[2,2,2]"],
+                          dataset=data)
+    run = train(config, data, tmp_path / "run", progress=False)
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    volume = np.random.default_rng(0).normal(size=(24, 20, 9)).astype(np.float32)
+    path = tmp_path / "aniso.nii.gz"
+    nib.save(nib.Nifti1Image(volume, affine), path)
+    folder = Predictor.from_run(run).predict_file(path, tmp_path / "out", n_samples=2, steps=1)
+    out = nib.load(folder / "probability.nii.gz")
+    assert out.shape == volume.shape
+    np.testing.assert_allclose(out.affine, affine, atol=1e-6)

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from diffuseg.config import RunConfig, load_config
+from diffuseg.data.resample import resample_to_reference, resample_to_spacing
 from diffuseg.data.transforms import normalize_intensity
 from diffuseg.ensemble import Result, summarise
 from diffuseg.errors import ConfigError, DataError
-from diffuseg.io import read_image
+from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
 from diffuseg.training import autocast, autocast_dtype, resolve_device
 from diffuseg.weights import load_networks, load_state
@@ -70,15 +71,27 @@ class Predictor:
         return torch.from_numpy(image)[None].to(self.device)
 
     @torch.no_grad()
-    def segment(self, image: np.ndarray, *, n_samples: int | None = None,
-                steps: int | None = None, seed: int = 0, source: str = "image") -> Result:
-        """Samples, consensus and uncertainty for one image ``[C, *spatial]`` (raw intensities)."""
+    def segment(self, image: np.ndarray, *, geometry: Geometry | None = None,
+                n_samples: int | None = None, steps: int | None = None, seed: int = 0,
+                source: str = "image") -> Result:
+        """Samples, consensus and uncertainty for one image ``[C, *spatial]`` (raw intensities).
+
+        When the run resamples 3D data (``data.spacing``) and ``geometry`` is given, the image is
+        resampled to that spacing, and every sample's probabilities are mapped back onto the
+        input's grid (trilinear) before the consensus and uncertainty are formed there."""
         steps, n_samples = self.check_steps(steps, n_samples)
+        spacing = self.config.data.spacing if self.config.spatial_dims == 3 else None
+        grid = None
+        if spacing is not None and geometry is not None:
+            image, grid = resample_to_spacing(image, geometry, spacing, "bilinear")
         x = self.prepare(image, source)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         with autocast(self.device, autocast_dtype(self.precision, self.device)):
             samples = self.method.segment(x, n_samples, steps=steps, generator=generator)
-        return summarise(samples.float().cpu())
+        samples = samples.float().cpu()
+        if grid is not None:
+            samples = map_back(samples, grid, geometry)
+        return summarise(samples)
 
     def predict_file(self, path: str | Path, out_dir: str | Path, *, n_samples: int | None = None,
                      steps: int | None = None, seed: int = 0, overwrite: bool = False) -> Path:
@@ -88,8 +101,8 @@ class Predictor:
 
         path = Path(path)
         image, geometry = read_image(path)
-        result = self.segment(image, n_samples=n_samples, steps=steps, seed=seed,
-                              source=str(path))
+        result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
+                              seed=seed, source=str(path))
         case_dir = Path(out_dir) / case_name(path)
         if case_dir.exists() and any(case_dir.iterdir()) and not overwrite:
             raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite to "
@@ -99,6 +112,14 @@ class Predictor:
                             "seed": seed, "threads": torch.get_num_threads(),
                             "device": str(self.device)})
         return case_dir
+
+
+def map_back(samples: torch.Tensor, grid: Geometry, geometry: Geometry) -> torch.Tensor:
+    """``[S, 1, K, *grid]`` probabilities -> ``[S, 1, K, *geometry.shape]`` (trilinear)."""
+    s, b, k = samples.shape[:3]
+    flat = samples.reshape(s * b * k, *samples.shape[3:]).numpy()
+    back = resample_to_reference(flat, grid.affine, geometry, "bilinear")
+    return torch.from_numpy(back).clamp(0, 1).reshape(s, b, k, *geometry.shape)
 
 
 def case_name(path: Path) -> str:
