@@ -113,20 +113,26 @@ def demo(
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Where to write everything")
     ] = Path("demo_output"),
-    minutes: Annotated[float, typer.Option(help="Training budget in minutes")] = 5.0,
+    steps: Annotated[int, typer.Option(help="Training steps (about 5 min on 2 idle cores)")] = 600,
+    minutes: Annotated[float, typer.Option(help="Cap on training minutes")] = 15.0,
     device: Annotated[str, typer.Option("-device", "--device", help="auto, cpu or cuda")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder")] = False,
 ) -> None:
     """Generate the phantom, train a small model, predict with 16 samples and evaluate."""
     from diffuseg.demo import run_demo
 
-    summary = run_demo(output, minutes=minutes, device=device, overwrite=overwrite)
+    summary = run_demo(output, steps=steps, minutes=minutes, device=device,
+                       overwrite=overwrite)
     typer.echo(summary)
 
 
+from diffuseg.cli_data import convert_app  # noqa: E402
 from diffuseg.cli_evaluate import evaluate_command  # noqa: E402
+from diffuseg.cli_export import export_command  # noqa: E402
 
 app.command("evaluate")(evaluate_command)
+app.command("export")(export_command)
+app.add_typer(convert_app, name="convert")
 
 
 def main() -> None:

@@ -50,10 +50,11 @@ class Predictor:
         method.window = tuple(config.data.patch_size) if config.spatial_dims == 3 else None
         return cls(method, config, run_dir, dev, precision)
 
-    def check_steps(self, steps: int | None, n_samples: int | None) -> tuple[int, int]:
-        steps = self.config.sample.steps if steps is None else steps
+    def check_steps(self, steps: int | None, n_samples: int | None
+                    ) -> tuple[int | None, int]:
+        """None steps are left to the method (``sample.steps``, or the method's own default)."""
         n_samples = self.config.sample.n_samples if n_samples is None else n_samples
-        if not 1 <= steps <= self.config.process.T:
+        if steps is not None and not 1 <= steps <= self.config.process.T:
             raise ConfigError(f"--steps {steps} is out of range; use 1..{self.config.process.T}")
         if n_samples < 1:
             raise ConfigError(f"--samples {n_samples} must be at least 1")

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
-from diffuseg.config import RunConfig
+from diffuseg.config import RunConfig, SampleConfig
 from diffuseg.errors import ConfigError
+from diffuseg.samplers import Denoise, ddim, ddpm, dpm_solver_pp, last
 
 
 def one_hot(mask: Tensor, num_classes: int) -> Tensor:
@@ -82,12 +83,16 @@ class Method(ABC):
     def device(self) -> torch.device:
         return self.parameters()[0].device
 
+    def size_multiple(self) -> int:
+        """Each spatial size the networks accept is a multiple of this: 2^(levels - 1)."""
+        return 2 ** (len(self.config.network.channels) - 1)
+
     @torch.no_grad()
     def segment(self, image: Tensor, n_samples: int, *, steps: int | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
         """``sample`` on an image of any size: pads each spatial axis up to a multiple of
-        2^(levels - 1) (replicate padding), samples, and crops back."""
-        factor = 2 ** (len(self.config.network.channels) - 1)
+        ``size_multiple()`` (replicate padding), samples, and crops back."""
+        factor = self.size_multiple()
         spatial = image.shape[2:]
         pads = [(-s) % factor for s in spatial]
         flat = [v for p in reversed(pads) for v in (0, p)]
@@ -104,6 +109,22 @@ class Method(ABC):
             return fn(inputs)
         return sliding_window_inference(inputs, self.window, sw_batch_size=4, predictor=fn,
                                         overlap=0.25, mode="gaussian")
+
+
+def run_sampler(s: SampleConfig, process, clip: float | None, denoise: Denoise, x_T: Tensor,
+                steps: int | None, generator: torch.Generator | None) -> Tensor:
+    """The final state of the sampler that ``sample.sampler`` names, over ``steps`` (default
+    ``sample.steps``) respaced steps: DDPM (ancestral), DDIM (eta ``sample.eta``) or
+    DPM-Solver++(2M) (deterministic)."""
+    timesteps = process.timesteps(steps or s.steps)
+    if s.sampler == "ddpm":
+        return last(ddpm(denoise, process, x_T, timesteps, generator=generator, clip=clip))
+    if s.sampler == "dpm_solver_pp":
+        return last(dpm_solver_pp(denoise, process, x_T, timesteps, clip=clip))
+    if s.sampler == "ddim":
+        return last(ddim(denoise, process, x_T, timesteps, eta=s.eta, generator=generator,
+                         clip=clip))
+    raise ConfigError(f"sample.sampler={s.sampler!r} is unknown; use ddim, ddpm or dpm_solver_pp")
 
 
 METHODS: dict[str, Callable[[RunConfig], Method]] = {}

@@ -35,15 +35,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from diffuseg.config import RunConfig, SampleConfig
+from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError, DataError
-from diffuseg.methods.base import Method, one_hot, register
+from diffuseg.methods.base import Method, one_hot, register, run_sampler
 from diffuseg.methods.baselines import read_options, windowed_with_emb
 from diffuseg.methods.ddpm import build_denoiser
 from diffuseg.methods.targets import build_target
 from diffuseg.networks.latent import GaussianEncoder, kl_diag_gaussians, sample_latent
 from diffuseg.processes import GaussianProcess
-from diffuseg.samplers import Denoise, ddim, ddpm, last
+from diffuseg.samplers import Denoise
 
 DEFAULTS = {"latent_dim": 6, "beta": 1e-3, "gamma": 1e-3, "condition_on_z": True}
 
@@ -163,16 +163,3 @@ class CIMD(Method):
             raise DataError(f"z has shape {list(z.shape)}; it must be {list(expected)} "
                             "[n_samples, batch, latent_dim]")
         return z.reshape(-1, self.latent_dim).to(image.device)
-
-
-def run_sampler(s: SampleConfig, process: GaussianProcess, clip: float | None, denoise: Denoise,
-                x_T: Tensor, steps: int | None, generator: torch.Generator | None) -> Tensor:
-    """The final x0 of the sampler named by ``s.sampler`` over ``steps`` (default ``s.steps``)
-    respaced steps."""
-    timesteps = process.timesteps(steps or s.steps)
-    if s.sampler == "ddpm":
-        trajectory = ddpm(denoise, process, x_T, timesteps, generator=generator, clip=clip)
-    else:
-        trajectory = ddim(denoise, process, x_T, timesteps, eta=s.eta, generator=generator,
-                          clip=clip)
-    return last(trajectory)

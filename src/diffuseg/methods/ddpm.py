@@ -11,12 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from diffuseg.config import RunConfig, SampleConfig
-from diffuseg.methods.base import Method, one_hot, register
+from diffuseg.config import RunConfig
+from diffuseg.methods.base import Method, one_hot, register, run_sampler
 from diffuseg.methods.targets import build_target
 from diffuseg.networks import ConditionalUNet
 from diffuseg.processes import GaussianProcess
-from diffuseg.samplers import ddim, ddpm, dpm_solver_pp, last
 
 
 def build_denoiser(config: RunConfig, extra_cond: int = 0, emb_channels: int = 0) -> nn.Module:
@@ -34,16 +33,6 @@ def build_denoiser(config: RunConfig, extra_cond: int = 0, emb_channels: int = 0
         num_heads=net.num_heads,
         emb_channels=emb_channels,
     )
-
-
-def run_sampler(s: SampleConfig, denoise, process, x_T: Tensor, timesteps: list[int],
-                generator: torch.Generator | None, clip: float | None):
-    """The trajectory of the sampler that ``sample.sampler`` names."""
-    if s.sampler == "ddpm":
-        return ddpm(denoise, process, x_T, timesteps, generator=generator, clip=clip)
-    if s.sampler == "dpm_solver_pp":
-        return dpm_solver_pp(denoise, process, x_T, timesteps, generator=generator, clip=clip)
-    return ddim(denoise, process, x_T, timesteps, eta=s.eta, generator=generator, clip=clip)
 
 
 @register("ddpm")
@@ -92,8 +81,6 @@ class DDPMSegmentation(Method):
         cond = image.repeat(n_samples, *([1] * (image.ndim - 1)))  # [S*B, C, *sp], sample-major
         shape = (n_samples * b, self.config.num_classes, *spatial)
         x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
-        timesteps = self.process.timesteps(steps)
-        denoise = self.denoise_fn(cond)
-        x0 = last(run_sampler(s, denoise, self.process, x_T, timesteps, generator,
-                              self.target.clip))
+        x0 = run_sampler(s, self.process, self.target.clip, self.denoise_fn(cond), x_T, steps,
+                         generator)
         return self.target.decode(x0).reshape(n_samples, b, *x0.shape[1:])
