@@ -1,0 +1,158 @@
+"""LDSeg: latent diffusion segmentation (Zaman et al., "Latent diffusion for medical image
+segmentation: end to end learning for fast sampling and accuracy", 2024).
+
+Four networks (networks/autoencoder.py): a label encoder z_0 = E(y) and decoder D(z) (the mask
+autoencoder; z has ``latent_channels`` channels at 1 / 2^``downsamples`` of the mask's size, in
+[-1, 1]), an image encoder c = I(X) at the latent resolution, and a latent denoiser f(z_t, t, c)
+(the ``ConditionalUNet``, its spatial size the latent size). The existing ``GaussianProcess``
+diffuses z_0, and the existing samplers run in latent space; D maps their result to masks.
+
+Training (one ``loss(batch)`` per step, all four networks end to end as in the paper):
+
+    z_0 = E(y),  z_t = sqrt(ab_t) sg(z_0) + sqrt(1 - ab_t) eps   (Ho et al. 2020, eq. 4)
+    L_rec  = DiceCE(D(z_0), y)                          the autoencoder's reconstruction
+    L_diff = || f(z_t, t, I(X)) - target(sg(z_0), eps, t) ||^2     (eps, x0 or v target)
+    L_seg  = DiceCE(D(clip(z0_hat)), y),  z0_hat = predict_x0(z_t, t, f)
+    loss   = w_rec L_rec + w_diff L_diff + w_seg L_seg
+
+L_seg is the paper's segmentation loss on the denoised latent (their L1 = CE + Dice of
+D(z_dn)), L_diff their noise loss (L2, lambda = 1). Unlike the released code, the diffusion
+target z_0 is detached (sg = stop-gradient): without it the label encoder could shrink or
+collapse the latent to make L_diff small, since with x0 prediction the target is z_0 itself;
+E is trained by L_rec alone and D by L_rec and L_seg, so the latent stays a faithful code.
+
+Sampling: the image embedding is computed ONCE per image per ``sample`` call, repeated for the
+S samples (sample-major), and all S x B latents are denoised as one batch per step with the
+sampler named by ``sample.sampler`` (ddim, ddpm or dpm_solver_pp), ``steps`` (default the
+option ``steps`` = 2) respaced steps; x0 or v prediction makes 1-2 DDIM steps usable.
+
+Options (``method.options``): latent_channels 4, downsamples 2, width 16 (autoencoder and image
+encoder base width), cond_channels 8 (image embedding channels), steps 2, rec_weight 1,
+diff_weight 1, seg_weight 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.inferers import sliding_window_inference
+from torch import Tensor, nn
+
+from diffuseg.config import RunConfig
+from diffuseg.errors import ConfigError
+from diffuseg.methods.base import Method, one_hot, register, run_sampler
+from diffuseg.methods.baselines import dice_ce, probabilities, read_options
+from diffuseg.networks import ConditionalUNet
+from diffuseg.networks.autoencoder import ImageEncoder, MaskAutoencoder
+from diffuseg.processes import GaussianProcess
+from diffuseg.samplers import Denoise
+
+DEFAULTS = {"latent_channels": 4, "downsamples": 2, "width": 16, "cond_channels": 8, "steps": 2,
+            "rec_weight": 1.0, "diff_weight": 1.0, "seg_weight": 1.0}
+CLIP = 1.0  # the latent is tanh-bounded: z0_hat is clamped to [-1, 1]
+
+
+def check_options(opts: dict, config: RunConfig) -> None:
+    for key in ("latent_channels", "width", "cond_channels", "steps"):
+        if opts[key] < 1:
+            raise ConfigError(f"method.options.{key}={opts[key]} must be at least 1")
+    if opts["downsamples"] < 0:
+        raise ConfigError(f"method.options.downsamples={opts['downsamples']} must be >= 0")
+    for key in ("rec_weight", "diff_weight", "seg_weight"):
+        if opts[key] < 0:
+            raise ConfigError(f"method.options.{key}={opts[key]} must be >= 0")
+    factor = 2 ** opts["downsamples"] * 2 ** (len(config.network.channels) - 1)
+    if any(p % factor for p in config.data.patch_size):
+        raise ConfigError(
+            f"data.patch_size={list(config.data.patch_size)} must be divisible by {factor} for "
+            f"ldseg (2^downsamples x 2^(levels-1)); pick a multiple of {factor}")
+
+
+@register("ldseg")
+class LDSeg(Method):
+    """Latent diffusion: mask autoencoder + image encoder + latent ``ConditionalUNet``."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        opts = read_options(config, DEFAULTS)
+        check_options(opts, config)
+        self.opts = opts
+        self.latent_channels, self.steps = opts["latent_channels"], opts["steps"]
+        self.factor = 2 ** opts["downsamples"]  # image size / latent size
+        self.process = GaussianProcess.from_config(config.process)
+        net, d = config.network, config.spatial_dims
+        self.autoencoder = MaskAutoencoder(d, config.num_classes, opts["latent_channels"],
+                                           opts["width"], opts["downsamples"], net.norm_groups)
+        self.image_encoder = ImageEncoder(d, config.in_channels, opts["cond_channels"],
+                                          opts["width"], opts["downsamples"], net.norm_groups)
+        self.denoiser = ConditionalUNet(
+            spatial_dims=d, in_channels=opts["latent_channels"],
+            cond_channels=opts["cond_channels"], out_channels=opts["latent_channels"],
+            channels=net.channels, num_res_blocks=net.num_res_blocks,
+            attention_levels=net.attention_levels, norm_groups=net.norm_groups,
+            dropout=net.dropout, num_heads=net.num_heads)  # fmt: skip
+        self.criterion = dice_ce(config.num_classes)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"denoiser": self.denoiser, "image_encoder": self.image_encoder,
+                "autoencoder": self.autoencoder}
+
+    def loss(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None
+             ) -> dict[str, Tensor]:
+        """Module docstring: w_rec L_rec + w_diff L_diff + w_seg L_seg."""
+        y = one_hot(batch["mask"], self.config.num_classes)
+        z0 = self.autoencoder.encode(y.to(batch["image"].dtype))
+        rec = self.criterion(self.autoencoder.decode(z0).float(), y)
+        target = z0.detach().float()
+        t = self.process.sample_t(target.shape[0], generator=generator, device=target.device)
+        noise = torch.randn(target.shape, generator=generator, device=target.device)
+        z_t = self.process.q_sample(target, t, noise=noise)
+        out = self.denoiser(z_t, t, self.image_encoder(batch["image"])).float()
+        diff = (out - self.process.training_target(target, noise, t)).pow(2).mean()
+        z0_hat = self.process.predict_x0(z_t, t, out).clamp(-CLIP, CLIP)
+        seg = self.criterion(self.autoencoder.decode(z0_hat).float(), y)
+        o = self.opts
+        loss = o["rec_weight"] * rec + o["diff_weight"] * diff + o["seg_weight"] * seg
+        return {"loss": loss, "rec": rec, "diff": diff, "seg": seg}
+
+    def denoise_fn(self, cond: Tensor) -> Denoise:
+        """The latent denoiser as the sampler sees it, with the image embedding ``cond``
+        ``[S*B, cond_channels, *latent]`` fixed."""
+        c = self.latent_channels
+
+        def denoise(z_t: Tensor, t: Tensor) -> Tensor:
+            if not self._needs_windows(z_t.shape[2:]):
+                return self.denoiser(z_t, t, cond).to(z_t.dtype)
+
+            def window(inputs: Tensor) -> Tensor:
+                tb = t[:1].expand(inputs.shape[0])
+                return self.denoiser(inputs[:, :c], tb, inputs[:, c:]).to(inputs.dtype)
+
+            latent_window = tuple(w // self.factor for w in self.window)
+            return sliding_window_inference(torch.cat([z_t, cond.to(z_t.dtype)], dim=1),
+                                            latent_window, sw_batch_size=4, predictor=window,
+                                            overlap=0.25, mode="gaussian")
+
+        return denoise
+
+    def _needs_windows(self, latent_size: tuple[int, ...]) -> bool:
+        return self.window is not None and any(
+            s > w // self.factor for s, w in zip(latent_size, self.window, strict=True))
+
+    @torch.no_grad()
+    def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+        """``[S, B, K, *sp]`` probabilities: one image encoding, S x B latents per step, one
+        decoding of all S x B final latents."""
+        b = image.shape[0]
+        features = self.image_encoder(image)  # once per image per call, not per step
+        cond = features.repeat(n_samples, *([1] * (features.ndim - 1)))  # [S*B, ...], S-major
+        shape = (n_samples * b, self.latent_channels, *features.shape[2:])
+        z_T = self.process.prior_sample(shape, generator=generator, device=image.device)
+        z0 = run_sampler(self.config.sample, self.process, CLIP, self.denoise_fn(cond), z_T,
+                         steps or self.steps, generator)
+        p = probabilities(self.autoencoder.decode(z0.to(features.dtype)))
+        return p.reshape(n_samples, b, *p.shape[1:])
+
+    def size_multiple(self) -> int:
+        """The latent denoiser's need: 2^downsamples x 2^(levels - 1)."""
+        return self.factor * 2 ** (len(self.config.network.channels) - 1)

@@ -1,0 +1,202 @@
+"""LDSeg (latent diffusion segmentation): shapes, loss terms and gradients, the reference
+sampling pipeline, one image encoding per sample() call, and the mask autoencoder learning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import diffuseg.methods.ldseg  # noqa: F401  (registers "ldseg")
+from diffuseg.config import (
+    DataConfig,
+    MethodConfig,
+    NetworkConfig,
+    ProcessConfig,
+    RunConfig,
+    SampleConfig,
+)
+from diffuseg.data.phantom import make_case
+from diffuseg.errors import ConfigError
+from diffuseg.methods import build_method
+from diffuseg.metrics.overlap import dice
+from diffuseg.networks.autoencoder import MaskAutoencoder
+from diffuseg.samplers import ddim, ddpm, dpm_solver_pp, last
+
+SIZE = {2: (16, 16), 3: (8, 8, 8)}
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def config(spatial_dims: int = 2, num_classes: int = 1, sampler: str = "ddim",
+           prediction: str = "x0", patch: tuple[int, ...] | None = None, **options) -> RunConfig:
+    return RunConfig(
+        spatial_dims=spatial_dims, num_classes=num_classes,
+        network=NetworkConfig(channels=(8, 16), attention_levels=(False, True), norm_groups=4,
+                              num_heads=2),
+        process=ProcessConfig(T=100, prediction=prediction),
+        data=DataConfig(patch_size=patch or SIZE[spatial_dims]),
+        sample=SampleConfig(steps=3, sampler=sampler),
+        method=MethodConfig(name="ldseg", options={"width": 8, **options}),
+    ).validate()  # fmt: skip
+
+
+def randomise(module: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
+    """N(0, scale^2) weights: the denoiser's output conv is zero-initialised, which would stop
+    every gradient below it and make every sample the same."""
+    g = gen(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module
+
+
+def build(*args, **kw):
+    torch.manual_seed(0)
+    method = build_method(config(*args, **kw))
+    randomise(method.denoiser)
+    return method
+
+
+def batch(spatial_dims: int, num_classes: int, b: int = 2, seed: int = 0) -> dict:
+    g = gen(seed)
+    spatial = SIZE[spatial_dims]
+    labels = torch.randint(0, max(num_classes, 2), (b, 1, *spatial), generator=g)
+    return {"image": torch.randn(b, 1, *spatial, generator=g), "mask": labels}
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_sample_shapes_and_range(spatial_dims, num_classes):
+    method = build(spatial_dims, num_classes).eval()
+    image = batch(spatial_dims, num_classes)["image"]
+    out = method.sample(image, 3, steps=2, generator=gen(1))
+    assert out.shape == (3, 2, num_classes, *SIZE[spatial_dims])
+    assert out.min() >= 0 and out.max() <= 1
+    if num_classes > 1:
+        torch.testing.assert_close(out.sum(2), torch.ones_like(out.sum(2)))
+    latent = method.autoencoder.encode(torch.ones(1, num_classes, *SIZE[spatial_dims]))
+    assert latent.shape == (1, 4, *(s // 4 for s in SIZE[spatial_dims]))
+    assert latent.abs().max() < 1  # tanh-bounded, so x0_hat may be clamped to [-1, 1]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_loss_terms_and_gradients_reach_every_network(spatial_dims):
+    method = build(spatial_dims, 1).train()
+    terms = method.loss(batch(spatial_dims, 1), generator=gen(2))
+    assert set(terms) == {"loss", "rec", "diff", "seg"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    torch.testing.assert_close(terms["loss"], terms["rec"] + terms["diff"] + terms["seg"])
+    terms["loss"].backward()
+    for name, net in method.networks().items():
+        for pname, p in net.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+
+
+def test_diffusion_target_is_detached():
+    """With only the diffusion term, no gradient reaches the label encoder (sg(z_0))."""
+    method = build(2, 1, rec_weight=0.0, seg_weight=0.0).train()
+    terms = method.loss(batch(2, 1), generator=gen(3))
+    terms["loss"].backward()
+    encoder = method.autoencoder.encoder
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in encoder.parameters())
+    assert method.image_encoder.out.weight.grad.abs().sum() > 0
+
+
+def manual_sample(method, image, n, steps, sampler, generator):
+    """The pipeline written out: encode once, repeat S times, sample the latent, decode."""
+    cond = method.image_encoder(image).repeat(n, 1, 1, 1)
+    shape = (n * image.shape[0], 4, *cond.shape[2:])
+    z_T = method.process.prior_sample(shape, generator=generator)
+    ts = method.process.timesteps(steps)
+
+    def denoise(z, t):
+        return method.denoiser(z, t, cond)
+
+    if sampler == "ddim":
+        z0 = last(ddim(denoise, method.process, z_T, ts, clip=1.0))
+    elif sampler == "ddpm":
+        z0 = last(ddpm(denoise, method.process, z_T, ts, generator=generator, clip=1.0))
+    else:
+        z0 = last(dpm_solver_pp(denoise, method.process, z_T, ts, clip=1.0))
+    p = torch.sigmoid(method.autoencoder.decode(z0))
+    return p.reshape(n, image.shape[0], *p.shape[1:])
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm_solver_pp"])
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_sample_equals_the_written_out_pipeline(sampler, prediction):
+    method = build(2, 1, prediction=prediction).eval()
+    method.config.sample.sampler = sampler  # dpm_solver_pp: SampleConfig's Literal may lag
+    image = batch(2, 1)["image"]
+    with torch.no_grad():
+        expected = manual_sample(method, image, 3, 3, sampler, gen(4))
+    got = method.sample(image, 3, steps=3, generator=gen(4))
+    torch.testing.assert_close(got, expected)
+    assert (got[0] - got[1]).abs().max() > 1e-3  # the samples differ
+
+
+def test_one_image_encoding_per_call_and_one_batch_per_step():
+    method = build(2, 1).eval()
+    encoder_batches, denoiser_batches = [], []
+    method.image_encoder.register_forward_hook(
+        lambda m, args, out: encoder_batches.append(args[0].shape[0]))
+    method.denoiser.register_forward_hook(
+        lambda m, args, out: denoiser_batches.append(args[0].shape[0]))
+    method.sample(batch(2, 1, b=2)["image"], 4, steps=5, generator=gen(5))
+    assert encoder_batches == [2]  # once per image, not once per step or sample
+    assert denoiser_batches == [8] * 5  # S x B latents per step
+    denoiser_batches.clear()
+    method.sample(batch(2, 1, b=1)["image"], 2, generator=gen(5))
+    assert denoiser_batches == [2, 2]  # default: the option steps = 2
+
+
+def test_segment_pads_any_size_and_crops_back():
+    method = build(2, 1).eval()
+    out = method.segment(torch.randn(1, 1, 13, 21, generator=gen(6)), 2, steps=1,
+                         generator=gen(7))
+    assert out.shape == (2, 1, 1, 13, 21)
+
+
+def test_user_errors():
+    with pytest.raises(ConfigError, match="divisible by 8"):
+        build_method(config(patch=(12, 12)))
+    with pytest.raises(ConfigError, match="did you mean 'latent_channels'"):
+        build_method(config(latent_channel=2))
+    with pytest.raises(ConfigError, match="must be at least 1"):
+        build_method(config(steps=0))
+    method = build(2, 1)
+    method.config.sample.sampler = "euler"
+    with pytest.raises(ConfigError, match="dpm_solver_pp"):
+        method.sample(batch(2, 1)["image"], 1)
+
+
+def test_mask_autoencoder_learns_phantom_masks():
+    """A short Adam run reconstructs phantom lesion masks (Dice > 0.9) from a 4 x 4 x 4 latent
+    of a 16 x 16 mask; the untrained autoencoder does not."""
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(np.stack([make_case(2, 16, 3, rng).raters for _ in range(4)]))
+    masks = masks.reshape(-1, 1, 16, 16).float()  # 12 masks: 4 cases x 3 raters
+    torch.manual_seed(0)
+    ae = MaskAutoencoder(2, 1, latent_channels=4, width=8, downsamples=2, norm_groups=4)
+
+    def mean_dice() -> float:
+        with torch.no_grad():
+            p = torch.sigmoid(ae(masks)).numpy()
+        return float(np.mean([dice(p[i, 0], masks[i, 0].numpy()) for i in range(len(p))]))
+
+    before = mean_dice()
+    optimiser = torch.optim.Adam(ae.parameters(), lr=3e-3)
+    for _ in range(80):
+        logits = ae(masks)
+        p = torch.sigmoid(logits)
+        soft_dice = 1 - (2 * (p * masks).sum() + 1) / (p.sum() + masks.sum() + 1)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, masks) + soft_dice
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert before < 0.5
+    assert mean_dice() > 0.9
