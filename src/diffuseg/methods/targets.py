@@ -8,6 +8,8 @@ from typing import Protocol
 
 from torch import Tensor
 
+from diffuseg.methods.sdf import SDFTarget
+
 
 class Target(Protocol):
     clip: float | None  # x0_hat is clamped to [-clip, clip] during sampling
@@ -34,7 +36,7 @@ class MaskTarget:
         return p
 
 
-TARGETS = {"mask": MaskTarget}
+TARGETS = {"mask": MaskTarget, "sdf": SDFTarget}
 
 
 def build_target(name: str) -> Target:

@@ -225,6 +225,8 @@ class MedSegDiffV2(nn.Module):
     method adds the anchor loss. It depends on ``cond`` only. ``spatial_size`` is the one input
     size the network accepts (each spatial size divisible by ``2^(levels-1)``).
     ``anchor_channels`` defaults to ``out_channels`` (one logit per mask channel).
+    ``forward`` = ``denoise(x, t, encode_condition(cond), emb)``: a sampler encodes the image once
+    and calls ``denoise`` at every step.
     """
 
     def __init__(
@@ -277,21 +279,44 @@ class MedSegDiffV2(nn.Module):
     def forward(
         self, x: Tensor, t: Tensor, cond: Tensor | None, emb: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        levels = self.body.levels
-        check_input(x, "x", self.spatial_dims, self.in_channels, levels)
+        check_input(x, "x", self.spatial_dims, self.in_channels, self.body.levels)
         if cond is None:
             raise DataError(f"cond (the image, {self.cond_channels} channels) is required")
-        check_input(cond, "cond", self.spatial_dims, self.cond_channels, levels)
         same = cond.shape[0] == x.shape[0] and cond.shape[2:] == x.shape[2:]
         if tuple(x.shape[2:]) != self.spatial_size or not same:
             raise DataError(
                 f"x {list(x.shape)} and cond {list(cond.shape)} must share the batch and the "
                 f"spatial size {list(self.spatial_size)} this network was built for"
             )
+        condition = self.encode_condition(cond.to(x.dtype))
+        return self.denoise(x, t, condition, emb), condition[1]
+
+    def encode_condition(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """The part that sees only the image: ``(semantic, anchor_logits)``, the FF-parsed deepest
+        condition features and the anchor. Sampling computes it once per image and passes it to
+        ``denoise`` at every step."""
+        check_input(cond, "cond", self.spatial_dims, self.cond_channels, self.body.levels)
+        if tuple(cond.shape[2:]) != self.spatial_size:
+            raise DataError(
+                f"cond {list(cond.shape)} must have the spatial size {list(self.spatial_size)} "
+                "this network was built for"
+            )
+        feats, anchor_logits = self.condition(cond)
+        return self.ff_parser(feats[-1]), anchor_logits
+
+    def denoise(
+        self, x: Tensor, t: Tensor, condition: tuple[Tensor, Tensor], emb: Tensor | None = None
+    ) -> Tensor:
+        """The diffusion model's prediction from ``x_t``, ``t`` and ``encode_condition(cond)``."""
+        semantic, anchor_logits = condition
+        check_input(x, "x", self.spatial_dims, self.in_channels, self.body.levels)
+        if tuple(x.shape[2:]) != self.spatial_size or anchor_logits.shape[0] != x.shape[0]:
+            raise DataError(
+                f"x {list(x.shape)} must have the spatial size {list(self.spatial_size)} and the "
+                f"batch of the condition ({anchor_logits.shape[0]})"
+            )
         temb = self.time(t, x.shape[0], emb)
-        feats, anchor_logits = self.condition(cond.to(x.dtype))
-        semantic = self.ff_parser(feats[-1])
-        h = self.anchor(self.stem(x), anchor_logits)
+        h = self.anchor(self.stem(x), anchor_logits.to(x.dtype))
         h, skips = self.body.encode(h, temb)
-        h = self.ssformer(self.body.middle(h, temb), semantic)
-        return self.head(self.body.decode(h, skips, temb)), anchor_logits
+        h = self.ssformer(self.body.middle(h, temb), semantic.to(h.dtype))
+        return self.head(self.body.decode(h, skips, temb))

@@ -1,0 +1,221 @@
+"""HiDiff (Chen et al., IEEE TMI 2024): the prior-anchored Bernoulli process against Bayes' rule and
+BerDiff's, the alternate-collaborative steps, the focal loss, sampling in 2D and 3D."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import diffuseg.methods.hidiff  # noqa: F401  (registers "hidiff")
+from diffuseg.config import (
+    DataConfig,
+    MethodConfig,
+    NetworkConfig,
+    ProcessConfig,
+    RunConfig,
+    SampleConfig,
+)
+from diffuseg.errors import ConfigError
+from diffuseg.methods import build_method
+from diffuseg.methods.hidiff import AnchoredBernoulli, focal_loss
+from diffuseg.processes import BernoulliProcess, cosine_betas
+from diffuseg.weights import load_networks, state_of
+
+SIZE = {2: (16, 16), 3: (8, 8, 8)}
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def config(spatial_dims: int = 2, num_classes: int = 1, kind: str = "bernoulli",
+           **options) -> RunConfig:
+    return RunConfig(
+        spatial_dims=spatial_dims, num_classes=num_classes,
+        network=NetworkConfig(channels=(8, 16), attention_levels=(False, True), norm_groups=4,
+                              num_heads=2),
+        process=ProcessConfig(kind=kind, T=20), data=DataConfig(patch_size=SIZE[spatial_dims]),
+        sample=SampleConfig(steps=3), method=MethodConfig(name="hidiff", options=options),
+    ).validate()  # fmt: skip
+
+
+def randomise(module: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
+    g = gen(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module
+
+
+def build(*args, **kw):
+    torch.manual_seed(0)
+    method = build_method(config(*args, **kw))
+    randomise(method.refiner)
+    randomise(method.segmentor, seed=1)
+    return method
+
+
+def batch(spatial_dims: int, b: int = 2, seed: int = 0) -> dict:
+    g = gen(seed)
+    sp = SIZE[spatial_dims]
+    return {"image": torch.randn(b, 1, *sp, generator=g),
+            "mask": torch.randint(0, 2, (b, 1, *sp), generator=g)}
+
+
+# ------------------------------------------------------------------------------------------
+# the anchored process
+
+
+def schedule() -> BernoulliProcess:
+    return BernoulliProcess(cosine_betas(20))
+
+
+def test_half_prior_is_berdiffs_process():
+    proc = schedule()
+    x0 = torch.rand(3, 1, 4, 4, generator=gen(0))
+    x_t = (torch.rand(3, 1, 4, 4, generator=gen(1)) < 0.5).float()
+    anchored = AnchoredBernoulli(proc, torch.full_like(x0, 0.5))
+    for t, t_prev in ((19, 12), (5, 4), (0, -1)):
+        torch.testing.assert_close(anchored.q_probs(x0, t), proc.q_probs(x0, t))
+        torch.testing.assert_close(anchored.posterior_probs(x_t, t, t_prev, x0),
+                                   proc.posterior_probs(x_t, t, t_prev, x0))
+
+
+def kernel(y_next: float, y: float, keep: float, p: float) -> float:
+    """One (respaced) forward step: keep y with probability `keep`, else redraw from B(p)."""
+    prior = p if y_next == 1 else 1 - p
+    return keep * (y_next == y) + (1 - keep) * prior
+
+
+@pytest.mark.parametrize("t, t_prev", [(19, 11), (7, 6), (3, 0)])
+def test_posterior_is_bayes_rule_of_the_anchored_chain(t, t_prev):
+    """q(y_tp | y_t, y_0) = q(y_tp | y_0) q(y_t | y_tp) / sum over y_tp, each factor the
+    keep-or-redraw-from-B(p) kernel; and the kernels compose: q(y_t | y_0) is the marginal."""
+    proc = schedule()
+    ab_t, ab_p = float(proc.alpha_bar_at(t)), float(proc.alpha_bar_at(t_prev))
+    p = torch.tensor([0.13, 0.5, 0.91])
+    anchored = AnchoredBernoulli(proc, p)
+    for y0, yt in itertools.product((0.0, 1.0), repeat=2):
+        expected = []
+        for pi in p.tolist():
+            joint = [kernel(y, y0, ab_p, pi) * kernel(yt, y, ab_t / ab_p, pi) for y in (0.0, 1.0)]
+            expected.append(joint[1] / sum(joint))
+            marginal = sum(kernel(1.0, y, ab_t / ab_p, pi) * kernel(y, y0, ab_p, pi)
+                           for y in (0.0, 1.0))
+            assert marginal == pytest.approx(ab_t * y0 + (1 - ab_t) * pi, rel=1e-6)
+        got = anchored.posterior_probs(torch.full((3,), yt), t, t_prev, torch.full((3,), y0))
+        torch.testing.assert_close(got, torch.tensor(expected))
+    torch.testing.assert_close(anchored.q_probs(torch.ones(3), t), ab_t + (1 - ab_t) * p)
+
+
+def test_prior_sample_is_bernoulli_of_the_prior():
+    p = torch.tensor([0.1, 0.6, 0.95]).repeat(20000, 1)
+    y = AnchoredBernoulli(schedule(), p).prior_sample(p.shape, generator=gen(0))
+    assert set(y.unique().tolist()) <= {0.0, 1.0}
+    se = (p[0] * (1 - p[0]) / 20000).sqrt()
+    assert ((y.mean(0) - p[0]).abs() < 4 * se).all()
+
+
+def test_focal_loss_closed_form():
+    logits, target = torch.tensor([2.0, -1.0]), torch.tensor([1.0, 1.0])
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pt = torch.sigmoid(logits)  # probability of the true label (1)
+    torch.testing.assert_close(focal_loss(logits, target, 2.0), ((1 - pt) ** 2 * bce).mean())
+    torch.testing.assert_close(focal_loss(logits, target, 0.0), bce.mean())
+
+
+# ------------------------------------------------------------------------------------------
+# alternate-collaborative training
+
+
+def grads(net: nn.Module) -> list[torch.Tensor | None]:
+    return [p.grad for p in net.parameters()]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_steps_alternate_between_refiner_and_segmentor(spatial_dims):
+    method = build(spatial_dims).train()
+    data = batch(spatial_dims)
+    terms = method.loss(data, generator=gen(0))  # count 0: the refiner's turn
+    assert {"loss", "segmentor", "refiner", "kl", "focal"} <= set(terms)
+    assert all(torch.isfinite(v) for v in terms.values())
+    torch.testing.assert_close(terms["loss"], terms["kl"] + terms["focal"])
+    terms["loss"].backward()
+    assert all(g is None for g in grads(method.segmentor))
+    for name, p in method.refiner.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    method.refiner.zero_grad(set_to_none=True)
+    terms = method.loss(data, generator=gen(1))  # count 1: the segmentor's turn
+    torch.testing.assert_close(terms["loss"], terms["segmentor"] + terms["refiner"])
+    terms["loss"].backward()
+    assert all(g is None for g in grads(method.refiner))
+    for name, p in method.segmentor.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    assert int(method.steps.count) == 2
+
+
+def test_the_refiner_feeds_back_into_the_segmentor():
+    """Odd steps: L_seg + feedback * L_BBDM; the BBDM term reaches the segmentor through p."""
+    data = batch(2)
+    by_feedback = {}
+    for feedback in (0.0, 0.5):
+        method = build(feedback=feedback).train()
+        method.steps.count.fill_(1)
+        terms = method.loss(data, generator=gen(2))
+        torch.testing.assert_close(terms["loss"], terms["segmentor"] + feedback * terms["refiner"])
+        terms["loss"].backward()
+        by_feedback[feedback] = torch.cat([g.flatten() for g in grads(method.segmentor)])
+    assert not torch.allclose(by_feedback[0.0], by_feedback[0.5])
+
+
+def test_the_step_count_is_saved_and_only_training_advances_it():
+    method = build().train()
+    for step in range(3):
+        method.loss(batch(2), generator=gen(step))
+    method.eval().loss(batch(2), generator=gen(9))
+    assert int(method.steps.count) == 3
+    fresh = build()
+    load_networks(fresh.networks(), state_of(method.networks()))
+    assert int(fresh.steps.count) == 3  # a resumed run takes the segmentor's turn next
+
+
+# ------------------------------------------------------------------------------------------
+# sampling and errors
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_sample_shape_range_and_seed(spatial_dims):
+    method = build(spatial_dims).eval()
+    image = batch(spatial_dims)["image"]
+    s = method.sample(image, 3, generator=gen(5))
+    assert s.shape == (3, 2, 1, *SIZE[spatial_dims])
+    assert s.min() >= 0 and s.max() <= 1
+    assert torch.equal(s, method.sample(image, 3, generator=gen(5)))
+    assert not torch.equal(s, method.sample(image, 3, generator=gen(6)))
+
+
+def test_sampling_starts_from_the_prior_and_sees_it():
+    """With one step the sample is the refiner's x0_hat for y_T ~ B(p) and cond = [image, p]."""
+    method = build().eval()
+    image = batch(2, b=1)["image"]
+    s = method.sample(image, 2, steps=1, generator=gen(3))
+    p = method.prior(image).repeat(2, 1, 1, 1)
+    y_T = (torch.rand(p.shape, generator=gen(3)) < p.clamp(1e-4, 1 - 1e-4)).float()
+    cond = torch.cat([image.repeat(2, 1, 1, 1), p], 1)
+    with torch.no_grad():
+        expected = torch.sigmoid(method.refiner(y_T, torch.full((2,), 19), cond))
+    torch.testing.assert_close(s, expected.reshape(2, 1, 1, 16, 16))
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="num_classes=1"):
+        build_method(config(num_classes=3))
+    with pytest.raises(ConfigError, match="process.kind=bernoulli"):
+        build_method(config(kind="gaussian"))
+    with pytest.raises(ConfigError, match="feedback"):
+        build_method(config(feedback=-1.0))
