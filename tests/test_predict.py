@@ -98,3 +98,18 @@ def test_resampled_run_predicts_on_the_input_grid(tmp_path):
     out = nib.load(folder / "probability.nii.gz")
     assert out.shape == volume.shape
     np.testing.assert_allclose(out.affine, affine, atol=1e-6)
+
+
+def test_channel_files_of_a_case_are_one_input(tmp_path):
+    from PIL import Image
+
+    for c in range(3):
+        Image.fromarray(np.full((8, 8), 10 * c, np.uint8)).save(tmp_path / f"lesion_{c:04d}.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "other.png")
+    inputs = list_inputs(tmp_path)
+    assert [[p.name for p in case] for case in inputs] == [
+        ["lesion_0000.png", "lesion_0001.png", "lesion_0002.png"], ["other.png"]]
+    from diffuseg.inference import read_channels
+
+    image, _ = read_channels(inputs[0])
+    assert image.shape == (3, 8, 8) and image[2].max() == 20

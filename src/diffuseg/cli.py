@@ -95,7 +95,7 @@ def predict(
         folder = predictor.predict_file(
             path, output, n_samples=samples, steps=steps, seed=seed, overwrite=overwrite
         )
-        typer.echo(f"{path.name}: {folder}")
+        typer.echo(f"{path[0].name}: {folder}")
 
 
 @app.command()

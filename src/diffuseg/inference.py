@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,25 +95,40 @@ class Predictor:
             samples = map_back(samples, grid, geometry)
         return summarise(samples)
 
-    def predict_file(self, path: str | Path, out_dir: str | Path, *, n_samples: int | None = None,
-                     steps: int | None = None, seed: int = 0, overwrite: bool = False) -> Path:
-        """Segment one file and write its outputs into ``out_dir/<case>/`` (see
-        ``diffuseg.outputs.write_result``)."""
+    def predict_file(self, path: str | Path | Sequence[Path], out_dir: str | Path, *,
+                     n_samples: int | None = None, steps: int | None = None, seed: int = 0,
+                     overwrite: bool = False) -> Path:
+        """Segment one image and write its outputs into ``out_dir/<case>/`` (see
+        ``diffuseg.outputs.write_result``). ``path`` is a file, a DICOM series folder, or the
+        channel files of one case (nnU-Net's ``case_0000``, ``case_0001``, ...), in order."""
         from diffuseg.outputs import write_result
 
-        path = Path(path)
-        image, geometry = read_image(path)
-        result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
-                              seed=seed, source=str(path))
-        case_dir = Path(out_dir) / case_name(path)
+        paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+        image, geometry = read_channels(paths)
+        case_dir = Path(out_dir) / case_name(paths[0])
         if case_dir.exists() and any(case_dir.iterdir()) and not overwrite:
             raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite to "
                             "replace it or choose another -o")
-        write_result(result, geometry, case_dir, source=path,
+        result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
+                              seed=seed, source=str(paths[0]))
+        write_result(result, geometry, case_dir, source=paths[0],
                      extra={"run": str(self.run_dir), "steps": steps or self.config.sample.steps,
                             "seed": seed, "threads": torch.get_num_threads(),
                             "device": str(self.device)})
         return case_dir
+
+
+def read_channels(paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
+    """Read the channel files of one case and stack them; they must share one grid."""
+    arrays, geometry = [], None
+    for path in paths:
+        array, geo = read_image(path)
+        if geometry is not None and not geo.same_grid(geometry):
+            raise DataError(f"'{path}' is not on the grid of '{paths[0]}'; the channel files of "
+                            "one case must share shape and geometry")
+        arrays.append(array)
+        geometry = geometry or geo
+    return np.concatenate(arrays, axis=0), geometry
 
 
 def map_back(samples: torch.Tensor, grid: Geometry, geometry: Geometry) -> torch.Tensor:
@@ -123,31 +139,35 @@ def map_back(samples: torch.Tensor, grid: Geometry, geometry: Geometry) -> torch
     return torch.from_numpy(back).clamp(0, 1).reshape(s, b, k, *geometry.shape)
 
 
-def case_name(path: Path) -> str:
+def case_name(path: Path, keep_channel: bool = False) -> str:
     """'case_0000.nii.gz' -> 'case' (nnU-Net channel suffix dropped), 'img.png' -> 'img'."""
     name = path.name
     for ext in (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"):
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break
-    if len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
+    if not keep_channel and len(name) > 5 and name[-5] == "_" and name[-4:].isdigit():
         name = name[:-5]
     return name
 
 
-def list_inputs(path: str | Path) -> list[Path]:
-    """A file, a DICOM series folder, or a folder of image files."""
+def list_inputs(path: str | Path) -> list[list[Path]]:
+    """The images under ``path``, each as the list of its channel files: a file, a DICOM series
+    folder, or a folder of images in which ``case_0000``, ``case_0001``, ... are one case."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"input '{path}' does not exist; check the path given to -i")
     if path.is_file():
-        return [path]
+        return [[path]]
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if case_name(p) != p.name]
-    if images:
-        return images
+    cases: dict[str, list[Path]] = {}
+    for p in files:
+        if case_name(p, keep_channel=True) != p.name:  # an image file
+            cases.setdefault(case_name(p), []).append(p)
+    if cases:
+        return list(cases.values())
     if files:  # a DICOM series folder is one image
-        return [path]
+        return [[path]]
     raise DataError(f"input folder '{path}' holds no images (.png, .tif, .jpg, .nii.gz) "
                     "or DICOM files")
 
