@@ -26,7 +26,15 @@ def dataset_defaults(dataset_dir: Path) -> dict[str, Any]:
     cap = 128 if dims == 2 else 64
     patch = [int(max(16, min(cap, s) // 16 * 16)) for s in spatial]
     return {"spatial_dims": dims, "in_channels": int(first.image.shape[0]),
-            "num_classes": num_classes, "data": {"patch_size": patch}}
+            "num_classes": num_classes,
+            "data": {"patch_size": patch, "intensity": intensity_for(info.channel_names)}}
+
+
+def intensity_for(channel_names: dict[str, str]) -> str:
+    """nnU-Net's convention: CT channels keep their Hounsfield scale (clipped to a window), any
+    other modality is z-scored per image."""
+    modalities = {name.strip().upper() for name in channel_names.values()}
+    return "ct" if modalities == {"CT"} else "zscore"
 
 
 def merge(base: dict, top: dict) -> dict:
