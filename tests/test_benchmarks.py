@@ -1,0 +1,153 @@
+"""benchmarks/lidc.py and benchmarks/ambiguity.py: argument parsing, the LIDC patient split, the
+reference row, the table; their --quick modes end to end (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffuseg.data import Dataset
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+common = load("common")
+lidc = load("lidc")
+ambiguity = load("ambiguity")
+
+
+def test_lidc_arguments_presets():
+    cpu = lidc.parse_args([])
+    assert (cpu.method, cpu.minutes, cpu.preset, cpu.device) == ("ddpm", 20.0, "cpu", "cpu")
+    assert (cpu.train_patients, cpu.max_val_cases, cpu.n_samples) == (150, 100, (16, 100))
+    gpu = lidc.parse_args(["--gpu", "--method", "cimd", "--n-samples", "16,50"])
+    assert (gpu.preset, gpu.device, gpu.method) == ("gpu", "cuda", "cimd")
+    assert (gpu.train_patients, gpu.max_val_cases, gpu.n_samples) == (None, None, (16, 50))
+    assert "train.device=cuda" in common.PRESETS["gpu"]
+    assert lidc.parse_args(["--quick"]).minutes == 0.25
+    with pytest.raises(SystemExit):
+        lidc.parse_args(["--method", "nope"])
+    with pytest.raises(SystemExit):
+        lidc.parse_args(["--n-samples", "16,x"])
+
+
+def test_ambiguity_arguments():
+    args = ambiguity.parse_args(["--out", "a.json"])
+    assert args.methods == ["ddpm", "cimd", "unet", "mc_dropout", "ensemble", "prob_unet"]
+    assert (args.dataset, args.minutes, args.max_val_cases) == ("both", 10.0, 64)
+    assert args.plot == Path("a.png")
+    quick = ambiguity.parse_args(["--quick", "--dataset", "lidc", "--methods", "ddpm, unet"])
+    assert (quick.dataset, quick.methods, quick.n_samples) == ("phantom", ["ddpm", "unet"], (4, 8))
+    assert ambiguity.parse_args(["--train-patients", "0"]).train_patients is None  # 0 = all
+    with pytest.raises(SystemExit):
+        ambiguity.parse_args(["--methods", "ddpm,berdif"])
+
+
+def test_every_method_shares_the_preset_widths():
+    """Method overrides name the method only: widths and optimiser come from the preset."""
+    for overrides in common.METHODS.values():
+        assert all(o.startswith("method.") for o in overrides)
+
+
+def write_release(root: Path) -> Path:
+    """A 3-patient release in the LIDC-IDRI slices layout: P1, P2 train, P3 val; 2x2 slices."""
+    tar_path = root / "trainval.tar"
+    with tarfile.open(tar_path, "w") as archive:
+        for p, patient in enumerate(("P1", "P2", "P3")):
+            for kind in ["images"] + [f"mask-{r}" for r in range(4)]:
+                value = 40 * p if kind == "images" else 255 * (kind == f"mask-{p}")
+                buffer = io.BytesIO()
+                Image.fromarray(np.full((8, 8), value, np.uint8)).save(buffer, format="PNG")
+                info = tarfile.TarInfo(f"LIDC-IDRI-slices/{patient}/nodule-0/{kind}/slice-0.png")
+                info.size = buffer.tell()
+                buffer.seek(0)
+                archive.addfile(info, buffer)
+    (root / "split.json").write_text(json.dumps({"train": ["P1", "P2"], "val": ["P3"]}))
+    return tar_path
+
+
+def test_lidc_dataset_keeps_the_release_split(tmp_path):
+    src = write_release(tmp_path)
+    chosen = common.choose_patients(tmp_path / "split.json", 1, None, seed=0)
+    assert len(chosen["train"]) == 1 and chosen["train"][0] in ("P1", "P2")
+    assert chosen["val"] == ["P3"]
+    root = common.lidc_dataset(tmp_path / "ds", src, train_patients=1)
+    splits = json.loads((root / "splits.json").read_text())
+    assert splits == {"train": [f"{chosen['train'][0]}_n0_s0"], "val": ["P3_n0_s0"], "test": []}
+    assert common.held_out(root, "val", 5) == ["P3_n0_s0"]
+    raters = sorted(p.name for p in (root / "labelsTr").iterdir() if p.name.startswith("P3"))
+    assert len(raters) == 4  # all four radiologists kept
+
+
+def test_held_out_is_a_seeded_subset(tmp_path):
+    from diffuseg.data.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(tmp_path / "ph", n_cases=40, size=16)
+    everything = common.held_out(root, "val", None)
+    some = common.held_out(root, "val", 2)
+    assert len(some) == 2 and set(some) <= set(everything) and some == sorted(some)
+    assert some == common.held_out(root, "val", 2)
+
+
+def test_reference_row_of_a_single_rater_is_perfect(tmp_path):
+    """With one rater, every "sample" is that rater's mask: GED 0, HM-IoU 1, Dice 1, ECE 0."""
+    from diffuseg.data.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(tmp_path / "ph", n_cases=4, size=16, n_raters=1)
+    cases = [c.case_id for c in Dataset.open(root).cases][:2]
+    row = common.run_oracle(root, tmp_path / "oracle", cases, (3, 5))
+    assert row["cases"] == 2
+    assert row["ged_3"] == pytest.approx(0.0, abs=1e-12)
+    assert row["ged_5"] == pytest.approx(0.0, abs=1e-12)
+    assert row["hm_iou_3"] == pytest.approx(1.0)
+    assert row["dice"] == pytest.approx(1.0)
+    assert row["ece"] == pytest.approx(0.0, abs=1e-3)  # probabilities stored as 16-bit PNG
+
+
+def test_table_layout():
+    cols = common.columns((16, 100))
+    assert [label for _, label in cols][:4] == ["GED16", "GED100", "HM-IoU16", "CI16"]
+    text = common.format_table({"a": {"ged_16": 0.25, "steps": 12}, "b": {"error": "boom"}},
+                               [("ged_16", "GED16"), ("steps", "steps"), ("dice", "Dice")])
+    assert text.splitlines() == ["method  GED16  steps  Dice", "     a  0.250     12     -",
+                                 "b: failed: boom"]
+    published = lidc.table({"ged_16": 0.5}, "ddpm", (16,)).splitlines()
+    assert published[0].split() == ["method", "GED16", "HM-IoU16", "CI16", "Dice", "s/img",
+                                     "steps"]
+    assert published[1].split()[:4] == ["ddpm", "(this", "run)", "0.500"]
+    assert published[2].split()[:4] == ["MoSE", "(published)", "0.213", "0.622"]
+    assert published[3].split()[:4] == ["CIMD", "(published)", "0.321", "0.542"]
+
+
+@pytest.mark.slow
+def test_quick_modes_run_end_to_end(tmp_path):
+    out = tmp_path / "amb.json"
+    result = ambiguity.main(["--quick", "--threads", "1", "--minutes", "0.05",
+                             "--work", str(tmp_path / "a"), "--out", str(out)])
+    rows = result["results"]["phantom"]
+    assert list(rows) == [common.ORACLE, *common.METHODS]
+    for name, row in rows.items():
+        assert "error" not in row, (name, row)
+        assert row["ged_4"] >= -1e-9 and 0.0 <= row["hm_iou_4"] <= 1.0
+    assert json.loads(out.read_text())["results"]["phantom"].keys() == rows.keys()
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    single = lidc.main(["--quick", "--threads", "1", "--minutes", "0.05",
+                        "--work", str(tmp_path / "l"), "--out", str(tmp_path / "l.json")])
+    assert "error" not in single["result"] and single["result"]["steps"] >= 1
