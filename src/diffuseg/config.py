@@ -43,7 +43,6 @@ class NetworkConfig:
 class MethodConfig:
     name: str = "ddpm"  # which paradigm; see diffuseg.methods.METHODS
     target: Literal["mask", "sdf"] = "mask"  # what the Gaussian methods diffuse
-    self_condition: bool = False  # reserved for methods that feed x0_hat back
     options: dict[str, Any] = field(default_factory=dict)  # method-specific (documented per method)
 
 
@@ -55,7 +54,6 @@ class DataConfig:
     ct_window: tuple[float, float] = (-1000.0, 400.0)  # HU window when intensity == "ct"
     spacing: tuple[float, ...] | None = None  # resample 3D data to this spacing (mm); None keeps
     augment: bool = True  # flips, small rotations and intensity jitter
-    fold: str = "train"  # which split trains; "val" cases drive validation
 
 
 @dataclass
@@ -75,7 +73,6 @@ class TrainConfig:
     val_steps: int = 10  # DDIM steps at validation
     checkpoint_every: int = 200  # steps between atomic checkpoints
     seed: int = 0
-    num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
