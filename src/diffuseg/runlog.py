@@ -100,7 +100,8 @@ def plot_progress(run_dir: Path) -> None:
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("validation Dice")
         ax2.legend(loc="lower right")
-    ax.legend(loc="upper right")
+    if train:
+        ax.legend(loc="upper right")
     ax.set_title(f"{run_dir.name}: progress")
     fig.tight_layout()
     tmp = run_dir / "progress.tmp.png"
