@@ -170,6 +170,42 @@ def centre_crop(array: np.ndarray, size: int | None) -> np.ndarray:
     return array[tuple(index)]
 
 
+def downscale_dataset(src: Path, dst: Path, factor: int) -> Path:
+    """A copy of the 2D dataset ``src`` with every case shrunk ``factor`` times per axis (ceil):
+    images by area averaging (rounded: PNG holds integers), each rater's binary mask by area
+    averaging thresholded at 0.5; ``splits.json`` copied. Written once per (src, factor)
+    and reused."""
+    import shutil
+
+    marker = dst / "benchmark.json"
+    want = {"src": str(src), "factor": factor}
+    if marker.is_file() and json.loads(marker.read_text()) == want:
+        return dst
+    dataset = Dataset.open(src)
+
+    def cases():
+        for case in dataset.cases:
+            data = case.load()
+            image = np.round(shrink(data.image, factor))  # PNG stores integers
+            raters = (shrink((data.raters > 0).astype(np.float32), factor) >= 0.5)
+            yield case.case_id, image, raters.astype(np.uint8), Geometry.identity(image.shape[1:])
+
+    write_dataset(dst, cases(), dataset.info, overwrite=True)
+    if (src / "splits.json").is_file():
+        shutil.copyfile(src / "splits.json", dst / "splits.json")
+    marker.write_text(json.dumps(want) + "\n")
+    return dst
+
+
+def shrink(array: np.ndarray, factor: int) -> np.ndarray:
+    """``[C, H, W]`` area-averaged by ``factor`` (edges padded by replication to a multiple)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    height, width = array.shape[1:]
+    tensor = torch.nn.functional.pad(tensor, [0, -width % factor, 0, -height % factor],
+                                     mode="replicate")
+    return torch.nn.functional.avg_pool2d(tensor, factor)[0].numpy()
+
+
 def held_out(dataset_dir: Path, fold: str, limit: int | None, seed: int = 0) -> list[str]:
     """Up to ``limit`` case ids of ``fold`` (a random subset by ``seed`` when cut), sorted."""
     splits = load_splits(dataset_dir, Dataset.open(dataset_dir))
@@ -189,7 +225,8 @@ def held_out(dataset_dir: Path, fold: str, limit: int | None, seed: int = 0) -> 
 def train_method(dataset_dir: Path, method: str, preset: Sequence[str], minutes: float,
                  run_dir: Path, extra: Sequence[str] = ()) -> Path:
     """Train ``method`` for ``minutes`` of wall clock (``train.max_minutes``)."""
-    overrides = [*preset, *METHODS[method], f"train.max_minutes={minutes}", *extra]
+    own = METHODS.get(method, [f"method.name={method}"])  # e.g. ldseg: its own defaults
+    overrides = [*preset, *own, f"train.max_minutes={minutes}", *extra]
     config = build_config(None, overrides, dataset=dataset_dir)
     return train(config, dataset_dir, run_dir, progress=False)
 

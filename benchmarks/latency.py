@@ -6,7 +6,8 @@ DiffusionInferer and against the machine's physical limit; one run, one machine.
     python benchmarks/latency.py --quick --speedups           # eager / contiguous / bf16 / ONNX
     python benchmarks/latency.py --runs RUN [RUN ...]         # + GED16 and Dice vs latency
 
-Methods are given as ``name[:option=value,...]`` (``ldseg:width=8,downsamples=3``); without
+Methods are given as ``name[:option=value,...]`` (``ldseg:width=8,downsamples=3``; an item with
+a dot is a config override: ``ldseg:width=8,network.channels=[32,64]``); without
 ``--runs`` their weights are random (latency does not depend on them). Rows:
 
 * ours: ``method.sample(image, 16, steps)`` (all samples in one batch per step);
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import diffuseg.methods.ldseg  # noqa: F401  (registers "ldseg")
-from diffuseg.config import DataConfig, MethodConfig, RunConfig
+from diffuseg.api import build_config
 from diffuseg.methods import Method, build_method
 from diffuseg.training import autocast, resolve_device
 
@@ -111,20 +113,21 @@ def count_flops(fn) -> float:
 
 # -- methods ---------------------------------------------------------------------------------
 
-def parse_spec(spec: str) -> tuple[str, dict]:
-    """``ldseg:width=8,downsamples=3`` -> ("ldseg", {"width": 8, "downsamples": 3})."""
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """``name[:item,...]`` -> (name, config overrides). An item with a dot is a config override
+    (``network.channels=[32,64]``), one without is a method option (``width=8`` ->
+    ``method.options.width=8``); commas inside brackets belong to the value."""
     name, _, rest = spec.partition(":")
-    options = {}
-    for item in filter(None, rest.split(",")):
-        key, value = item.split("=", 1)
-        options[key] = json.loads(value)
-    return name, options
+    overrides = [f"method.name={name}"]
+    for item in filter(None, re.split(r",(?![^\[]*\])", rest)):
+        key, _, value = item.partition("=")
+        overrides.append(f"{key}={value}" if "." in key else f"method.options.{key}={value}")
+    return name, overrides
 
 
 def build(spec: str, size: int, device: torch.device) -> Method:
-    name, options = parse_spec(spec)
-    config = RunConfig(data=DataConfig(patch_size=(size, size)),
-                       method=MethodConfig(name=name, options=options)).validate()
+    _, overrides = parse_spec(spec)
+    config = build_config(None, [*overrides, f"data.patch_size=[{size},{size}]"], dataset=None)
     torch.manual_seed(0)
     method = build_method(config)
     with torch.no_grad():  # random weights everywhere (the output conv is zero-initialised)

@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--method", default="ddpm", choices=sorted(common.METHODS),
+    p.add_argument("--method", default="ddpm", choices=sorted([*common.METHODS, "ldseg"]),
                    help="method to train (default ddpm)")
     p.add_argument("--minutes", type=float, default=None,
                    help="training wall-clock budget (default 20; --quick 0.25)")
@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table(row, args.method, args.n_samples))
     for _, _, note in PUBLISHED:
         print(f"  {note}")
+    own = common.METHODS.get(args.method, [f"method.name={args.method}"])
     result = {"meta": {"method": args.method, "minutes": args.minutes, "preset": args.preset,
-                       "overrides": [*preset, *common.METHODS[args.method], *args.overrides],
+                       "overrides": [*preset, *own, *args.overrides],
                        "train_patients": args.train_patients, "val_cases": len(cases),
                        "crop": args.crop,
                        "n_samples": list(args.n_samples), "dataset": str(dataset_dir),

@@ -1,5 +1,5 @@
-"""benchmarks/lidc.py and benchmarks/ambiguity.py: argument parsing, the LIDC patient split, the
-reference row, the table; their --quick modes end to end (slow)."""
+"""benchmarks/lidc.py, ambiguity.py, methods.py and latency.py: argument parsing, dataset
+helpers, the LIDC patient split, the reference row, the table; --quick modes end to end (slow)."""
 
 from __future__ import annotations
 
@@ -119,6 +119,44 @@ def test_reference_row_of_a_single_rater_is_perfect(tmp_path):
     assert row["hm_iou_3"] == pytest.approx(1.0)
     assert row["dice"] == pytest.approx(1.0)
     assert row["ece"] == pytest.approx(0.0, abs=1e-3)  # probabilities stored as 16-bit PNG
+
+
+def test_shrink_averages_blocks_and_replicates_the_ragged_edge():
+    array = np.arange(15, dtype=np.float32).reshape(1, 3, 5)  # H 3, W 5 -> 2 x 3 at factor 2
+    out = common.shrink(array, 2)
+    # rows {0,1} and {2,2}; columns {0,1}, {2,3}, {4,4} (the last row/column replicated)
+    expect = np.array([[[3.0, 5.0, 6.5], [10.5, 12.5, 14.0]]])
+    np.testing.assert_allclose(out, expect)
+
+
+def test_downscale_dataset_keeps_cases_splits_and_binary_masks(tmp_path):
+    from diffuseg.data.phantom import write_phantom_dataset
+
+    src = write_phantom_dataset(tmp_path / "ph", n_cases=6, size=32)
+    ids = [c.case_id for c in Dataset.open(src).cases]
+    (src / "splits.json").write_text(json.dumps(
+        {"train": ids[:4], "val": ids[4:5], "test": ids[5:]}))
+    dst = common.downscale_dataset(src, tmp_path / "x2", 2)
+    big, small = Dataset.open(src), Dataset.open(dst)
+    assert [c.case_id for c in small.cases] == [c.case_id for c in big.cases]
+    assert json.loads((dst / "splits.json").read_text())["test"] == ids[5:]
+    a, b = big.cases[0].load(), small.cases[0].load()
+    assert b.image.shape == (a.image.shape[0], 16, 16) and b.raters.shape == (3, 16, 16)
+    assert set(np.unique(b.raters)) <= {0, 1}
+    # a rater's foreground share survives the area average to within the block rounding
+    assert abs((b.raters > 0).mean() - (a.raters > 0).mean()) < 0.05
+    marker = (dst / "benchmark.json").stat().st_mtime_ns
+    assert common.downscale_dataset(src, dst, 2) == dst  # reused, not rewritten
+    assert (dst / "benchmark.json").stat().st_mtime_ns == marker
+
+
+def test_latency_specs_split_options_from_config_overrides():
+    latency = load("latency")
+    name, overrides = latency.parse_spec("ldseg:width=8,network.channels=[32,64],steps=1")
+    assert name == "ldseg"
+    assert overrides == ["method.name=ldseg", "method.options.width=8",
+                         "network.channels=[32,64]", "method.options.steps=1"]
+    assert latency.parse_spec("ddpm") == ("ddpm", ["method.name=ddpm"])
 
 
 def test_table_layout():
