@@ -17,7 +17,10 @@ rater's mask): the floor a perfect model of the raters would reach with that man
 Columns (``diffuseg.evaluation``, means over cases): GED^2 at each sample count (d = 1 - IoU),
 HM-IoU and CI score at the first count, consensus Dice vs the raters' majority, ECE of the mean
 probability vs the rater mean, S_NCC, sampling seconds per image, training steps reached.
-A plot of GED (first count) against sampling seconds per image goes to ``--plot``.
+A plot of GED (first count) against sampling seconds per image goes to ``--plot``. Under each
+table, every diffusion method is compared with every baseline case by case: the mean per-case
+difference of GED (first count), its 95% bootstrap interval and the cases it wins
+(``common.paired_difference``; key ``paired`` of the JSON).
 
     python benchmarks/ambiguity.py --dataset both --minutes 10 --out ambiguity.json
     python benchmarks/ambiguity.py --dataset lidc --minutes 3 --max-val-cases 64 --out a.json
@@ -38,6 +41,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py, beside this script)
+
+DIFFUSION = ("ddpm", "cimd")  # compared, case by case, with each baseline
+BASELINES = ("unet", "mc_dropout", "ensemble", "prob_unet")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -146,6 +152,22 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], n0: int, path: Path) -> 
     return path
 
 
+def paired(results: dict[str, dict[str, dict[str, Any]]], n0: int) -> dict[str, dict]:
+    """Per dataset, each diffusion method against each segmentor baseline: the mean per-case
+    difference of GED^2 (n0 samples), its 95% bootstrap interval, and the cases it wins."""
+    key, out = f"ged_{n0}", {}
+    for name, rows in results.items():
+        ok = {m: Path(r["run"]).parent for m, r in rows.items() if "run" in r}
+        for a in (m for m in DIFFUSION if m in ok):
+            for b in (m for m in BASELINES if m in ok):
+                d = common.paired_difference(common.per_case(ok[a], key),
+                                             common.per_case(ok[b], key))
+                d["text"] = (f"{a} - {b}: GED{n0} {d['mean']:+.3f} (95% CI {d['ci95'][0]:+.3f} "
+                             f"to {d['ci95'][1]:+.3f}), {a} lower on {d['a_lower']}/{d['cases']}")
+                out.setdefault(name, {})[f"{a}-{b}"] = d
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -174,11 +196,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.out:
                 args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2)
                                     + "\n")
+    comparisons = paired(results, args.n_samples[0])
     cols = common.columns(args.n_samples)
     for name, rows in results.items():
         print(f"\n{name} ({rows[common.ORACLE]['cases']} held-out cases, {args.minutes} min "
               f"per method, {args.preset} preset, {args.threads} threads)")
         print(common.format_table(rows, cols))
+        for line in comparisons.get(name, {}).values():
+            print(f"  {line['text']}")
+    if args.out and comparisons:
+        args.out.write_text(json.dumps({"meta": meta, "results": results,
+                                        "paired": comparisons}, indent=2) + "\n")
     if args.plot and results:
         print(f"plot: {plot(results, args.n_samples[0], args.plot)}")
     return {"meta": meta, "results": results}

@@ -296,6 +296,27 @@ def run_method(dataset_dir: Path, method: str, preset: Sequence[str], minutes: f
             "parameters": parameter_count(run), "run": str(run)}
 
 
+def per_case(work: Path, key: str) -> dict[str, float]:
+    """``{case: value}`` of one metric from the evaluation ``run_method`` wrote under ``work``."""
+    summary = json.loads((work / "eval" / "summary.json").read_text())
+    return {row["case"]: row[key] for row in summary["per_case"] if row.get(key) is not None}
+
+
+def paired_difference(a: dict[str, float], b: dict[str, float], n_boot: int = 10000,
+                      seed: int = 0) -> dict[str, float]:
+    """Mean of a - b over the cases both score, with a 95% percentile-bootstrap interval (cases
+    resampled with replacement) and the number of cases where a is lower."""
+    cases = sorted(set(a) & set(b))
+    if not cases:
+        raise DataError("the two evaluations share no case")
+    diff = np.array([a[c] - b[c] for c in cases])
+    rng = np.random.default_rng(seed)
+    boot = diff[rng.integers(len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"mean": float(diff.mean()), "ci95": [float(low), float(high)],
+            "a_lower": int((diff < 0).sum()), "cases": len(cases)}
+
+
 def run_oracle(dataset_dir: Path, work: Path, cases: Sequence[str],
                n_samples: Sequence[int]) -> dict[str, Any]:
     oracle_predictions(dataset_dir, cases, work / "pred", max(n_samples))

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from diffuseg.data import Dataset
+from diffuseg.errors import DataError
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -157,6 +158,17 @@ def test_latency_specs_split_options_from_config_overrides():
     assert overrides == ["method.name=ldseg", "method.options.width=8",
                          "network.channels=[32,64]", "method.options.steps=1"]
     assert latency.parse_spec("ddpm") == ("ddpm", ["method.name=ddpm"])
+
+
+def test_paired_difference_by_hand():
+    d = common.paired_difference({"x": 1.0, "y": 3.0, "z": 9.0}, {"x": 2.0, "y": 1.0})
+    assert d["cases"] == 2 and d["a_lower"] == 1  # z is not in both
+    assert d["mean"] == pytest.approx(0.5)  # (-1 + 2) / 2
+    assert -1.0 <= d["ci95"][0] <= 0.5 <= d["ci95"][1] <= 2.0
+    constant = common.paired_difference({"a": 0.25, "b": 0.5}, {"a": 0.5, "b": 0.75})
+    assert constant["ci95"] == pytest.approx([-0.25, -0.25]) and constant["a_lower"] == 2
+    with pytest.raises(DataError, match="no case"):
+        common.paired_difference({"a": 1.0}, {"b": 1.0})
 
 
 def test_table_layout():
