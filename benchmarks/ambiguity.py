@@ -83,23 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.minutes = 0.2 if args.quick else 10.0
     if args.max_val_cases is None:
         args.max_val_cases = 4 if args.quick else 64
-    args.n_samples = (4, 8) if args.quick else counts(args.n_samples, p)
+    args.n_samples = (4, 8) if args.quick else common.parse_counts(args.n_samples, p)
     args.train_patients = args.train_patients or None
     args.crop = (None if args.gpu else 64) if args.crop is None else args.crop or None
     args.device = "cuda" if args.gpu else "cpu"
     if args.plot is None and args.out is not None:
         args.plot = args.out.with_suffix(".png")
     return args
-
-
-def counts(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
-    try:
-        values = tuple(int(n) for n in text.split(","))
-    except ValueError:
-        parser.error(f"--n-samples {text!r} must be comma-separated integers, e.g. 16,100")
-    if not values or min(values) < 1:
-        parser.error(f"--n-samples {text!r} must list counts >= 1")
-    return values
 
 
 def datasets(args: argparse.Namespace) -> dict[str, Path]:

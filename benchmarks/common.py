@@ -17,6 +17,7 @@ against the rater mean, S_NCC. Sampling seconds per image are the wall time of `
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -79,6 +80,17 @@ PRESETS: dict[str, list[str]] = {
                         "train.val_steps=1", "process.T=100", "sample.steps=3",
                         "train.device=cpu"],
 }
+
+
+def parse_counts(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
+    """``--n-samples 16,100`` -> (16, 100); a bad value ends the parser with its message."""
+    try:
+        counts = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        parser.error(f"--n-samples {text!r} must be comma-separated integers, e.g. 16,100")
+    if not counts or min(counts) < 1:
+        parser.error(f"--n-samples {text!r} must list counts >= 1")
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------

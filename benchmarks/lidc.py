@@ -93,19 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.crop = crop_default if args.crop is None else args.crop or None
     if args.minutes is None:
         args.minutes = 0.25 if args.quick else 20.0
-    args.n_samples = (4, 8) if args.quick else parse_counts(args.n_samples, p)
+    args.n_samples = (4, 8) if args.quick else common.parse_counts(args.n_samples, p)
     args.device = "cuda" if args.gpu else "cpu"
     return args
-
-
-def parse_counts(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
-    try:
-        counts = tuple(int(n) for n in text.split(","))
-    except ValueError:
-        parser.error(f"--n-samples {text!r} must be comma-separated integers, e.g. 16,100")
-    if not counts or min(counts) < 1:
-        parser.error(f"--n-samples {text!r} must list counts >= 1")
-    return counts
 
 
 def dataset_for(args: argparse.Namespace) -> Path:
