@@ -66,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="with --speedups: torch.compile too")
     p.add_argument("--runs", type=Path, nargs="*", default=[], help="trained run folders")
     p.add_argument("--cases", type=int, default=8, help="cases per run for quality")
+    p.add_argument("--quality-only", action="store_true",
+                   help="with --runs: skip the latency table (random weights), score the runs")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/latency.json"))
     args = p.parse_args()
     args.steps = args.steps or (QUICK_STEPS if args.quick else FULL_STEPS)
@@ -288,8 +290,9 @@ def variant_row(spec: str, name: str, method: Method, args, device: torch.device
 # -- quality of trained runs -------------------------------------------------------------------
 
 def quality_rows(args) -> list[dict]:
-    """GED (16 samples) and consensus Dice against the raters' majority on the first
-    ``--cases`` val (else test, else train) cases of each run's dataset, per step count."""
+    """GED (16 samples) and consensus Dice against the raters' majority on ``--cases`` val (else
+    test, else train) cases of each run's dataset (a seeded subset), per step count. Every step
+    count starts from the same noise (``segment``'s seed 0), so the rows of a run are paired."""
     from diffuseg.data import Dataset
     from diffuseg.data.phantom import majority_mask
     from diffuseg.inference import Predictor
@@ -301,8 +304,11 @@ def quality_rows(args) -> list[dict]:
         predictor = Predictor.from_run(run, device=args.device)
         dataset = Dataset.open(json.loads((run / "fingerprint.json").read_text())["dataset"])
         splits = json.loads((run / "splits.json").read_text())
-        ids = (splits.get("val") or splits.get("test") or splits["train"])[: args.cases]
+        ids = splits.get("val") or splits.get("test") or splits["train"]
+        if len(ids) > args.cases:  # a seeded subset: the first ids may all be one patient's
+            ids = np.random.default_rng(0).choice(ids, size=args.cases, replace=False).tolist()
         cases = [c.load() for c in dataset.cases if c.case_id in ids]
+        mine: list[dict] = []
         for steps in args.steps:
             geds, dices, times = [], [], []
             for data in cases:
@@ -313,11 +319,24 @@ def quality_rows(args) -> list[dict]:
                 fg = (p.argmax(1) > 0) if p.shape[1] > 1 else (p[:, 0] > 0.5)
                 geds.append(ged(fg.numpy(), data.raters > 0)["ged"])
                 dices.append(dice(result.consensus[0].numpy() > 0, majority_mask(data.raters)))
-            rows.append({"run": str(run), "method": predictor.config.method.name,
+            mine.append({"run": str(run), "method": predictor.config.method.name,
                          "steps": steps, "ged16": float(np.mean(geds)),
-                         "dice": float(np.mean(dices)), "latency_s": float(np.median(times))})
-            print(f"{run.name:<24} steps {steps:>5}: GED16 {rows[-1]['ged16']:.4f} "
-                  f"Dice {rows[-1]['dice']:.4f} {rows[-1]['latency_s']:.3f} s", flush=True)
+                         "dice": float(np.mean(dices)), "latency_s": float(np.median(times)),
+                         "cases": len(cases)})
+            print(f"{run.name:<24} steps {steps:>5}: GED16 {mine[-1]['ged16']:.4f} "
+                  f"Dice {mine[-1]['dice']:.4f} {mine[-1]['latency_s']:.3f} s", flush=True)
+        rows += relative_to_most_steps(mine)
+    return rows
+
+
+def relative_to_most_steps(rows: list[dict]) -> list[dict]:
+    """Each row's GED16 relative to the row with the most steps (``ged16_rel``: 0.05 = 5 %
+    higher), the issue's yardstick "GED within 5 % of the 1000-step result"."""
+    ref = max(rows, key=lambda r: r["steps"])["ged16"]
+    for row in rows:
+        row["ged16_rel"] = row["ged16"] / ref - 1.0 if ref > 0 else float("nan")
+        print(f"  steps {row['steps']:>5}: GED16 {100 * row['ged16_rel']:+.1f} % vs "
+              f"{max(r['steps'] for r in rows)} steps", flush=True)
     return rows
 
 
@@ -327,7 +346,7 @@ def plot(rows: list[dict], quality: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = ["latency"] + (["ged16", "dice"] if quality else [])
+    panels = (["latency"] if rows else []) + (["ged16", "dice"] if quality else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         source = rows if panel == "latency" else quality
@@ -359,8 +378,10 @@ def main() -> None:
     peak = peak_matmul_flops(device)
     print(f"device {device}, {args.threads} threads, peak fp32 matmul {peak / 1e9:.1f} GFLOP/s, "
           f"{args.samples} samples of {args.size}x{args.size}, load {os.getloadavg()}")
-    print(HEADER)
-    rows = latency_rows(args, device, peak)
+    rows = []
+    if not args.quality_only:
+        print(HEADER)
+        rows = latency_rows(args, device, peak)
     speed = speedup_rows(args, device) if args.speedups else []
     quality = quality_rows(args) if args.runs else []
     out = {"device": str(device), "cpu": platform.processor() or platform.machine(),

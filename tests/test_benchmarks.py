@@ -171,6 +171,13 @@ def test_paired_difference_by_hand():
         common.paired_difference({"a": 1.0}, {"b": 1.0})
 
 
+def test_latency_quality_is_relative_to_the_most_steps():
+    latency = load("latency")
+    rows = latency.relative_to_most_steps(
+        [{"steps": 1, "ged16": 0.42}, {"steps": 10, "ged16": 0.38}, {"steps": 1000, "ged16": 0.4}])
+    assert [round(r["ged16_rel"], 9) for r in rows] == [0.05, -0.05, 0.0]
+
+
 def test_table_layout():
     cols = common.columns((16, 100))
     assert [label for _, label in cols][:4] == ["GED16", "GED100", "HM-IoU16", "CI16"]
