@@ -117,3 +117,18 @@ def test_a_small_model_learns_the_phantom(tmp_path):
     trained = Predictor.from_run(run).method
     d_untrained, d_trained = consensus_dice(untrained, cases), consensus_dice(trained, cases)
     assert d_untrained < threshold < d_trained, (d_untrained, threshold, d_trained)
+
+
+def test_images_without_foreground_make_batches_quietly():
+    """MONAI's foreground-weighted crop warns for every image with an empty mask; such images
+    are normal (most LIDC slices of a rater), so the loader keeps that warning out of the log."""
+    import warnings
+
+    from diffuseg.data.loader import Example, batches
+
+    config = build_config(None, ["data.patch_size=[16,16]", "train.batch_size=2"], dataset=None)
+    empty = Example("empty", np.zeros((1, 16, 16), np.float32), np.zeros((2, 16, 16), np.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch = next(batches([empty], config, seed=0))
+    assert batch["mask"].shape == (2, 1, 16, 16) and int(batch["mask"].sum()) == 0

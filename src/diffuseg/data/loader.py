@@ -8,6 +8,7 @@ transforms as the image.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -77,7 +78,9 @@ def batches(examples: list[Example], config: RunConfig, seed: int) -> Iterator[d
                 "raters": ex.raters.astype(np.float32),
                 "foreground": (ex.raters.max(0) > 0)[None].astype(np.float32),
             }
-            out = transform(item)
+            with warnings.catch_warnings():  # MONAI warns on every image with no foreground
+                warnings.filterwarnings("ignore", message="Num foregrounds 0")  # (e.g. LIDC)
+                out = transform(item)
             items.append(out[0] if isinstance(out, list) else out)
         yield collate(items, keep_raters=config.data.rater_mode == "all")
 
