@@ -1,9 +1,11 @@
 """BerDiff, HiDiff, MedSegDiff-V2 and DDPM on signed distances train through the same ``train()``
 API as every method, leave a run folder that ``Predictor.from_run``, ``predict_file`` and
-``evaluation.evaluate`` use unchanged, and (slow) learn the 2D phantom."""
+``evaluation.evaluate`` use unchanged, and (slow) learn the 2D phantom when trained with
+``diffuseg train``."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import diffuseg.methods.berdiff  # noqa: F401  (registers "berdiff")
 import diffuseg.methods.hidiff  # noqa: F401  (registers "hidiff")
 import diffuseg.methods.medsegdiff_v2  # noqa: F401  (registers "medsegdiff_v2")
 from diffuseg.api import build_config
+from diffuseg.cli import main as cli_main
 from diffuseg.data import Dataset
 from diffuseg.data.loader import majority
 from diffuseg.data.phantom import write_phantom_dataset
@@ -91,7 +94,7 @@ def consensus_dice(method, cases) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_learns_the_phantom(name, phantom, tmp_path):
+def test_learns_the_phantom(name, phantom, tmp_path, monkeypatch):
     """Threshold from the phantom itself: midway between the Dice of the all-foreground mask and
     the raters' own agreement with their majority. Trained beats it; untrained does not."""
     dataset = Dataset.open(phantom)
@@ -105,7 +108,13 @@ def test_learns_the_phantom(name, phantom, tmp_path):
     torch.manual_seed(config.train.seed)
     untrained = build_method(config).eval()
     d_untrained = consensus_dice(untrained, cases)
-    run = train(config, phantom, tmp_path / "run", progress=False)
+    run = tmp_path / "run"  # trained from the CLI, as a user would
+    overrides = [arg for item in SMALL + METHODS[name] for arg in ("--set", item)]
+    monkeypatch.setattr(sys, "argv", ["diffuseg", "train", str(phantom), "-o", str(run),
+                                      *overrides])
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main()
+    assert exit_info.value.code == 0
     ids = [c.case_id for c in dataset.cases[:12]]
     summary = predict_and_evaluate(run, phantom, ids, tmp_path, n_samples=4, steps=5)
     d_trained = summary["mean"]["dice"]["mean"]  # the same consensus Dice, scored by evaluate
