@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import SIZE, gen
 
 import diffuseg.methods.baselines  # noqa: F401  (registers "unet", "mc_dropout", "ensemble")
 from diffuseg.config import DataConfig, MethodConfig, NetworkConfig, RunConfig
@@ -12,12 +13,8 @@ from diffuseg.errors import ConfigError
 from diffuseg.methods import build_method, one_hot
 from diffuseg.methods.baselines import dice_ce, read_options
 
-SIZE = {2: (16, 16), 3: (8, 8, 8)}
 NAMES = ["unet", "mc_dropout", "ensemble"]
 
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def config(name: str, spatial_dims: int = 2, num_classes: int = 1, network_dropout: float = 0.0,

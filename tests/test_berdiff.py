@@ -4,46 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from helpers import SIZE, gen, randomise, tiny_config
 
 import diffuseg.methods.berdiff  # noqa: F401  (registers "berdiff")
 from diffuseg.config import (
-    DataConfig,
-    MethodConfig,
-    NetworkConfig,
     ProcessConfig,
     RunConfig,
-    SampleConfig,
 )
 from diffuseg.errors import ConfigError
 from diffuseg.methods import build_method
 from diffuseg.processes import bernoulli_loss_terms
 
-SIZE = {2: (16, 16), 3: (8, 8, 8)}
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
 
 def config(spatial_dims: int = 2, num_classes: int = 1, kind: str = "bernoulli",
            **options) -> RunConfig:
-    return RunConfig(
-        spatial_dims=spatial_dims, num_classes=num_classes,
-        network=NetworkConfig(channels=(8, 16), attention_levels=(False, True), norm_groups=4,
-                              num_heads=2),
-        process=ProcessConfig(kind=kind, T=100), data=DataConfig(patch_size=SIZE[spatial_dims]),
-        sample=SampleConfig(steps=4), method=MethodConfig(name="berdiff", options=options),
-    ).validate()  # fmt: skip
+    return tiny_config("berdiff", spatial_dims, num_classes,
+                       process=ProcessConfig(kind=kind, T=100),
+                       steps=4, **options)
 
-
-def randomise(module: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
-    """N(0, scale^2) weights: the output conv starts at zero, which hides everything behind it."""
-    g = gen(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
 
 
 def build(*args, **kw):

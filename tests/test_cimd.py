@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import SIZE, gen
 from torch import nn
 
 import diffuseg.methods.cimd  # noqa: F401  (registers "cimd")
@@ -18,12 +19,6 @@ from diffuseg.config import (
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.methods import build_method, one_hot
 from diffuseg.networks.latent import kl_diag_gaussians
-
-SIZE = {2: (16, 16), 3: (8, 8, 8)}
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def config(spatial_dims: int = 2, num_classes: int = 1, sampler: str = "ddim", eta: float = 0.0,

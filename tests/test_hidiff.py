@@ -8,16 +8,13 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import SIZE, gen, randomise, tiny_config
 from torch import nn
 
 import diffuseg.methods.hidiff  # noqa: F401  (registers "hidiff")
 from diffuseg.config import (
-    DataConfig,
-    MethodConfig,
-    NetworkConfig,
     ProcessConfig,
     RunConfig,
-    SampleConfig,
 )
 from diffuseg.errors import ConfigError
 from diffuseg.methods import build_method
@@ -25,30 +22,12 @@ from diffuseg.methods.hidiff import AnchoredBernoulli, focal_loss
 from diffuseg.processes import BernoulliProcess, cosine_betas
 from diffuseg.weights import load_networks, state_of
 
-SIZE = {2: (16, 16), 3: (8, 8, 8)}
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
 
 def config(spatial_dims: int = 2, num_classes: int = 1, kind: str = "bernoulli",
            **options) -> RunConfig:
-    return RunConfig(
-        spatial_dims=spatial_dims, num_classes=num_classes,
-        network=NetworkConfig(channels=(8, 16), attention_levels=(False, True), norm_groups=4,
-                              num_heads=2),
-        process=ProcessConfig(kind=kind, T=20), data=DataConfig(patch_size=SIZE[spatial_dims]),
-        sample=SampleConfig(steps=3), method=MethodConfig(name="hidiff", options=options),
-    ).validate()  # fmt: skip
+    return tiny_config("hidiff", spatial_dims, num_classes, process=ProcessConfig(kind=kind, T=20),
+                       steps=3, **options)
 
-
-def randomise(module: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
-    g = gen(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
 
 
 def build(*args, **kw):

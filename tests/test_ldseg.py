@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import SIZE, gen
 from torch import nn
 
 import diffuseg.methods.ldseg  # noqa: F401  (registers "ldseg")
@@ -23,12 +24,6 @@ from diffuseg.methods import build_method
 from diffuseg.metrics.overlap import dice
 from diffuseg.networks.autoencoder import MaskAutoencoder
 from diffuseg.samplers import ddim, ddpm, dpm_solver_pp, last
-
-SIZE = {2: (16, 16), 3: (8, 8, 8)}
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def config(spatial_dims: int = 2, num_classes: int = 1, sampler: str = "ddim",

@@ -7,13 +7,12 @@ import math
 
 import pytest
 import torch
+from helpers import SIZE
 from torch import nn
 
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.networks import MedSegDiffV2
 from diffuseg.networks.medsegdiff_v2 import AnchorAttention, FFParser, SSFormer, gaussian_smooth
-
-SIZE = {2: (16, 16), 3: (8, 8, 8)}
 
 
 def randomise(module: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:

@@ -5,46 +5,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from helpers import SIZE, gen, randomise, tiny_config
 
 import diffuseg.methods.medsegdiff_v2  # noqa: F401  (registers "medsegdiff_v2")
 from diffuseg.config import (
-    DataConfig,
-    MethodConfig,
-    NetworkConfig,
     ProcessConfig,
     RunConfig,
-    SampleConfig,
 )
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.methods import build_method, one_hot
 from diffuseg.methods.baselines import dice_ce
 from diffuseg.methods.medsegdiff_v2 import pad_to, window_slices
 
-SIZE = {2: (16, 16), 3: (8, 8, 8)}
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
 
 def config(spatial_dims: int = 2, num_classes: int = 1, **options) -> RunConfig:
-    return RunConfig(
-        spatial_dims=spatial_dims, num_classes=num_classes,
-        network=NetworkConfig(channels=(8, 16), attention_levels=(False, True), norm_groups=4,
-                              num_heads=2),
-        process=ProcessConfig(T=50), data=DataConfig(patch_size=SIZE[spatial_dims]),
-        sample=SampleConfig(steps=3), method=MethodConfig(name="medsegdiff_v2", options=options),
-    ).validate()  # fmt: skip
+    return tiny_config("medsegdiff_v2", spatial_dims, num_classes, process=ProcessConfig(T=50),
+                       steps=3, **options)
 
-
-def randomise(module: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
-    """N(0, scale^2) weights: the output conv starts at zero, which would hide input effects."""
-    g = gen(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
 
 
 def build(*args, **kw):

@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
+from helpers import SIZE
 from torch import nn
 
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.networks import ConditionalUNet, SegmentationUNet, count_parameters
 from diffuseg.networks.blocks import ResBlock, dropout, multihead_attention, timestep_embedding
-
-SIZE = {2: (16, 16), 3: (8, 8, 8)}
 
 
 def randomise(module: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:

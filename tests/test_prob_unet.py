@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import SIZE, gen
 from torch import nn
 
 import diffuseg.methods.prob_unet  # noqa: F401  (registers "prob_unet")
@@ -19,12 +20,6 @@ from diffuseg.networks.latent import (
     kl_diag_gaussians,
     sample_latent,
 )
-
-SIZE = {2: (16, 16), 3: (8, 8, 8)}
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def config(spatial_dims: int = 2, num_classes: int = 1, **options) -> RunConfig:

@@ -1,0 +1,44 @@
+"""What the method and network tests share: tiny spatial sizes, seeded generators, random
+weights, and the tiny config most method tests build on."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffuseg.config import (
+    DataConfig,
+    MethodConfig,
+    NetworkConfig,
+    ProcessConfig,
+    RunConfig,
+    SampleConfig,
+)
+
+SIZE = {2: (16, 16), 3: (8, 8, 8)}
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randomise(module: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
+    """N(0, scale^2) weights: the output conv starts at zero, which hides everything behind it."""
+    g = gen(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module
+
+
+def tiny_config(name: str, spatial_dims: int = 2, num_classes: int = 1, *,
+                process: ProcessConfig, steps: int, **options) -> RunConfig:
+    """Method ``name`` on a two-level U-Net (widths 8/16, attention at the second level) over
+    ``SIZE[spatial_dims]`` patches, sampled with ``steps`` steps."""
+    return RunConfig(
+        spatial_dims=spatial_dims, num_classes=num_classes,
+        network=NetworkConfig(channels=(8, 16), attention_levels=(False, True), norm_groups=4,
+                              num_heads=2),
+        process=process, data=DataConfig(patch_size=SIZE[spatial_dims]),
+        sample=SampleConfig(steps=steps), method=MethodConfig(name=name, options=options),
+    ).validate()  # fmt: skip
