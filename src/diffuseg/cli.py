@@ -81,6 +81,14 @@ def predict(
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     device: Annotated[str, typer.Option("-device", "--device", help="auto, cpu or cuda")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs")] = False,
+    format: Annotated[str, typer.Option("--format", help="auto (DICOM objects for a DICOM "
+                                        "input) or dicom (also for NIfTI, needs --reference)")
+                      ] = "auto",
+    reference: Annotated[Path | None, typer.Option(
+        "--reference", help="DICOM series folder a NIfTI input was converted from")] = None,
+    dicom_samples: Annotated[bool, typer.Option(
+        "--dicom-samples", help="Also write every sample as a segment of seg_samples.dcm")
+    ] = False,
 ) -> None:
     """Draw samples; write them, the consensus and uncertainty maps in the input's geometry."""
     from diffuseg.inference import Predictor, list_inputs
@@ -89,11 +97,15 @@ def predict(
         raise DiffusegError(f"--steps {steps} must be at least 1 (e.g. --steps 10)")
     if samples is not None and samples < 1:
         raise DiffusegError(f"--samples {samples} must be at least 1 (e.g. --samples 16)")
+    if format not in ("auto", "dicom"):
+        raise DiffusegError(f"--format {format} is unknown; use auto or dicom")
     inputs = list_inputs(input)
     predictor = Predictor.from_run(run, device=device)
     for path in inputs:
         folder = predictor.predict_file(
-            path, output, n_samples=samples, steps=steps, seed=seed, overwrite=overwrite
+            path, output, n_samples=samples, steps=steps, seed=seed, overwrite=overwrite,
+            dicom=True if format == "dicom" else None, reference=reference,
+            dicom_samples=dicom_samples,
         )
         typer.echo(f"{path[0].name}: {folder}")
 

@@ -97,10 +97,15 @@ class Predictor:
 
     def predict_file(self, path: str | Path | Sequence[Path], out_dir: str | Path, *,
                      n_samples: int | None = None, steps: int | None = None, seed: int = 0,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, dicom: bool | None = None,
+                     reference: str | Path | None = None, dicom_samples: bool = False) -> Path:
         """Segment one image and write its outputs into ``out_dir/<case>/`` (see
         ``diffuseg.outputs.write_result``). ``path`` is a file, a DICOM series folder, or the
-        channel files of one case (nnU-Net's ``case_0000``, ``case_0001``, ...), in order."""
+        channel files of one case (nnU-Net's ``case_0000``, ``case_0001``, ...), in order.
+
+        DICOM objects (``diffuseg.io.dicom_seg``) go to ``<case>/dicom/`` when ``dicom`` is True,
+        or when it is None and the input is a DICOM series; a non-DICOM input needs the
+        ``reference`` series folder it was converted from."""
         from diffuseg.outputs import write_result
 
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
@@ -115,6 +120,11 @@ class Predictor:
                      extra={"run": str(self.run_dir), "steps": steps or self.config.sample.steps,
                             "seed": seed, "threads": torch.get_num_threads(),
                             "device": str(self.device)})
+        if dicom or (dicom is None and (geometry.kind == "dicom" or reference is not None)):
+            from diffuseg.io.dicom_seg import reference_for, write_dicom_outputs
+
+            write_dicom_outputs(result, reference_for(geometry, reference), case_dir / "dicom",
+                                method=self.config.method.name, samples=dicom_samples)
         return case_dir
 
 

@@ -1,0 +1,169 @@
+"""DICOM outputs: every object read back (pydicom, highdicom) gives the arrays voxel for voxel on
+the source grid, references its source series and keeps patient and study identity."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from conftest import shared_data
+from dicom_synth import write_series
+from tiny_runs import tiny_run
+
+import diffuseg
+from diffuseg.ensemble import summarise
+from diffuseg.inference import Predictor
+from diffuseg.io import read_image, read_mask
+from diffuseg.io.dicom_seg import (
+    load_reference,
+    read_parametric_map,
+    read_seg,
+    reference_for,
+    write_dicom_outputs,
+)
+
+T1POST = "dicom_brain_tumor_progression/PGBM-001/11-T1post-03326"
+
+
+def random_result(shape, num_classes=1, n_samples=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn((n_samples, 1, num_classes, *shape), generator=g) * 3
+    probs = logits.sigmoid() if num_classes == 1 else logits.softmax(2)
+    return summarise(probs)
+
+
+def check_round_trip(result, reference, folder, num_classes=1):
+    names = {k: f"structure {k}" for k in range(1, max(2, num_classes))}
+    written = write_dicom_outputs(result, reference, folder, method="ddpm", samples=True,
+                                  label_names=names)
+    assert set(written) == {"seg_consensus", "seg_probability", "pmap_uncertainty",
+                            "seg_samples"}
+    consensus = result.consensus[0].numpy()
+    seg = read_seg(written["seg_consensus"], reference)
+    assert sorted(seg) == sorted(names)
+    for k, mask in seg.items():
+        np.testing.assert_array_equal(mask, consensus == k)
+    mean = result.mean[0].numpy()
+    foreground = mean[0] if num_classes == 1 else 1 - mean[0]
+    probability = read_seg(written["seg_probability"], reference)[1]
+    np.testing.assert_array_equal(probability, np.round(foreground * 255).astype(np.float32) / 255)
+    maps = read_parametric_map(written["pmap_uncertainty"], reference)
+    norm = np.log(max(2, num_classes))
+    np.testing.assert_array_equal(maps["variance"], result.variance[0].numpy())
+    for name in ("entropy", "mutual_information"):
+        expected = np.clip(getattr(result, name)[0].numpy() / norm, 0, 1).astype(np.float32)
+        np.testing.assert_array_equal(maps[name], expected)
+    labels = result.sample_labels()[:, 0].numpy()
+    samples = read_seg(written["seg_samples"], reference)
+    per_sample = max(1, num_classes - 1)
+    assert len(samples) == labels.shape[0] * per_sample
+    for s, sample in enumerate(labels):
+        for k in range(1, per_sample + 1):
+            np.testing.assert_array_equal(samples[s * per_sample + k], sample == k)
+    return written
+
+
+def check_identity(path, reference):
+    ds = pydicom.dcmread(path)
+    source = reference[0]
+    for tag in ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID"):
+        assert ds.get(tag) == source.get(tag), tag
+    assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+    assert ds.SOPInstanceUID not in {r.SOPInstanceUID for r in reference}
+    referenced = ds.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == source.SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence} == \
+        {r.SOPInstanceUID for r in reference}
+    # every frame lies at its slice's position
+    positions = [r.ImagePositionPatient for r in reference]
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        ipp = item.PlanePositionSequence[0].ImagePositionPatient
+        assert min(np.abs(np.subtract(ipp, p)).max() for p in positions) < 1e-3
+    return ds
+
+
+@pytest.mark.shared_data
+def test_brain_tumour_series_round_trip(tmp_path):
+    _, geometry = read_image(shared_data(T1POST))
+    reference = load_reference(geometry.extras["files"])
+    result = random_result(geometry.shape)
+    written = check_round_trip(result, reference, tmp_path)
+    for path in written.values():
+        check_identity(path, reference)
+    seg = pydicom.dcmread(written["seg_consensus"])
+    assert seg.SegmentationType == "BINARY"
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "diffuseg"
+    assert algorithm.AlgorithmVersion == diffuseg.__version__
+    assert "method=ddpm" in algorithm.AlgorithmParameters
+    probability = pydicom.dcmread(written["seg_probability"])
+    assert probability.SegmentationFractionalType == "PROBABILITY"
+    pmap = pydicom.dcmread(written["pmap_uncertainty"])
+    assert "FloatPixelData" in pmap
+    mapping = pmap.PerFrameFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "1"
+
+
+def test_oblique_anisotropic_multiclass_round_trip(tmp_path):
+    folder, _ = write_series(tmp_path / "series")
+    _, geometry = read_image(folder)
+    reference = load_reference(geometry.extras["files"])
+    result = random_result(geometry.shape, num_classes=3)
+    written = check_round_trip(result, reference, tmp_path / "out", num_classes=3)
+    check_identity(written["seg_consensus"], reference)
+
+
+def test_highdicom_reads_the_seg_on_the_source_instances(tmp_path):
+    """An independent reader: highdicom's pixels per source instance give the same masks."""
+    folder, _ = write_series(tmp_path / "series")
+    _, geometry = read_image(folder)
+    reference = load_reference(geometry.extras["files"])
+    result = random_result(geometry.shape)
+    written = write_dicom_outputs(result, reference, tmp_path / "out", method="ddpm")
+    seg = hd.seg.segread(written["seg_consensus"])
+    uids = [r.SOPInstanceUID for r in reference]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids,
+                                               segment_numbers=[1])  # [slices, rows, cols, 1]
+    np.testing.assert_array_equal(pixels[..., 0].transpose(2, 1, 0),
+                                  result.consensus[0].numpy())
+
+
+def test_wrong_grid_is_refused(tmp_path):
+    folder, _ = write_series(tmp_path / "series")
+    _, geometry = read_image(folder)
+    reference = load_reference(geometry.extras["files"])
+    with pytest.raises(ValueError, match="reference series"):
+        write_dicom_outputs(random_result((5, 5, 5)), reference, tmp_path / "out", method="x")
+
+
+@pytest.fixture(scope="module")
+def run3d(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("run3d"), 3)
+
+
+def test_predict_writes_dicom_for_dicom_and_for_nifti_with_reference(tmp_path, run3d):
+    """A DICOM series input gets DICOM objects; the same image as NIfTI with --reference gets the
+    same consensus; a NIfTI off the reference grid is refused."""
+    folder, _ = write_series(tmp_path / "series", rows=24, columns=28, slices=6)
+    predictor = Predictor.from_run(run3d)
+    case = predictor.predict_file(folder, tmp_path / "a", n_samples=2, steps=1)
+    reference = reference_for(read_image(folder)[1])
+    from_dicom = read_seg(case / "dicom" / "seg_consensus.dcm", reference)[1]
+    consensus, _ = read_mask(case / "consensus.nii.gz")
+    np.testing.assert_array_equal(from_dicom, consensus == 1)
+    image, geometry = read_image(folder)
+    nifti = tmp_path / "image.nii.gz"
+    nib.save(nib.Nifti1Image(image[0], geometry.affine), nifti)
+    case_b = predictor.predict_file(nifti, tmp_path / "b", n_samples=2, steps=1,
+                                    reference=folder)
+    np.testing.assert_array_equal(
+        read_seg(case_b / "dicom" / "seg_consensus.dcm", reference)[1], from_dicom)
+    shifted = geometry.affine.copy()
+    shifted[:3, 3] += 5
+    nib.save(nib.Nifti1Image(image[0], shifted), tmp_path / "off.nii.gz")
+    with pytest.raises(ValueError, match="not on the grid"):
+        predictor.predict_file(tmp_path / "off.nii.gz", tmp_path / "c", n_samples=1, steps=1,
+                               reference=folder)
