@@ -1,0 +1,46 @@
+"""``diffuseg serve RUN``: the HTTP service (docs/deploying.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def serve_command(
+    run: Annotated[Path, typer.Argument(help="Run folder written by 'diffuseg train'")],
+    host: Annotated[str, typer.Option(help="Listen address (keep 127.0.0.1 behind a proxy)")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port")] = 8000,
+    data: Annotated[Path, typer.Option("--data", help="Folder for tokens.json and jobs/")
+                    ] = Path("diffuseg_data"),
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="No token check (local host only)")
+                       ] = False,
+    pacs: Annotated[str | None, typer.Option(
+        "--pacs", help="DICOMweb root of the PACS, e.g. http://127.0.0.1:8042/dicom-web")] = None,
+    concurrency: Annotated[int, typer.Option(help="Jobs segmented at once")] = 1,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body (MiB)")] = 512.0,
+    samples: Annotated[int | None, typer.Option("--samples", "-n", help="Masks per job")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of every job")] = 0,
+    device: Annotated[str, typer.Option("-device", "--device", help="auto, cpu or cuda")
+                      ] = "auto",
+    dicom_samples: Annotated[bool, typer.Option(
+        "--dicom-samples", help="Also write every sample as a segment of seg_samples.dcm")
+    ] = False,
+) -> None:
+    """Serve the model over HTTP: upload jobs, PACS (DICOMweb) jobs, results, OpenAPI at /docs."""
+    import uvicorn
+
+    from diffuseg.service.app import create_app
+    from diffuseg.service.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        run_dir=run, data_dir=data, host=host, port=port, auth=not no_auth,
+        max_upload_bytes=int(max_upload_mb * 2**20), concurrency=concurrency, pacs_url=pacs,
+        n_samples=samples, steps=steps, seed=seed, device=device, dicom_samples=dicom_samples,
+    ).validate()
+    app = create_app(settings)
+    typer.echo(f"diffuseg serve: http://{host}:{port}/docs (data in {data})")
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,218 @@
+"""The HTTP service: jobs from uploads, results, persistence, and each security default."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+import time
+import zipfile
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_synth import write_series
+from fastapi.testclient import TestClient
+from PIL import Image
+from tiny_runs import tiny_run
+
+from diffuseg.inference import Predictor
+from diffuseg.io import read_image, read_mask
+from diffuseg.io.dicom_seg import read_seg, reference_for
+from diffuseg.service.app import create_app
+from diffuseg.service.settings import ServiceSettings
+
+
+@pytest.fixture(scope="module")
+def run2d(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("run2d"), 2)
+
+
+@pytest.fixture(scope="module")
+def run3d(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("run3d"), 3)
+
+
+def make_client(run, data, **options):
+    settings = ServiceSettings(run_dir=run, data_dir=data, n_samples=2, steps=1, **options)
+    app = create_app(settings)
+    client = TestClient(app)
+    if settings.auth:
+        token = next(iter(json.loads((data / "tokens.json").read_text())))
+        client.headers["Authorization"] = f"Bearer {token}"
+    return client
+
+
+def png_bytes(seed=0, size=24):
+    image = np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def wait(client, job_id, deadline_s=300):
+    """Poll until the job ends (a hang guard, not a timing assertion)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def zip_bytes(entries: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        for name in links:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, "/etc/passwd")
+    return buffer.getvalue()
+
+
+def series_zip(folder) -> bytes:
+    return zip_bytes({f"series/{p.name}": p.read_bytes() for p in sorted(folder.iterdir())})
+
+
+def test_png_job_matches_direct_predict(tmp_path, run2d):
+    client = make_client(run2d, tmp_path / "data")
+    answer = client.post("/v1/jobs", files={"file": ("lesion.png", png_bytes(), "image/png")})
+    assert answer.status_code == 202, answer.text
+    job = wait(client, answer.json()["id"])
+    assert job["status"] == "done" and job["progress"] == 1.0, job
+    assert {"consensus", "probability", "entropy", "variance", "mutual_information",
+            "sample_00", "sample_01", "result"} <= set(job["outputs"])
+    assert [j["id"] for j in client.get("/v1/jobs").json()] == [job["id"]]
+    (tmp_path / "in.png").write_bytes(png_bytes())
+    direct = Predictor.from_run(run2d).predict_file(tmp_path / "in.png", tmp_path / "direct",
+                                                    n_samples=2, steps=1, seed=0)
+    got = client.get(f"/v1/jobs/{job['id']}/result/consensus")
+    assert got.status_code == 200
+    (tmp_path / "got.png").write_bytes(got.content)
+    np.testing.assert_array_equal(read_mask(tmp_path / "got.png")[0],
+                                  read_mask(direct / "consensus.png")[0])
+    assert client.get(f"/v1/jobs/{job['id']}/result/nothing").status_code == 404
+    assert client.get("/v1/jobs/../../etc/passwd").status_code == 404
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["ready"] is True
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_token_is_required_and_stored_owner_only(tmp_path, run2d):
+    client = make_client(run2d, tmp_path / "data")
+    tokens = tmp_path / "data" / "tokens.json"
+    assert stat.S_IMODE(tokens.stat().st_mode) == 0o600
+    assert list(json.loads(tokens.read_text()).values()) == ["admin"]
+    assert client.get("/v1/jobs").status_code == 200
+    anonymous = TestClient(client.app)
+    assert anonymous.get("/v1/jobs").status_code == 401
+    assert anonymous.get("/v1/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    answer = anonymous.post("/v1/jobs", files={"file": ("a.png", png_bytes(), "image/png")})
+    assert answer.status_code == 401
+    assert anonymous.get("/healthz").status_code == 200
+    tokens.chmod(0o644)
+    with pytest.raises(ValueError, match="chmod 600"):
+        make_client(run2d, tmp_path / "data")
+
+
+def test_no_auth_only_on_localhost(tmp_path, run2d):
+    with pytest.raises(ValueError, match="--no-auth"):
+        ServiceSettings(run_dir=run2d, data_dir=tmp_path, host="0.0.0.0", auth=False).validate()
+    client = make_client(run2d, tmp_path / "data", auth=False)
+    assert client.get("/v1/jobs").status_code == 200
+    assert not (tmp_path / "data" / "tokens.json").exists()
+
+
+def test_oversized_upload_is_413(tmp_path, run2d):
+    client = make_client(run2d, tmp_path / "data", max_upload_bytes=2000)
+    answer = client.post("/v1/jobs", files={"file": ("big.png", png_bytes(size=64), "image/png")})
+    assert answer.status_code == 413
+    assert not any((tmp_path / "data" / "jobs").iterdir())
+
+
+def test_zip_with_parent_members_is_400_and_writes_nothing_outside(tmp_path, run2d):
+    client = make_client(run2d, tmp_path / "data")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    for bad in ({"../escape.dcm": b"x"}, {"series/../../escape.dcm": b"x"},
+                {"/abs/escape.dcm": b"x"}):
+        answer = client.post("/v1/jobs", files={"file": ("s.zip", zip_bytes(bad), "x")})
+        assert answer.status_code == 400 and ("'..'" in answer.json()["detail"])
+    answer = client.post("/v1/jobs", files={"file": ("s.zip", zip_bytes({}, ("link",)), "x")})
+    assert answer.status_code == 400 and "link" in answer.json()["detail"]
+    after = sorted(str(p) for p in tmp_path.rglob("*"))
+    jobs = str(tmp_path / "data" / "jobs")
+    assert [p for p in after if p not in before and not p.startswith(jobs)] == []
+    assert not list(tmp_path.rglob("escape*")) and not list(tmp_path.rglob("series"))
+
+
+def test_decompression_bomb_is_400(tmp_path, run2d):
+    client = make_client(run2d, tmp_path / "data")
+    bomb = zip_bytes({"zeros.dcm": bytes(50 * 2**20)})
+    assert len(bomb) < 2**20
+    answer = client.post("/v1/jobs", files={"file": ("s.zip", bomb, "x")})
+    assert answer.status_code == 400 and "bomb" in answer.json()["detail"]
+    assert not list((tmp_path / "data").rglob("*.dcm"))
+
+
+def test_corrupt_dicom_is_400_with_one_line(tmp_path, run3d):
+    client = make_client(run3d, tmp_path / "data")
+    folder, _ = write_series(tmp_path / "series", slices=4)
+    first = sorted(folder.iterdir())[0]
+    first.write_bytes(first.read_bytes()[:-300])  # truncated pixel data
+    answer = client.post("/v1/jobs", files={"file": ("s.zip", series_zip(folder), "x")})
+    assert answer.status_code == 400
+    detail = answer.json()["detail"]
+    assert "\n" not in detail and "pixel" in detail.lower(), detail
+    not_dicom = zip_bytes({"a.dcm": b"hello, not DICOM"})
+    answer = client.post("/v1/jobs", files={"file": ("s.zip", not_dicom, "x")})
+    assert answer.status_code == 400 and "not a readable DICOM" in answer.json()["detail"]
+
+
+def test_absurd_dicom_dimensions_are_refused_before_reading(tmp_path, run3d):
+    client = make_client(run3d, tmp_path / "data")
+    folder, _ = write_series(tmp_path / "series", slices=2)
+    file = sorted(folder.iterdir())[0]
+    ds = pydicom.dcmread(file)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 65535, 65535, 1000  # 4e12 voxels, a few bytes
+    ds.save_as(file)
+    answer = client.post("/v1/jobs", files={"file": ("s.zip", series_zip(folder), "x")})
+    assert answer.status_code == 400 and "refused before reading" in answer.json()["detail"]
+
+
+def test_dicom_zip_job_gives_dicom_objects_and_survives_a_restart(tmp_path, run3d):
+    data = tmp_path / "data"
+    client = make_client(run3d, data)
+    folder, _ = write_series(tmp_path / "series", rows=24, columns=28, slices=6)
+    answer = client.post("/v1/jobs", files={"file": ("study.zip", series_zip(folder), "x")})
+    assert answer.status_code == 202, answer.text
+    job = wait(client, answer.json()["id"])
+    assert job["status"] == "done", job
+    assert {"seg_consensus", "seg_probability", "pmap_uncertainty"} <= set(job["outputs"])
+    seg = client.get(f"/v1/jobs/{job['id']}/result/seg_consensus")
+    assert seg.headers["content-type"] == "application/dicom"
+    (tmp_path / "seg.dcm").write_bytes(seg.content)
+    reference = reference_for(read_image(folder)[1])
+    consensus = client.get(f"/v1/jobs/{job['id']}/result/consensus")
+    (tmp_path / "consensus.nii.gz").write_bytes(consensus.content)
+    np.testing.assert_array_equal(read_seg(tmp_path / "seg.dcm", reference)[1],
+                                  read_mask(tmp_path / "consensus.nii.gz")[0] == 1)
+    # a job left running by a stopped service, then a restart
+    interrupted = data / "jobs" / ("0" * 32)
+    interrupted.mkdir()
+    record = dict(job, id="0" * 32, status="running", outputs=[])
+    (interrupted / "job.json").write_text(json.dumps(record))
+    client = make_client(run3d, data)
+    again = client.get(f"/v1/jobs/{job['id']}").json()
+    assert again["status"] == "done" and again["outputs"] == job["outputs"]
+    assert client.get(f"/v1/jobs/{job['id']}/result/seg_consensus").content == seg.content
+    failed = client.get(f"/v1/jobs/{'0' * 32}").json()
+    assert failed["status"] == "failed" and "restart" in failed["error"]
+
+
+def test_channel_mismatch_is_400(tmp_path, run3d):
+    client = make_client(run3d, tmp_path / "data")
+    answer = client.post("/v1/jobs", files={"file": ("a.png", png_bytes(), "image/png")})
+    assert answer.status_code == 400 and "3D" in answer.json()["detail"]
