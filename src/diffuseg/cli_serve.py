@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from diffuseg.errors import DiffusegError
+
 
 def serve_command(
     run: Annotated[Path, typer.Argument(help="Run folder written by 'diffuseg train'")],
@@ -31,9 +33,13 @@ def serve_command(
     ] = False,
 ) -> None:
     """Serve the model over HTTP: upload jobs, PACS (DICOMweb) jobs, results, OpenAPI at /docs."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from diffuseg.service.app import create_app
+        from diffuseg.service.app import create_app
+    except ImportError as err:
+        raise DiffusegError(f"diffuseg serve needs the service extra ({err}); run "
+                            "pip install 'diffuseg[service]'") from None
     from diffuseg.service.settings import ServiceSettings
 
     settings = ServiceSettings(

@@ -1,0 +1,92 @@
+"""A PACS round trip against a real Orthanc: the shared brain-tumour study goes into Orthanc, the
+service fetches the T1post series over DICOMweb, segments it and stores the SEGs and the
+Parametric Map back; read back from Orthanc they equal the direct ``predict`` outputs voxel for
+voxel (same run, seed, samples and steps)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from conftest import shared_data
+from fastapi.testclient import TestClient
+from orthanc import orthanc, upload
+from tiny_runs import tiny_run
+
+from diffuseg.inference import Predictor
+from diffuseg.io import read_image
+from diffuseg.io.dicom_seg import read_parametric_map, read_seg, reference_for
+from diffuseg.service.app import create_app
+from diffuseg.service.pacs import DicomWeb
+from diffuseg.service.settings import ServiceSettings
+
+STUDY = "dicom_brain_tumor_progression/PGBM-001"
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    with orthanc(tmp_path_factory.mktemp("orthanc")) as root:
+        yield root
+
+
+def wait(client, job_id, deadline_s=600):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+@pytest.mark.shared_data
+def test_orthanc_round_trip_equals_direct_predict(tmp_path, pacs):
+    study = shared_data(STUDY)
+    t1 = next(study.glob("*T1post*"))
+    upload(pacs, sorted(p for p in study.rglob("*.dcm")))
+    _, geometry = read_image(t1)
+    study_uid = geometry.extras["study_uid"]
+    run = tiny_run(tmp_path / "run", 3)
+
+    settings = ServiceSettings(run_dir=run, data_dir=tmp_path / "data", auth=False,
+                               pacs_url=f"{pacs}/dicom-web", n_samples=2, steps=1, seed=3)
+    client = TestClient(create_app(settings))
+    # three image series: the service asks which one
+    answer = client.post(f"/v1/pacs/studies/{study_uid}/segment")
+    assert answer.status_code == 400 and "3 image series" in answer.json()["detail"]
+    assert client.post("/v1/pacs/studies/1.2.3/../../x/segment").status_code == 404
+    assert client.post("/v1/pacs/studies/1.2.x/segment").status_code == 400
+    answer = client.post(f"/v1/pacs/studies/{study_uid}/segment",
+                         params={"series": geometry.extras["series_uid"]})
+    assert answer.status_code == 202, answer.text
+    job = wait(client, answer.json()["id"])
+    assert job["status"] == "done", job
+    stored = {s["name"]: s for s in job["pacs"]["stored"]}
+    assert set(stored) == {"seg_consensus", "seg_probability", "pmap_uncertainty"}
+
+    direct = Predictor.from_run(run).predict_file(t1, tmp_path / "direct", n_samples=2, steps=1,
+                                                  seed=3)
+    reference = reference_for(geometry)
+    web = DicomWeb(f"{pacs}/dicom-web")
+    fetched = {}
+    for name, item in stored.items():
+        files = web.fetch_series(study_uid, item["series_uid"], tmp_path / "back" / name,
+                                 max_bytes=2**30, max_files=10)
+        assert len(files) == 1
+        fetched[name] = files[0]
+    web.close()
+    # the new series landed in the source study, next to the three source series
+    series = {s["0020000E"]["Value"][0] for s in DicomWeb(f"{pacs}/dicom-web").series(study_uid)}
+    assert {s["series_uid"] for s in stored.values()} <= series and len(series) == 6
+
+    expected = read_seg(direct / "dicom" / "seg_consensus.dcm", reference)
+    got = read_seg(fetched["seg_consensus"], reference)
+    assert expected[1].any()  # a mask with content, so the comparison can fail
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(read_seg(fetched["seg_probability"], reference)[1],
+                                  read_seg(direct / "dicom" / "seg_probability.dcm", reference)[1])
+    got_maps = read_parametric_map(fetched["pmap_uncertainty"], reference)
+    expected_maps = read_parametric_map(direct / "dicom" / "pmap_uncertainty.dcm", reference)
+    for name in ("variance", "entropy", "mutual_information"):
+        np.testing.assert_array_equal(got_maps[name], expected_maps[name])
