@@ -216,3 +216,33 @@ def test_channel_mismatch_is_400(tmp_path, run3d):
     client = make_client(run3d, tmp_path / "data")
     answer = client.post("/v1/jobs", files={"file": ("a.png", png_bytes(), "image/png")})
     assert answer.status_code == 400 and "3D" in answer.json()["detail"]
+
+
+def test_serve_cli_refuses_no_auth_on_a_public_host(tmp_path, monkeypatch, capsys, run2d):
+    import sys
+
+    from diffuseg.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["diffuseg", "serve", str(run2d), "--host", "0.0.0.0",
+                                      "--no-auth", "--data", str(tmp_path / "data")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: --no-auth") and "\n" == err[-1]
+    assert not (tmp_path / "data").exists()
+
+
+def test_predict_format_dicom_without_reference_is_one_line(tmp_path, monkeypatch, capsys,
+                                                            run2d):
+    import sys
+
+    from diffuseg.cli import main
+
+    (tmp_path / "in.png").write_bytes(png_bytes())
+    monkeypatch.setattr(sys, "argv", ["diffuseg", "predict", str(run2d), "-i",
+                                      str(tmp_path / "in.png"), "-o", str(tmp_path / "out"),
+                                      "--format", "dicom", "-n", "1", "--steps", "1"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--reference" in err and err.count("\n") == 1
