@@ -3,6 +3,8 @@ the source grid, references its source series and keeps patient and study identi
 
 from __future__ import annotations
 
+import json
+
 import highdicom as hd
 import nibabel as nib
 import numpy as np
@@ -154,6 +156,10 @@ def test_predict_writes_dicom_for_dicom_and_for_nifti_with_reference(tmp_path, r
     from_dicom = read_seg(case / "dicom" / "seg_consensus.dcm", reference)[1]
     consensus, _ = read_mask(case / "consensus.nii.gz")
     np.testing.assert_array_equal(from_dicom, consensus == 1)
+    labels = json.loads((run3d / "dataset.json").read_text())["labels"]
+    name = next(k for k, v in labels.items() if v == 1)
+    segment = pydicom.dcmread(case / "dicom" / "seg_consensus.dcm").SegmentSequence[0]
+    assert segment.SegmentLabel == name  # the run's label name
     image, geometry = read_image(folder)
     nifti = tmp_path / "image.nii.gz"
     nib.save(nib.Nifti1Image(image[0], geometry.affine), nifti)

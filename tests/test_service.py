@@ -132,6 +132,15 @@ def test_oversized_upload_is_413(tmp_path, run2d):
     assert answer.status_code == 413
     assert not any((tmp_path / "data" / "jobs").iterdir())
 
+    def chunks():  # no Content-Length: the limit is counted as the body streams in
+        for _ in range(10):
+            yield bytes(1000)
+
+    answer = client.post("/v1/jobs", content=chunks(),
+                         headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert answer.status_code == 413
+    assert not any((tmp_path / "data" / "jobs").iterdir())
+
 
 def test_zip_with_parent_members_is_400_and_writes_nothing_outside(tmp_path, run2d):
     client = make_client(run2d, tmp_path / "data")

@@ -121,10 +121,11 @@ class Predictor:
                             "seed": seed, "threads": torch.get_num_threads(),
                             "device": str(self.device)})
         if dicom or (dicom is None and (geometry.kind == "dicom" or reference is not None)):
-            from diffuseg.io.dicom_seg import reference_for, write_dicom_outputs
+            from diffuseg.io.dicom_seg import reference_for, run_label_names, write_dicom_outputs
 
             write_dicom_outputs(result, reference_for(geometry, reference), case_dir / "dicom",
-                                method=self.config.method.name, samples=dicom_samples)
+                                method=self.config.method.name, samples=dicom_samples,
+                                label_names=run_label_names(self.run_dir))
         return case_dir
 
 

@@ -26,6 +26,7 @@ frame k is ``volume[:, :, k].T`` (``[rows, columns]``).
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -78,6 +79,17 @@ def reference_for(geometry: Geometry, reference: str | Path | None = None
                         f"'{reference}' (shape {ref_geometry.shape}); give the series the image "
                         "was converted from")
     return load_reference(series.extras["files"])
+
+
+def run_label_names(run_dir: str | Path) -> dict[int, str] | None:
+    """{label value: name} of the foreground labels in a run's ``dataset.json``, or None."""
+    path = Path(run_dir) / "dataset.json"
+    try:
+        labels = json.loads(path.read_text()).get("labels", {})
+        names = {int(v): str(k) for k, v in labels.items() if int(v) > 0}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return names or None
 
 
 def load_reference(files: Sequence[str | Path]) -> list[pydicom.Dataset]:

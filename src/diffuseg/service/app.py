@@ -98,11 +98,12 @@ def segment_job(app_state, job: Job, input_path: Path) -> None:
                         "steps": settings.steps or predictor.config.sample.steps,
                         "method": predictor.config.method.name, "version": diffuseg.__version__})
     if geometry.kind == "dicom":
-        from diffuseg.io.dicom_seg import reference_for, write_dicom_outputs
+        from diffuseg.io.dicom_seg import reference_for, run_label_names, write_dicom_outputs
 
         write_dicom_outputs(result, reference_for(geometry), folder / "dicom",
                             method=predictor.config.method.name,
-                            samples=settings.dicom_samples)
+                            samples=settings.dicom_samples,
+                            label_names=run_label_names(settings.run_dir))
     store.update(job, progress=0.95)
 
 
