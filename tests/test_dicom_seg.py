@@ -173,3 +173,22 @@ def test_predict_writes_dicom_for_dicom_and_for_nifti_with_reference(tmp_path, r
     with pytest.raises(ValueError, match="not on the grid"):
         predictor.predict_file(tmp_path / "off.nii.gz", tmp_path / "c", n_samples=1, steps=1,
                                reference=folder)
+
+
+def test_reviewed_binary_seg_names_its_creator(tmp_path):
+    """The review page's SEG: an edited mask, marked SEMIAUTOMATIC with its reviewer."""
+    from diffuseg.io.dicom_seg import binary_seg
+
+    folder, _ = write_series(tmp_path / "series")
+    _, geometry = read_image(folder)
+    reference = load_reference(geometry.extras["files"])
+    mask = np.zeros(geometry.shape, np.uint8)
+    mask[3:9, 4:12, 2:5] = 1
+    seg = binary_seg(mask, reference, label_names={1: "tumour"}, method="ddpm",
+                     content_creator="Doe^Jane", reviewed=True)
+    seg.save_as(tmp_path / "reviewed.dcm")
+    ds = pydicom.dcmread(tmp_path / "reviewed.dcm")
+    assert ds.ContentCreatorName == "Doe^Jane" and "reviewed" in ds.SeriesDescription
+    assert ds.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    assert ds.SegmentSequence[0].SegmentLabel == "tumour"
+    np.testing.assert_array_equal(read_seg(tmp_path / "reviewed.dcm", reference)[1], mask == 1)

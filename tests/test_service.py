@@ -255,3 +255,13 @@ def test_predict_format_dicom_without_reference_is_one_line(tmp_path, monkeypatc
         main()
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "--reference" in err and err.count("\n") == 1
+
+
+def test_pacs_endpoint_needs_a_pacs_and_a_valid_uid(tmp_path, run2d):
+    client = make_client(run2d, tmp_path / "data")
+    assert client.post("/v1/pacs/studies/1.2.3/segment").status_code == 409
+    client = make_client(run2d, tmp_path / "data2", pacs_url="http://127.0.0.1:9/dicom-web")
+    answer = client.post("/v1/pacs/studies/1.2.3;rm/segment")
+    assert answer.status_code == 400 and "not a DICOM UID" in answer.json()["detail"]
+    answer = client.post("/v1/pacs/studies/1.2.3/segment")  # nothing listens on port 9
+    assert answer.status_code == 400 and "failed" in answer.json()["detail"]
