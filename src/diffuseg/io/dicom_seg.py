@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -38,10 +39,12 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 import diffuseg
-from diffuseg.ensemble import Result
 from diffuseg.errors import DataError
 from diffuseg.io.dicom import read_dicom_series
 from diffuseg.io.images import Geometry
+
+if TYPE_CHECKING:  # io sits below ensemble in the import order; only the type is needed
+    from diffuseg.ensemble import Result
 
 MANUFACTURER = "diffuseg"
 UNCERTAINTY_MAPS = ("variance", "entropy", "mutual_information")
