@@ -142,10 +142,12 @@ from diffuseg.cli_data import convert_app  # noqa: E402
 from diffuseg.cli_evaluate import evaluate_command  # noqa: E402
 from diffuseg.cli_export import export_command  # noqa: E402
 from diffuseg.cli_serve import serve_command  # noqa: E402
+from diffuseg.synthesis.cli import synthesize_command  # noqa: E402
 
 app.command("evaluate")(evaluate_command)
 app.command("export")(export_command)
 app.command("serve")(serve_command)
+app.command("synthesize")(synthesize_command)
 app.add_typer(convert_app, name="convert")
 
 

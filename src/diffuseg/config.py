@@ -54,6 +54,8 @@ class DataConfig:
     ct_window: tuple[float, float] = (-1000.0, 400.0)  # HU window when intensity == "ct"
     spacing: tuple[float, ...] | None = None  # resample 3D data to this spacing (mm); None keeps
     augment: bool = True  # flips, small rotations and intensity jitter
+    synthetic: str | None = None  # a synthetic dataset ('diffuseg synthesize') mixed into training
+    synthetic_ratio: float = 0.5  # share of training examples drawn from `synthetic`
 
 
 @dataclass
@@ -124,6 +126,9 @@ class RunConfig:
                 f"sample.steps={self.sample.steps} exceeds process.T={self.process.T}; "
                 f"use at most {self.process.T}"
             )
+        if not 0.0 <= self.data.synthetic_ratio <= 1.0:
+            raise ConfigError(f"data.synthetic_ratio={self.data.synthetic_ratio} must be in "
+                              "[0, 1] (the share of training examples drawn from data.synthetic)")
         if self.sample.n_samples < 1:
             raise ConfigError(f"sample.n_samples={self.sample.n_samples} must be at least 1")
         if self.num_classes < 1 or self.num_classes == 2:

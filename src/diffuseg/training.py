@@ -140,7 +140,13 @@ def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
     log.text(f"{'resumed' if resume else 'started'} at step {step}: method={config.method.name} "
              f"device={device} train={len(train_set)} val={len(val_set)} cases, "
              f"{sum(p.numel() for p in method.parameters()):,} parameters")
-    data = batches(train_set, config, seed=config.train.seed + step)
+    from diffuseg.synthesis.mixing import load_synthetic
+
+    synthetic = load_synthetic(config, splits, n_raters=len(train_set[0].raters))
+    if synthetic:
+        log.text(f"mixing {len(synthetic)} synthetic cases from {config.data.synthetic} "
+                 f"(ratio {config.data.synthetic_ratio})")
+    data = batches(train_set, config, seed=config.train.seed + step, synthetic=synthetic)
     dtype = autocast_dtype(config.train.precision, device)
     generator = torch.Generator(device=device).manual_seed(config.train.seed + 7919 * step)
     run_loop(method, optimizer, ema, data, val_set, log, run_dir, device, dtype, generator,

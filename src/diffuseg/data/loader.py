@@ -60,8 +60,11 @@ def choose_mask(example: Example, mode: str, num_labels: int, rng: np.random.Gen
     return example.raters[rng.integers(len(example.raters))]
 
 
-def batches(examples: list[Example], config: RunConfig, seed: int) -> Iterator[dict]:
-    """An endless stream of augmented training batches as torch tensors."""
+def batches(examples: list[Example], config: RunConfig, seed: int,
+            synthetic: list[Example] | None = None) -> Iterator[dict]:
+    """An endless stream of augmented training batches as torch tensors. With ``synthetic``
+    examples, each item comes from them with probability ``data.synthetic_ratio``
+    (diffuseg.synthesis.mixing)."""
     if not examples:
         raise DataError("the training split is empty; check splits.json or the dataset folder")
     rng = np.random.default_rng(seed)
@@ -71,6 +74,8 @@ def batches(examples: list[Example], config: RunConfig, seed: int) -> Iterator[d
         items = []
         for index in rng.integers(len(examples), size=config.train.batch_size):
             ex = examples[index]
+            if synthetic and rng.random() < config.data.synthetic_ratio:
+                ex = synthetic[rng.integers(len(synthetic))]
             mask = choose_mask(ex, config.data.rater_mode, num_labels, rng)
             item = {
                 "image": ex.image,
