@@ -111,8 +111,9 @@ class Predictor:
                             "replace it or choose another -o")
         result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
                               seed=seed, source=str(paths[0]))
+        sampler, used_steps = self.method.sampling(steps)  # what sample() ran
         write_result(result, geometry, case_dir, source=paths[0],
-                     extra={"run": str(self.run_dir), "steps": steps or self.config.sample.steps,
+                     extra={"run": str(self.run_dir), "sampler": sampler, "steps": used_steps,
                             "seed": seed, "threads": torch.get_num_threads(),
                             "device": str(self.device)})
         return case_dir
