@@ -51,7 +51,8 @@ def test_lidc_arguments_presets():
 
 def test_ambiguity_arguments():
     args = ambiguity.parse_args(["--out", "a.json"])
-    assert args.methods == ["ddpm", "cimd", "unet", "mc_dropout", "ensemble", "prob_unet"]
+    assert args.methods == ["ddpm", "cimd_z", "cimd_paper", "unet", "mc_dropout", "ensemble",
+                            "prob_unet"]
     assert (args.dataset, args.minutes, args.max_val_cases) == ("both", 10.0, 64)
     assert args.plot == Path("a.png")
     quick = ambiguity.parse_args(["--quick", "--dataset", "lidc", "--methods", "ddpm, unet"])

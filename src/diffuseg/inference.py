@@ -55,8 +55,7 @@ class Predictor:
                     ) -> tuple[int | None, int]:
         """None steps are left to the method (``sample.steps``, or the method's own default)."""
         n_samples = self.config.sample.n_samples if n_samples is None else n_samples
-        if steps is not None and not 1 <= steps <= self.config.process.T:
-            raise ConfigError(f"--steps {steps} is out of range; use 1..{self.config.process.T}")
+        self.method.sampling(steps)  # the one check of steps (and of the sampler)
         if n_samples < 1:
             raise ConfigError(f"--samples {n_samples} must be at least 1")
         return steps, n_samples
