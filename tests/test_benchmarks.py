@@ -38,8 +38,8 @@ def test_lidc_arguments_presets():
     cpu = lidc.parse_args([])
     assert (cpu.method, cpu.minutes, cpu.preset, cpu.device) == ("ddpm", 20.0, "cpu", "cpu")
     assert (cpu.train_patients, cpu.max_val_cases, cpu.n_samples) == (150, 100, (16, 100))
-    gpu = lidc.parse_args(["--gpu", "--method", "cimd", "--n-samples", "16,50"])
-    assert (gpu.preset, gpu.device, gpu.method) == ("gpu", "cuda", "cimd")
+    gpu = lidc.parse_args(["--gpu", "--method", "cimd_paper", "--n-samples", "16,50"])
+    assert (gpu.preset, gpu.device, gpu.method) == ("gpu", "cuda", "cimd_paper")
     assert (gpu.train_patients, gpu.max_val_cases, gpu.n_samples) == (None, None, (16, 50))
     assert "train.device=cuda" in common.PRESETS["gpu"]
     assert lidc.parse_args(["--quick"]).minutes == 0.25
