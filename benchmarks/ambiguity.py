@@ -1,7 +1,11 @@
 """Ambiguity benchmark: every method under the same wall-clock budget, on data whose raters
 disagree, scored as distributions of masks.
 
-Methods (``--methods``): ddpm, cimd (diffusion), unet, mc_dropout, ensemble, prob_unet. Each
+Methods (``--methods``): ddpm, cimd_z, cimd_paper (diffusion), unet, mc_dropout, ensemble,
+prob_unet. ``cimd_z`` is cimd's default, this project's z-conditioned variant (z from a learned
+prior conditions the denoiser), not the published or released CIMD; ``cimd_paper`` is the faithful
+configuration (``method.options.condition_on_z=false``: plain diffusion sampling, the AMN/ACN KL
+only in the loss; unlike the released code, the two encoders are trained too). Each
 trains for the same ``--minutes`` (``train.max_minutes``) on the same cases with the same torch
 thread count, the same U-Net widths (``network.*`` of the preset, used by every method's
 networks) and the same optimiser settings; then samples ``max(--n-samples)`` masks per held-out
@@ -42,7 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py, beside this script)
 
-DIFFUSION = ("ddpm", "cimd")  # compared, case by case, with each baseline
+DIFFUSION = ("ddpm", "cimd_z", "cimd_paper")  # compared, case by case, with each baseline
 BASELINES = ("unet", "mc_dropout", "ensemble", "prob_unet")
 
 

@@ -50,7 +50,10 @@ ORACLE = "raters (ref.)"
 # method name -> its config overrides (network widths come from the preset, shared by all)
 METHODS: dict[str, list[str]] = {
     "ddpm": ["method.name=ddpm"],
-    "cimd": ["method.name=cimd"],
+    # cimd's default conditions the denoiser on z: this project's variant, not the published or
+    # released CIMD; cimd_paper is the faithful configuration (no z in the denoiser, no prior net)
+    "cimd_z": ["method.name=cimd"],
+    "cimd_paper": ["method.name=cimd", "method.options.condition_on_z=false"],
     "unet": ["method.name=unet"],
     "mc_dropout": ["method.name=mc_dropout"],
     "ensemble": ["method.name=ensemble"],

@@ -38,8 +38,8 @@ def test_lidc_arguments_presets():
     cpu = lidc.parse_args([])
     assert (cpu.method, cpu.minutes, cpu.preset, cpu.device) == ("ddpm", 20.0, "cpu", "cpu")
     assert (cpu.train_patients, cpu.max_val_cases, cpu.n_samples) == (150, 100, (16, 100))
-    gpu = lidc.parse_args(["--gpu", "--method", "cimd", "--n-samples", "16,50"])
-    assert (gpu.preset, gpu.device, gpu.method) == ("gpu", "cuda", "cimd")
+    gpu = lidc.parse_args(["--gpu", "--method", "cimd_paper", "--n-samples", "16,50"])
+    assert (gpu.preset, gpu.device, gpu.method) == ("gpu", "cuda", "cimd_paper")
     assert (gpu.train_patients, gpu.max_val_cases, gpu.n_samples) == (None, None, (16, 50))
     assert "train.device=cuda" in common.PRESETS["gpu"]
     assert lidc.parse_args(["--quick"]).minutes == 0.25
@@ -51,7 +51,8 @@ def test_lidc_arguments_presets():
 
 def test_ambiguity_arguments():
     args = ambiguity.parse_args(["--out", "a.json"])
-    assert args.methods == ["ddpm", "cimd", "unet", "mc_dropout", "ensemble", "prob_unet"]
+    assert args.methods == ["ddpm", "cimd_z", "cimd_paper", "unet", "mc_dropout", "ensemble",
+                            "prob_unet"]
     assert (args.dataset, args.minutes, args.max_val_cases) == ("both", 10.0, 64)
     assert args.plot == Path("a.png")
     quick = ambiguity.parse_args(["--quick", "--dataset", "lidc", "--methods", "ddpm, unet"])

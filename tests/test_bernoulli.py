@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -177,3 +178,61 @@ def test_from_config() -> None:
         BernoulliProcess.from_config(ProcessConfig(kind="bernoulli", prediction="eps"))
     with pytest.raises(ConfigError, match="kind"):
         BernoulliProcess.from_config(ProcessConfig(kind="gaussian"))
+
+
+# ------------------------------------------------------------------------------------------
+# a prior map p (HiDiff's BBDM): the chain keeps or redraws from B(p)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def schedule() -> BernoulliProcess:
+    return BernoulliProcess(cosine_betas(20))
+
+
+def test_a_half_prior_map_is_berdiffs_process():
+    proc = schedule()
+    x0 = torch.rand(3, 1, 4, 4, generator=_gen(0))
+    x_t = (torch.rand(3, 1, 4, 4, generator=_gen(1)) < 0.5).float()
+    anchored = proc.with_prior(torch.full_like(x0, 0.5))
+    for t, t_prev in ((19, 12), (5, 4), (0, -1)):
+        torch.testing.assert_close(anchored.q_probs(x0, t), proc.q_probs(x0, t))
+        torch.testing.assert_close(anchored.posterior_probs(x_t, t, t_prev, x0),
+                                   proc.posterior_probs(x_t, t, t_prev, x0))
+
+
+def kernel(y_next: float, y: float, keep: float, p: float) -> float:
+    """One (respaced) forward step: keep y with probability `keep`, else redraw from B(p)."""
+    prior = p if y_next == 1 else 1 - p
+    return keep * (y_next == y) + (1 - keep) * prior
+
+
+@pytest.mark.parametrize("t, t_prev", [(19, 11), (7, 6), (3, 0)])
+def test_posterior_is_bayes_rule_of_the_anchored_chain(t, t_prev):
+    """q(y_tp | y_t, y_0) = q(y_tp | y_0) q(y_t | y_tp) / sum over y_tp, each factor the
+    keep-or-redraw-from-B(p) kernel; and the kernels compose: q(y_t | y_0) is the marginal."""
+    proc = schedule()
+    ab_t, ab_p = float(proc.alpha_bar_at(t)), float(proc.alpha_bar_at(t_prev))
+    p = torch.tensor([0.13, 0.5, 0.91])
+    anchored = proc.with_prior(p)
+    for y0, yt in itertools.product((0.0, 1.0), repeat=2):
+        expected = []
+        for pi in p.tolist():
+            joint = [kernel(y, y0, ab_p, pi) * kernel(yt, y, ab_t / ab_p, pi) for y in (0.0, 1.0)]
+            expected.append(joint[1] / sum(joint))
+            marginal = sum(kernel(1.0, y, ab_t / ab_p, pi) * kernel(y, y0, ab_p, pi)
+                           for y in (0.0, 1.0))
+            assert marginal == pytest.approx(ab_t * y0 + (1 - ab_t) * pi, rel=1e-6)
+        got = anchored.posterior_probs(torch.full((3,), yt), t, t_prev, torch.full((3,), y0))
+        torch.testing.assert_close(got, torch.tensor(expected))
+    torch.testing.assert_close(anchored.q_probs(torch.ones(3), t), ab_t + (1 - ab_t) * p)
+
+
+def test_prior_sample_is_bernoulli_of_the_prior():
+    p = torch.tensor([0.1, 0.6, 0.95]).repeat(20000, 1)
+    y = schedule().with_prior(p).prior_sample(p.shape, generator=_gen(0))
+    assert set(y.unique().tolist()) <= {0.0, 1.0}
+    se = (p[0] * (1 - p[0]) / 20000).sqrt()
+    assert ((y.mean(0) - p[0]).abs() < 4 * se).all()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import SIZE, gen
-from torch import nn
+from helpers import SIZE, gen, randomise
 
 import diffuseg.methods.cimd  # noqa: F401  (registers "cimd")
 from diffuseg.config import (
@@ -32,16 +31,6 @@ def config(spatial_dims: int = 2, num_classes: int = 1, sampler: str = "ddim", e
         sample=SampleConfig(steps=3, sampler=sampler, eta=eta),
         method=MethodConfig(name="cimd", options=options),
     ).validate()  # fmt: skip
-
-
-def randomise(module: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
-    """Overwrite every parameter with N(0, scale^2): the denoiser's output conv is zero-initialised,
-    so an untrained CIMD would predict the same mask for every z."""
-    g = gen(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
 
 
 def build(*args, **kw):
@@ -71,7 +60,7 @@ def ambiguous_image() -> torch.Tensor:
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("num_classes", [1, 3])
-def test_loss_is_finite_and_trains_every_parameter(spatial_dims, num_classes):
+def test_loss_terms_and_networks(spatial_dims, num_classes):
     method = build(spatial_dims, num_classes)
     assert set(method.networks()) == {"denoiser", "posterior", "acn", "prior"}
     terms = method.loss(batch(spatial_dims, num_classes), generator=gen(0))
@@ -79,10 +68,6 @@ def test_loss_is_finite_and_trains_every_parameter(spatial_dims, num_classes):
     assert all(torch.isfinite(v) for v in terms.values())
     torch.testing.assert_close(
         terms["loss"], terms["mse"] + 1e-3 * terms["kl_prior"] + 1e-3 * terms["kl_acn"])
-    terms["loss"].backward()
-    for name, net in method.networks().items():
-        for pname, p in net.named_parameters():
-            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
 
 
 def test_kl_terms_are_kl_between_the_posterior_and_prior_and_acn():
@@ -120,18 +105,6 @@ def test_loss_follows_the_generator():
 
 # ------------------------------------------------------------------------------------------
 # sampling
-
-
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-@pytest.mark.parametrize("num_classes", [1, 3])
-def test_sample_shape_range_and_seed(spatial_dims, num_classes):
-    method = build(spatial_dims, num_classes).eval()
-    image = batch(spatial_dims, num_classes)["image"]
-    s = method.sample(image, 3, generator=gen(5))
-    assert s.shape == (3, 2, num_classes, *SIZE[spatial_dims])
-    assert s.min() >= 0 and s.max() <= 1
-    assert torch.equal(s, method.sample(image, 3, generator=gen(5)))
-    assert not torch.equal(s, method.sample(image, 3, generator=gen(6)))
 
 
 @pytest.mark.parametrize("prediction", ["x0", "eps"])

@@ -10,6 +10,7 @@ import torch
 from diffuseg.config import ProcessConfig
 from diffuseg.errors import ConfigError
 from diffuseg.processes import GaussianProcess, build_process, cosine_betas, linear_betas
+from diffuseg.samplers import ddim_update, dpm_solver_pp_update
 
 T = 50
 
@@ -145,7 +146,8 @@ def test_dtype_preserved(process: GaussianProcess, dtype: torch.dtype) -> None:
             process.v_from(x0, x0, t),
             *process.q_posterior(x0, x_t, t),
             process.ancestral_step(x_t, t, 3, x0, generator=torch.Generator().manual_seed(0)),
-            process.ddim_step(x_t, t, 3, x0, eta=0.5, generator=torch.Generator().manual_seed(0)),
+            ddim_update(process, x_t, t, 3, x0, eta=0.5,
+                        generator=torch.Generator().manual_seed(0)),
         ]
         assert all(o.dtype == dtype for o in outs)
         assert outs[0].shape == x0.shape
@@ -154,31 +156,31 @@ def test_dtype_preserved(process: GaussianProcess, dtype: torch.dtype) -> None:
 def test_ddim_eta_zero_is_deterministic_and_eta_one_is_ancestral(process: GaussianProcess) -> None:
     """Song et al. 2021, eq. 16: eta = 1 gives the DDPM posterior, step for step."""
     x_t, x0_hat = _randn(2, 1, 8, seed=16), _randn(2, 1, 8, seed=17)
-    a = process.ddim_step(x_t, 40, 20, x0_hat, generator=torch.Generator().manual_seed(1))
-    b = process.ddim_step(x_t, 40, 20, x0_hat, generator=torch.Generator().manual_seed(2))
+    a = ddim_update(process, x_t, 40, 20, x0_hat, generator=torch.Generator().manual_seed(1))
+    b = ddim_update(process, x_t, 40, 20, x0_hat, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
-    ddim1 = process.ddim_step(
-        x_t, 40, 20, x0_hat, eta=1.0, generator=torch.Generator().manual_seed(3)
+    ddim1 = ddim_update(
+        process, x_t, 40, 20, x0_hat, eta=1.0, generator=torch.Generator().manual_seed(3)
     )
     ddpm = process.ancestral_step(x_t, 40, 20, x0_hat, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(ddim1, ddpm, rtol=1e-10, atol=1e-10)
     with pytest.raises(ConfigError, match="eta"):
-        process.ddim_step(x_t, 40, 20, x0_hat, eta=-0.1)
+        ddim_update(process, x_t, 40, 20, x0_hat, eta=-0.1)
 
 
 def test_ddim_eta_zero_keeps_the_noise_direction(process: GaussianProcess) -> None:
     """x_{t_p} = sqrt(ab_p) x0 + sqrt(1 - ab_p) eps when x0_hat is the true x0 (eq. 12)."""
     x0, eps = _randn(2, 1, 8, seed=18), _randn(2, 1, 8, seed=19)
     x_t = process.q_sample(x0, 45, noise=eps)
-    out = process.ddim_step(x_t, 45, 12, x0)
+    out = ddim_update(process, x_t, 45, 12, x0)
     torch.testing.assert_close(out, process.q_sample(x0, 12, noise=eps), rtol=1e-10, atol=1e-10)
 
 
 def test_final_steps_return_x0_hat(process: GaussianProcess) -> None:
     x_t, x0_hat = _randn(2, 1, 8, seed=20), _randn(2, 1, 8, seed=21)
     assert process.ancestral_step(x_t, 5, -1, x0_hat) is x0_hat
-    assert process.ddim_step(x_t, 5, -1, x0_hat, eta=1.0) is x0_hat
-    assert process.dpm_solver_pp_step(x_t, 5, -1, x0_hat) is x0_hat
+    assert ddim_update(process, x_t, 5, -1, x0_hat, eta=1.0) is x0_hat
+    assert dpm_solver_pp_update(process, x_t, 5, -1, x0_hat) is x0_hat
     out = process.ancestral_step(
         x_t, torch.tensor([0, 5]), torch.tensor([-1, 4]), x0_hat, generator=torch.Generator()
     )
@@ -189,8 +191,8 @@ def test_final_steps_return_x0_hat(process: GaussianProcess) -> None:
 def test_first_order_dpm_solver_pp_is_ddim(process: GaussianProcess) -> None:
     x_t, x0_hat = _randn(2, 1, 8, seed=22), _randn(2, 1, 8, seed=23)
     torch.testing.assert_close(
-        process.dpm_solver_pp_step(x_t, 30, 20, x0_hat),
-        process.ddim_step(x_t, 30, 20, x0_hat),
+        dpm_solver_pp_update(process, x_t, 30, 20, x0_hat),
+        ddim_update(process, x_t, 30, 20, x0_hat),
         rtol=1e-10,
         atol=1e-10,
     )

@@ -1,9 +1,8 @@
-"""HiDiff (Chen et al., IEEE TMI 2024): the prior-anchored Bernoulli process against Bayes' rule and
-BerDiff's, the alternate-collaborative steps, the focal loss, sampling in 2D and 3D."""
+"""HiDiff (Chen et al., IEEE TMI 2024): the alternate-collaborative steps, the focal loss, sampling
+from the prior (its anchored Bernoulli process: tests/test_bernoulli.py; shapes, seeding and round
+trips: tests/test_method_contract.py)."""
 
 from __future__ import annotations
-
-import itertools
 
 import pytest
 import torch
@@ -18,16 +17,14 @@ from diffuseg.config import (
 )
 from diffuseg.errors import ConfigError
 from diffuseg.methods import build_method
-from diffuseg.methods.hidiff import AnchoredBernoulli, focal_loss
-from diffuseg.processes import BernoulliProcess, cosine_betas
+from diffuseg.methods.hidiff import focal_loss
 from diffuseg.weights import load_networks, state_of
 
 
-def config(spatial_dims: int = 2, num_classes: int = 1, kind: str = "bernoulli",
+def config(spatial_dims: int = 2, num_classes: int = 1, kind: str | None = None,
            **options) -> RunConfig:
     return tiny_config("hidiff", spatial_dims, num_classes, process=ProcessConfig(kind=kind, T=20),
                        steps=3, **options)
-
 
 
 def build(*args, **kw):
@@ -46,57 +43,7 @@ def batch(spatial_dims: int, b: int = 2, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# the anchored process
-
-
-def schedule() -> BernoulliProcess:
-    return BernoulliProcess(cosine_betas(20))
-
-
-def test_half_prior_is_berdiffs_process():
-    proc = schedule()
-    x0 = torch.rand(3, 1, 4, 4, generator=gen(0))
-    x_t = (torch.rand(3, 1, 4, 4, generator=gen(1)) < 0.5).float()
-    anchored = AnchoredBernoulli(proc, torch.full_like(x0, 0.5))
-    for t, t_prev in ((19, 12), (5, 4), (0, -1)):
-        torch.testing.assert_close(anchored.q_probs(x0, t), proc.q_probs(x0, t))
-        torch.testing.assert_close(anchored.posterior_probs(x_t, t, t_prev, x0),
-                                   proc.posterior_probs(x_t, t, t_prev, x0))
-
-
-def kernel(y_next: float, y: float, keep: float, p: float) -> float:
-    """One (respaced) forward step: keep y with probability `keep`, else redraw from B(p)."""
-    prior = p if y_next == 1 else 1 - p
-    return keep * (y_next == y) + (1 - keep) * prior
-
-
-@pytest.mark.parametrize("t, t_prev", [(19, 11), (7, 6), (3, 0)])
-def test_posterior_is_bayes_rule_of_the_anchored_chain(t, t_prev):
-    """q(y_tp | y_t, y_0) = q(y_tp | y_0) q(y_t | y_tp) / sum over y_tp, each factor the
-    keep-or-redraw-from-B(p) kernel; and the kernels compose: q(y_t | y_0) is the marginal."""
-    proc = schedule()
-    ab_t, ab_p = float(proc.alpha_bar_at(t)), float(proc.alpha_bar_at(t_prev))
-    p = torch.tensor([0.13, 0.5, 0.91])
-    anchored = AnchoredBernoulli(proc, p)
-    for y0, yt in itertools.product((0.0, 1.0), repeat=2):
-        expected = []
-        for pi in p.tolist():
-            joint = [kernel(y, y0, ab_p, pi) * kernel(yt, y, ab_t / ab_p, pi) for y in (0.0, 1.0)]
-            expected.append(joint[1] / sum(joint))
-            marginal = sum(kernel(1.0, y, ab_t / ab_p, pi) * kernel(y, y0, ab_p, pi)
-                           for y in (0.0, 1.0))
-            assert marginal == pytest.approx(ab_t * y0 + (1 - ab_t) * pi, rel=1e-6)
-        got = anchored.posterior_probs(torch.full((3,), yt), t, t_prev, torch.full((3,), y0))
-        torch.testing.assert_close(got, torch.tensor(expected))
-    torch.testing.assert_close(anchored.q_probs(torch.ones(3), t), ab_t + (1 - ab_t) * p)
-
-
-def test_prior_sample_is_bernoulli_of_the_prior():
-    p = torch.tensor([0.1, 0.6, 0.95]).repeat(20000, 1)
-    y = AnchoredBernoulli(schedule(), p).prior_sample(p.shape, generator=gen(0))
-    assert set(y.unique().tolist()) <= {0.0, 1.0}
-    se = (p[0] * (1 - p[0]) / 20000).sqrt()
-    assert ((y.mean(0) - p[0]).abs() < 4 * se).all()
+# the focal loss (the anchored process: tests/test_bernoulli.py)
 
 
 def test_focal_loss_closed_form():
@@ -167,17 +114,6 @@ def test_the_step_count_is_saved_and_only_training_advances_it():
 # sampling and errors
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_sample_shape_range_and_seed(spatial_dims):
-    method = build(spatial_dims).eval()
-    image = batch(spatial_dims)["image"]
-    s = method.sample(image, 3, generator=gen(5))
-    assert s.shape == (3, 2, 1, *SIZE[spatial_dims])
-    assert s.min() >= 0 and s.max() <= 1
-    assert torch.equal(s, method.sample(image, 3, generator=gen(5)))
-    assert not torch.equal(s, method.sample(image, 3, generator=gen(6)))
-
-
 def test_sampling_starts_from_the_prior_and_sees_it():
     """With one step the sample is the refiner's x0_hat for y_T ~ B(p) and cond = [image, p]."""
     method = build().eval()
@@ -194,7 +130,7 @@ def test_sampling_starts_from_the_prior_and_sees_it():
 def test_errors():
     with pytest.raises(ConfigError, match="num_classes=1"):
         build_method(config(num_classes=3))
-    with pytest.raises(ConfigError, match="process.kind=bernoulli"):
+    with pytest.raises(ConfigError, match="process.kind='gaussian' contradicts"):
         build_method(config(kind="gaussian"))
     with pytest.raises(ConfigError, match="feedback"):
         build_method(config(feedback=-1.0))

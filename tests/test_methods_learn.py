@@ -27,7 +27,7 @@ from diffuseg.methods import build_method
 from diffuseg.training import foreground_dice, train
 
 METHODS = {
-    "berdiff": ["method.name=berdiff", "process.kind=bernoulli"],
+    "berdiff": ["method.name=berdiff"],  # the method chooses its process and sampler
     "hidiff": ["method.name=hidiff", "process.kind=bernoulli"],
     "medsegdiff_v2": ["method.name=medsegdiff_v2"],
     "ddpm_sdf": ["method.name=ddpm", "method.target=sdf"],

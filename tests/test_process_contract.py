@@ -47,7 +47,12 @@ CASES = {
         make=lambda: BernoulliProcess(cosine_betas(T)),
         to_domain=lambda m: m,
         oracle=_bernoulli_oracle,  # type: ignore[arg-type]
-    )
+    ),
+    "bernoulli-prior": Case(  # the chain redraws from B(0.3), not B(1/2): HiDiff's kind
+        make=lambda: BernoulliProcess(cosine_betas(T), prior=0.3),
+        to_domain=lambda m: m,
+        oracle=_bernoulli_oracle,  # type: ignore[arg-type]
+    ),
 }
 SHAPES = {"2d": (2, 1, 8, 8), "3d": (2, 1, 4, 4, 4)}
 

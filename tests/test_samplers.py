@@ -196,9 +196,9 @@ def test_denoise_gets_long_batch_timesteps_and_clip_applies() -> None:
 def test_samplers_refuse_processes_without_their_step() -> None:
     bern = BernoulliProcess(cosine_betas(20))
     x = torch.zeros(SHAPE)
-    with pytest.raises(ConfigError, match="ddim_step"):
+    with pytest.raises(ConfigError, match="ddim sampling needs a Gaussian process"):
         ddim(toy_denoiser(), bern, x, bern.timesteps(4))  # raised at the call, not on iteration
-    with pytest.raises(ConfigError, match="dpm_solver_pp_step"):
+    with pytest.raises(ConfigError, match="dpm_solver_pp sampling needs a Gaussian process"):
         dpm_solver_pp(toy_denoiser(), bern, x, bern.timesteps(4))
     with pytest.raises(ConfigError, match="eta"):
         ddim(toy_denoiser(), GaussianProcess(cosine_betas(20)), x, [5], eta=-1.0)

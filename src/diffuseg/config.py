@@ -21,7 +21,9 @@ from diffuseg.errors import ConfigError
 
 @dataclass
 class ProcessConfig:
-    kind: Literal["gaussian", "bernoulli"] = "gaussian"
+    # the method declares its process (Method.process_kind); None follows it, a contradicting
+    # value is refused (processes.build_process)
+    kind: Literal["gaussian", "bernoulli"] | None = None
     schedule: Literal["linear", "cosine"] = "cosine"  # cosine: Nichol & Dhariwal 2021, eq. 17
     T: int = 1000  # number of diffusion steps at training time
     prediction: Literal["eps", "x0", "v"] = "x0"  # what the network predicts (x0 suits masks)
@@ -82,7 +84,9 @@ class TrainConfig:
 class SampleConfig:
     n_samples: int = 16
     steps: int = 10
-    sampler: Literal["ddim", "ddpm", "dpm_solver_pp"] = "ddim"  # dpm_solver_pp: DPM-Solver++(2M)
+    # None: the process's default (ddim for Gaussian, ddpm for Bernoulli; samplers.DEFAULT); a
+    # sampler the process cannot run is refused. dpm_solver_pp: DPM-Solver++(2M)
+    sampler: Literal["ddim", "ddpm", "dpm_solver_pp"] | None = None
     eta: float = 0.0  # DDIM stochasticity; 0 is deterministic given x_T
 
 

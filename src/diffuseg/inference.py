@@ -55,8 +55,7 @@ class Predictor:
                     ) -> tuple[int | None, int]:
         """None steps are left to the method (``sample.steps``, or the method's own default)."""
         n_samples = self.config.sample.n_samples if n_samples is None else n_samples
-        if steps is not None and not 1 <= steps <= self.config.process.T:
-            raise ConfigError(f"--steps {steps} is out of range; use 1..{self.config.process.T}")
+        self.method.sampling(steps)  # the one check of steps (and of the sampler)
         if n_samples < 1:
             raise ConfigError(f"--samples {n_samples} must be at least 1")
         return steps, n_samples
@@ -116,8 +115,9 @@ class Predictor:
                             "replace it or choose another -o")
         result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
                               seed=seed, source=str(paths[0]))
+        sampler, used_steps = self.method.sampling(steps)  # what sample() ran
         write_result(result, geometry, case_dir, source=paths[0],
-                     extra={"run": str(self.run_dir), "steps": steps or self.config.sample.steps,
+                     extra={"run": str(self.run_dir), "sampler": sampler, "steps": used_steps,
                             "seed": seed, "threads": torch.get_num_threads(),
                             "device": str(self.device)})
         if dicom or (dicom is None and (geometry.kind == "dicom" or reference is not None)):

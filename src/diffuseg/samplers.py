@@ -1,14 +1,24 @@
 """Samplers: small functions over (denoise, process, x_T, timesteps) yielding the trajectory.
 
-Each step calls `denoise(x, t_batch)` with t_batch a LongTensor [B] on x's device, turns the
-output into x0_hat with `process.predict_x0`, optionally clamps it to [-clip, clip], and asks the
-process for the state at the next timestep of `timesteps` (-1 after the last one: the clean
-data, where every sampler returns x0_hat). Coefficients for int timesteps are host scalars, so
-no step waits on the device (no `.item()` on device tensors).
+Every sampler runs the same loop (`_trajectory`): call `denoise(x, t_batch)` with t_batch a
+LongTensor [B] on x's device, turn the output into x0_hat with `process.predict_x0`, optionally
+clamp it to [-clip, clip], and apply the sampler's update to reach the next timestep of
+`timesteps` (-1 after the last one: the clean data, where every update returns x0_hat). The
+samplers differ only in that update:
+
+* `ddpm`: the process's own ancestral step (every process has one);
+* `ddim`: Song et al. 2021, eq. 12 (`ddim_update`, Gaussian processes only);
+* `dpm_solver_pp`: Lu et al. 2022, DPM-Solver++(2M) (`dpm_solver_pp_update`, Gaussian only).
+
+The solver maths live here, not in the processes: a process gives q, its posterior and the
+conversions; a sampler decides how to walk back. Which sampler a process kind can run, and its
+default, are stated once in `SUPPORTED` and `DEFAULT`; `check_sampler` refuses the others.
+Coefficients for int timesteps are host scalars, so no step waits on the device.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -18,8 +28,15 @@ from torch import Tensor
 
 from diffuseg.errors import ConfigError
 from diffuseg.processes import Process
+from diffuseg.processes.schedules import Timestep, check_step, coef, randn_like
 
 Denoise = Callable[[Tensor, Tensor], Tensor]  # (x_t, t LongTensor [B]) -> network output
+# (x_t, t, t_prev, x0_hat) -> x_{t_prev}; a multistep update keeps its own history
+Update = Callable[[Tensor, int, int, Tensor], Tensor]
+
+SUPPORTED = {"ddpm": ("gaussian", "bernoulli"), "ddim": ("gaussian",),
+             "dpm_solver_pp": ("gaussian",)}  # sampler -> the process kinds it can run
+DEFAULT = {"gaussian": "ddim", "bernoulli": "ddpm"}  # process kind -> sampler when none is set
 
 
 @dataclass(frozen=True)
@@ -31,82 +48,77 @@ class Step:
     t: int
 
 
-def ddpm(
-    denoise: Denoise,
-    process: Process,
-    x_T: Tensor,
-    timesteps: Sequence[int],
-    *,
-    generator: torch.Generator | None = None,
-    clip: float | None = None,
-) -> Iterator[Step]:
+def check_sampler(name: str | None, kind: str) -> str:
+    """The sampler to use for a process of `kind`: `name`, or the kind's default when None;
+    a sampler that cannot run that process is refused (ConfigError naming the fix)."""
+    if name is None:
+        return DEFAULT[kind]
+    if name not in SUPPORTED:
+        raise ConfigError(f"sample.sampler={name!r} is unknown; use one of {sorted(SUPPORTED)}")
+    if kind not in SUPPORTED[name]:
+        usable = sorted(s for s, kinds in SUPPORTED.items() if kind in kinds)
+        raise ConfigError(f"sample.sampler={name!r} cannot run a {kind} process; use "
+                          f"{' or '.join(usable)} (or leave sample.sampler unset)")
+    return name
+
+
+def ddpm(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int], *,
+         generator: torch.Generator | None = None, clip: float | None = None) -> Iterator[Step]:
     """Ancestral sampling (Ho et al. 2020, Alg. 2) over respaced `timesteps`: x_{t_p} ~
     q(x_{t_p} | x_t, x0_hat) via `process.ancestral_step`; works for every Process."""
-    pairs = _pairs(timesteps, process.T)
 
-    def run() -> Iterator[Step]:
-        x = x_T
-        for t, t_prev in pairs:
-            x0_hat = _predict(denoise, process, x, t, clip)
-            x = process.ancestral_step(x, t, t_prev, x0_hat, generator=generator)
-            yield Step(x=x, x0_hat=x0_hat, t=t)
+    def update(x: Tensor, t: int, t_prev: int, x0_hat: Tensor) -> Tensor:
+        return process.ancestral_step(x, t, t_prev, x0_hat, generator=generator)
 
-    return run()
+    return _trajectory(denoise, process, x_T, timesteps, update, clip)
 
 
-def ddim(
-    denoise: Denoise,
-    process: Process,
-    x_T: Tensor,
-    timesteps: Sequence[int],
-    *,
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    clip: float | None = None,
-) -> Iterator[Step]:
-    """DDIM (Song et al. 2021, eq. 12) via `process.ddim_step`; eta = 0 is deterministic given
-    x_T. Needs a process with `ddim_step` (the Gaussian one)."""
-    pairs = _pairs(timesteps, process.T)
-    step = _require(process, "ddim_step", "DDIM")
-    if eta < 0:
-        raise ConfigError(f"DDIM eta={eta} must be >= 0 (0 = deterministic, 1 = DDPM)")
+def ddim(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int], *,
+         eta: float = 0.0, generator: torch.Generator | None = None,
+         clip: float | None = None) -> Iterator[Step]:
+    """DDIM (Song et al. 2021, eq. 12; `ddim_update`); eta = 0 is deterministic given x_T.
+    Needs a Gaussian process."""
+    _require_kind(process, "ddim")
+    _check_eta(eta)
 
-    def run() -> Iterator[Step]:
-        x = x_T
-        for t, t_prev in pairs:
-            x0_hat = _predict(denoise, process, x, t, clip)
-            x = step(x, t, t_prev, x0_hat, eta=eta, generator=generator)
-            yield Step(x=x, x0_hat=x0_hat, t=t)
+    def update(x: Tensor, t: int, t_prev: int, x0_hat: Tensor) -> Tensor:
+        return ddim_update(process, x, t, t_prev, x0_hat, eta=eta, generator=generator)
 
-    return run()
+    return _trajectory(denoise, process, x_T, timesteps, update, clip)
 
 
-def dpm_solver_pp(
-    denoise: Denoise,
-    process: Process,
-    x_T: Tensor,
-    timesteps: Sequence[int],
-    *,
-    generator: torch.Generator | None = None,
-    clip: float | None = None,
-) -> Iterator[Step]:
+def dpm_solver_pp(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int], *,
+                  generator: torch.Generator | None = None,
+                  clip: float | None = None) -> Iterator[Step]:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): first order at the first step, second-order
     multistep after, and x0_hat at the final step to t = -1 (as diffusers' multistep scheduler
     with solver_order=2, final_sigmas_type="zero"). Deterministic; `generator` is unused and
-    kept for the shared signature. Needs a process with `dpm_solver_pp_step`."""
+    kept for the shared signature. Needs a Gaussian process."""
     del generator
-    pairs = _pairs(timesteps, process.T)
-    step = _require(process, "dpm_solver_pp_step", "DPM-Solver++")
+    _require_kind(process, "dpm_solver_pp")
+    history: list[tuple[int, Tensor]] = []
 
-    def run() -> Iterator[Step]:
-        x, history = x_T, None
-        for t, t_prev in pairs:
-            x0_hat = _predict(denoise, process, x, t, clip)
-            x = step(x, t, t_prev, x0_hat, history)
-            history = (t, x0_hat)
-            yield Step(x=x, x0_hat=x0_hat, t=t)
+    def update(x: Tensor, t: int, t_prev: int, x0_hat: Tensor) -> Tensor:
+        x_prev = dpm_solver_pp_update(process, x, t, t_prev, x0_hat,
+                                      history[-1] if history else None)
+        history.append((t, x0_hat))
+        return x_prev
 
-    return run()
+    return _trajectory(denoise, process, x_T, timesteps, update, clip)
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
+
+
+def sample(name: str, denoise: Denoise, process: Process, x_T: Tensor,
+           timesteps: Sequence[int], *, generator: torch.Generator | None = None,
+           clip: float | None = None, eta: float = 0.0) -> Tensor:
+    """The final state of sampler `name` (checked against the process's kind); `eta` is used by
+    DDIM only."""
+    check_sampler(name, process.kind)
+    extra = {"eta": eta} if name == "ddim" else {}
+    return last(SAMPLERS[name](denoise, process, x_T, timesteps, generator=generator, clip=clip,
+                               **extra))
 
 
 def last(steps: Iterable[Step]) -> Tensor:
@@ -119,10 +131,81 @@ def last(steps: Iterable[Step]) -> Tensor:
     return final.x
 
 
-def _predict(denoise: Denoise, process: Process, x: Tensor, t: int, clip: float | None) -> Tensor:
-    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-    x0_hat = process.predict_x0(x, t, denoise(x, t_batch))
-    return x0_hat if clip is None else x0_hat.clamp(-clip, clip)
+# -- the solver updates (Gaussian processes: alpha_bar_at, eps_from_x0) ------------------------
+
+
+def ddim_update(process, x_t: Tensor, t: Timestep, t_prev: Timestep, x0_hat: Tensor, *,
+                eta: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+    """Song et al. 2021, eq. 12 with sigma from eq. 16:
+        x_{t_p} = sqrt(ab_p) x0_hat + sqrt(1 - ab_p - sigma^2) eps_hat + sigma z,
+        sigma = eta sqrt((1 - ab_p) / (1 - ab_t)) sqrt(1 - ab_t / ab_p),
+    with eps_hat = eps_from_x0(x_t, t, x0_hat) (diffusers' use_clipped_model_output=True).
+    eta = 0 is deterministic; eta = 1 is the ancestral (DDPM) step. An int t_p = -1 returns
+    x0_hat."""
+    _check_eta(eta)
+    check_step(t, t_prev)
+    if isinstance(t_prev, int) and t_prev == -1:
+        return x0_hat
+    ab_t, ab_p = process.alpha_bar_at(t), process.alpha_bar_at(t_prev)
+    sigma = eta * ((1 - ab_p) / (1 - ab_t) * (1 - ab_t / ab_p)).sqrt()
+    eps_hat = process.eps_from_x0(x_t, t, x0_hat)
+    dir_coef = (1 - ab_p - sigma**2).clamp(min=0).sqrt()
+    x_prev = coef(ab_p.sqrt(), x_t) * x0_hat + coef(dir_coef, x_t) * eps_hat
+    if eta > 0:
+        x_prev = x_prev + coef(sigma, x_t) * randn_like(x_t, generator)
+    return x_prev
+
+
+def dpm_solver_pp_update(process, x_t: Tensor, t: int, t_prev: int, x0_hat: Tensor,
+                         history: tuple[int, Tensor] | None = None) -> Tensor:
+    """One DPM-Solver++ update in data prediction (Lu et al. 2022, "DPM-Solver++", Alg. 2).
+
+    With alpha = sqrt(ab), sigma = sqrt(1 - ab), lambda = log(alpha / sigma), h = lambda_p -
+    lambda_t, the first-order update (their eq. 8, = DDIM with eta 0) is
+        x_p = (sigma_p / sigma_t) x_t - alpha_p (e^{-h} - 1) D,   D = x0_hat;
+    given `history` = (t_last, x0_hat_last) from the previous step, the 2M update uses
+        D = (1 + 1 / (2 r)) x0_hat - 1 / (2 r) x0_hat_last,  r = (lambda_t - lambda_last) / h.
+    t_p = -1 (sigma_p = 0) returns x0_hat, as diffusers' final_sigmas_type="zero" does.
+    """
+    check_step(t, t_prev)
+    if t_prev == -1:
+        return x0_hat
+    lam_t, _, sigma_t = _log_snr(process, t)
+    lam_p, alpha_p, sigma_p = _log_snr(process, t_prev)
+    h = lam_p - lam_t
+    d = x0_hat
+    if history is not None:
+        t_last, x0_last = history
+        r = (lam_t - _log_snr(process, t_last)[0]) / h
+        d = (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * x0_last
+    return (sigma_p / sigma_t) * x_t - alpha_p * math.expm1(-h) * d
+
+
+def _log_snr(process, t: int) -> tuple[float, float, float]:
+    ab = float(process.alpha_bar_at(t))
+    alpha, sigma = math.sqrt(ab), math.sqrt(1 - ab)
+    return math.log(alpha) - math.log(sigma), alpha, sigma
+
+
+# -- the one loop ------------------------------------------------------------------------------
+
+
+def _trajectory(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int],
+                update: Update, clip: float | None) -> Iterator[Step]:
+    """Checks `timesteps` now (at the call), then yields one Step per (t, t_prev) pair."""
+    pairs = _pairs(timesteps, process.T)
+
+    def run() -> Iterator[Step]:
+        x = x_T
+        for t, t_prev in pairs:
+            t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+            x0_hat = process.predict_x0(x, t, denoise(x, t_batch))
+            if clip is not None:
+                x0_hat = x0_hat.clamp(-clip, clip)
+            x = update(x, t, t_prev, x0_hat)
+            yield Step(x=x, x0_hat=x0_hat, t=t)
+
+    return run()
 
 
 def _pairs(timesteps: Sequence[int] | Tensor, T: int) -> list[tuple[int, int]]:
@@ -138,11 +221,13 @@ def _pairs(timesteps: Sequence[int] | Tensor, T: int) -> list[tuple[int, int]]:
     return list(pairwise([*ts, -1]))
 
 
-def _require(process: Process, name: str, sampler: str) -> Callable[..., Tensor]:
-    method = getattr(process, name, None)
-    if method is None:
-        raise ConfigError(
-            f"{sampler} sampling needs a process with {name}(); {type(process).__name__} has "
-            "none: use the ddpm sampler (sample.sampler=ddpm)"
-        )
-    return method
+def _require_kind(process: Process, sampler: str) -> None:
+    kind = getattr(process, "kind", None)
+    if kind not in SUPPORTED[sampler]:
+        raise ConfigError(f"{sampler} sampling needs a Gaussian process; {type(process).__name__} "
+                          "is not one: use the ddpm sampler (sample.sampler=ddpm)")
+
+
+def _check_eta(eta: float) -> None:
+    if eta < 0:
+        raise ConfigError(f"DDIM eta={eta} must be >= 0 (0 = deterministic, 1 = DDPM)")

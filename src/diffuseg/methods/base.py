@@ -2,12 +2,19 @@
 
 A method combines a process, a network and a loss. It never branches on the type of another
 component; a method that needs another space (latent, signed distance) wraps the encoding.
+
+A method declares, as class attributes, the kind of process it diffuses with (``process_kind``;
+``Method.__init__`` builds it, the one place a process is chosen), its typed options
+(``options_type``, a dataclass coerced from ``method.options`` by ``config.from_dict``) and
+whether it models binary masks only. ``sampling(steps)`` is the one place the sampler and the
+number of steps are defaulted and checked; ``diffuse`` runs them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,9 +22,11 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
-from diffuseg.config import RunConfig, SampleConfig
+from diffuseg.config import RunConfig, SampleConfig, from_dict
 from diffuseg.errors import ConfigError
-from diffuseg.samplers import Denoise, ddim, ddpm, dpm_solver_pp, last
+from diffuseg.processes import Process, build_process
+from diffuseg.samplers import Denoise, check_sampler
+from diffuseg.samplers import sample as run_named_sampler
 
 
 def one_hot(mask: Tensor, num_classes: int) -> Tensor:
@@ -31,14 +40,48 @@ def one_hot(mask: Tensor, num_classes: int) -> Tensor:
     return onehot.movedim(-1, 1).float()
 
 
+@dataclass
+class NoOptions:
+    """The options of a method that has none."""
+
+
+def read_options(config: RunConfig, options_type: type) -> Any:
+    """``config.method.options`` (a dict in config.json) as the method's options dataclass, by
+    the same coercion as the rest of the config (unknown keys refused with the closest name)."""
+    return from_dict(options_type, config.method.options or {}, "method.options")
+
+
+def renormalise(p: Tensor) -> Tensor:
+    """Per-class scores ``[B, K, *sp]`` >= 0 -> probabilities summing to 1 over K (K > 1; K = 1
+    is returned as it is). Where every class scores 0 the result is uniform, 1 / K."""
+    if p.shape[1] == 1:
+        return p
+    total = p.sum(1, keepdim=True)
+    return torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny),
+                       torch.full_like(p, 1.0 / p.shape[1]))
+
+
 class Method(ABC):
     """A segmentation paradigm: ``loss(batch)`` for training, ``sample(image, n)`` for inference."""
 
     name: str = "method"
+    process_kind: str | None = None  # "gaussian" | "bernoulli"; None: no diffusion process
+    options_type: type = NoOptions  # dataclass of method.options
+    binary_only: bool = False  # models one foreground channel (num_classes = 1) only
+    stochastic: bool = True  # different generators give different samples
 
     def __init__(self, config: RunConfig):
         self.config = config
         self.window: tuple[int, ...] | None = None  # sliding-window size for large inputs
+        self.options = read_options(config, self.options_type)
+        if self.binary_only and config.num_classes != 1:
+            raise ConfigError(
+                f"method '{self.name}' models binary masks but num_classes={config.num_classes}; "
+                "use num_classes=1 (merge the labels), or a Gaussian method (ddpm, cimd)")
+        self.process: Any = None
+        if self.process_kind is not None:
+            self.process = build_process(config.process, self.process_kind)
+            check_sampler(config.sample.sampler, self.process.kind)
 
     @abstractmethod
     def networks(self) -> dict[str, nn.Module]:
@@ -53,6 +96,33 @@ class Method(ABC):
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
                generator: torch.Generator | None = None) -> Tensor:
         """``n_samples`` mask probabilities per image: ``[S, B, K, *spatial]`` in [0, 1]."""
+
+    # -- sampling: the one place the sampler and its steps are defaulted and checked -----------
+    def default_steps(self) -> int:
+        """Sampling steps when none are given: ``sample.steps`` (LDSeg: its option ``steps``)."""
+        return self.config.sample.steps
+
+    def sampling(self, steps: int | None = None) -> tuple[str | None, int | None]:
+        """``(sampler, steps)`` that ``sample(..., steps=steps)`` uses; (None, None) for a method
+        without a diffusion process. ``steps`` must lie in 1..process.T."""
+        if self.process is None:
+            return None, None
+        sampler = check_sampler(self.config.sample.sampler, self.process.kind)
+        n = self.default_steps() if steps is None else steps
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.process.T:
+            raise ConfigError(f"steps={n!r} is out of range; use 1..{self.process.T} (--steps, "
+                              "sample.steps or the method's own option)")
+        return sampler, n
+
+    def diffuse(self, denoise: Denoise, x_T: Tensor, steps: int | None, *,
+                generator: torch.Generator | None = None, clip: float | None = None,
+                process: Process | None = None) -> Tensor:
+        """The final state of ``sampling(steps)``'s sampler from ``x_T`` over that many respaced
+        steps of ``process`` (default ``self.process``)."""
+        sampler, n = self.sampling(steps)
+        process = self.process if process is None else process
+        return run_named_sampler(sampler, denoise, process, x_T, process.timesteps(n),
+                                 generator=generator, clip=clip, eta=self.config.sample.eta)
 
     # -- helpers shared by methods -----------------------------------------------------------
     def parameters(self) -> list[nn.Parameter]:
@@ -113,18 +183,11 @@ class Method(ABC):
 
 def run_sampler(s: SampleConfig, process, clip: float | None, denoise: Denoise, x_T: Tensor,
                 steps: int | None, generator: torch.Generator | None) -> Tensor:
-    """The final state of the sampler that ``sample.sampler`` names, over ``steps`` (default
-    ``sample.steps``) respaced steps: DDPM (ancestral), DDIM (eta ``sample.eta``) or
-    DPM-Solver++(2M) (deterministic)."""
-    timesteps = process.timesteps(steps or s.steps)
-    if s.sampler == "ddpm":
-        return last(ddpm(denoise, process, x_T, timesteps, generator=generator, clip=clip))
-    if s.sampler == "dpm_solver_pp":
-        return last(dpm_solver_pp(denoise, process, x_T, timesteps, clip=clip))
-    if s.sampler == "ddim":
-        return last(ddim(denoise, process, x_T, timesteps, eta=s.eta, generator=generator,
-                         clip=clip))
-    raise ConfigError(f"sample.sampler={s.sampler!r} is unknown; use ddim, ddpm or dpm_solver_pp")
+    """The final state of the sampler that ``sample.sampler`` names (default: the process's),
+    over ``steps`` (default ``sample.steps``) respaced steps. Methods use ``Method.diffuse``."""
+    sampler = check_sampler(s.sampler, process.kind)
+    return run_named_sampler(sampler, denoise, process, x_T, process.timesteps(steps or s.steps),
+                             generator=generator, clip=clip, eta=s.eta)
 
 
 METHODS: dict[str, Callable[[RunConfig], Method]] = {}

@@ -25,35 +25,46 @@ z enters through the denoiser's time embedding (``ConditionalUNet(emb_channels=l
 FiLM in every residual block). ``condition_on_z = false`` gives the paper's released structure:
 no prior net, no z in the denoiser, loss = diffusion loss + gamma KL(AMN || ACN).
 
-Options (``method.options``): ``latent_dim`` (6), ``beta`` (1e-3), ``gamma`` (1e-3),
-``condition_on_z`` (true). The AMN and ACN see masks in the diffused space: x0 = 2Y - 1 for the
-AMN and the sampler's clamped x0_hat for the ACN, so that both read the same kind of input.
-"""
+Options (``method.options``, ``CIMDOptions``): ``latent_dim`` (6), ``beta`` (1e-3), ``gamma``
+(1e-3), ``condition_on_z`` (true). The default (z-conditioned) is this project's variant, not the
+published or released CIMD; ``condition_on_z = false`` is the faithful configuration. The AMN and
+ACN see masks in the diffused space: x0 = 2Y - 1 for the AMN and the sampler's clamped x0_hat for
+the ACN, so that both read the same kind of input."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError, DataError
-from diffuseg.methods.base import Method, one_hot, register, run_sampler
-from diffuseg.methods.baselines import read_options, windowed_with_emb
-from diffuseg.methods.ddpm import build_denoiser
+from diffuseg.methods.base import Method, one_hot, register
+from diffuseg.methods.parts import (
+    at_least,
+    build_denoiser,
+    conditioned_denoiser,
+    noised,
+    regression_loss,
+    repeat_samples,
+)
 from diffuseg.methods.targets import build_target
 from diffuseg.networks.latent import GaussianEncoder, kl_diag_gaussians, sample_latent
-from diffuseg.processes import GaussianProcess
 from diffuseg.samplers import Denoise
 
-DEFAULTS = {"latent_dim": 6, "beta": 1e-3, "gamma": 1e-3, "condition_on_z": True}
 
+@dataclass
+class CIMDOptions:
+    latent_dim: int = 6  # dimensions of z
+    beta: float = 1e-3  # weight of KL(q(z|I,Y) || p(z|I)); used when condition_on_z
+    gamma: float = 1e-3  # weight of KL(AMN || ACN); the released code divides it by 1000
+    condition_on_z: bool = True  # z conditions the denoiser (this project's variant); false:
+    # the published/released structure (no prior net, plain diffusion sampling)
 
-def check_options(opts: dict) -> None:
-    if opts["latent_dim"] < 1:
-        raise ConfigError(f"method.options.latent_dim={opts['latent_dim']} must be at least 1")
-    for key in ("beta", "gamma"):
-        if opts[key] < 0:
-            raise ConfigError(f"method.options.{key}={opts[key]} must be >= 0")
+    def __post_init__(self) -> None:
+        at_least(self, 1, "latent_dim")
+        at_least(self, 0, "beta", "gamma")
 
 
 @register("cimd")
@@ -61,16 +72,17 @@ class CIMD(Method):
     """Diffusion segmentation with an Ambiguity Modelling Network (posterior), an Ambiguity
     Controlling Network and (by default) a prior p(z | I) whose z conditions the denoiser."""
 
+    process_kind = "gaussian"
+    options_type = CIMDOptions
+
     def __init__(self, config: RunConfig):
         super().__init__(config)
-        opts = read_options(config, DEFAULTS)
-        check_options(opts)
-        self.latent_dim, self.beta, self.gamma = opts["latent_dim"], opts["beta"], opts["gamma"]
-        self.condition_on_z = opts["condition_on_z"]
-        self.process = GaussianProcess.from_config(config.process)
+        o: CIMDOptions = self.options
+        self.latent_dim, self.beta, self.gamma = o.latent_dim, o.beta, o.gamma
+        self.condition_on_z = o.condition_on_z
         self.target = build_target(config.method.target)
-        emb = self.latent_dim if self.condition_on_z else 0
-        self.denoiser = build_denoiser(config, emb_channels=emb)
+        self.denoiser = build_denoiser(config,
+                                       emb_channels=self.latent_dim if self.condition_on_z else 0)
         k, c = config.num_classes, config.in_channels
 
         def encoder(in_channels: int) -> GaussianEncoder:
@@ -94,11 +106,9 @@ class CIMD(Method):
         x0 = self.target.encode(one_hot(batch["mask"], self.config.num_classes))
         mu_q, ls_q = self.posterior(torch.cat([image, x0.to(image.dtype)], dim=1))
         z = sample_latent(mu_q, ls_q, generator=generator) if self.condition_on_z else None
-        t = self.process.sample_t(x0.shape[0], generator=generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-        x_t = self.process.q_sample(x0, t, noise=noise)
+        t, noise, x_t = noised(self.process, x0, generator)
         out = self.denoiser(x_t, t, image, emb=z).float()
-        mse = (out - self.process.training_target(x0, noise, t)).pow(2).mean()
+        mse = regression_loss(self.process, out, x0, noise, t)
         x0_hat = self.process.predict_x0(x_t, t, out)
         if self.target.clip is not None:
             x0_hat = x0_hat.clamp(-self.target.clip, self.target.clip)
@@ -123,16 +133,7 @@ class CIMD(Method):
 
     def denoise_fn(self, cond: Tensor, emb: Tensor | None) -> Denoise:
         """The denoiser as the sampler sees it: (x_t, t) -> output, with image and z fixed."""
-        k = self.config.num_classes
-
-        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            def net(inputs: Tensor, e: Tensor | None) -> Tensor:
-                tb = t[:1].expand(inputs.shape[0])
-                return self.denoiser(inputs[:, :k], tb, inputs[:, k:], emb=e).to(inputs.dtype)
-
-            return windowed_with_emb(self, net, torch.cat([x_t, cond], dim=1), emb)
-
-        return denoise
+        return conditioned_denoiser(self, self.denoiser, cond, emb)
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
@@ -141,11 +142,10 @@ class CIMD(Method):
         latent; when None it is drawn from the prior (before x_T, from the same generator)."""
         b, spatial = image.shape[0], image.shape[2:]
         emb = self._latents(image, n_samples, z, generator)
-        cond = image.repeat(n_samples, *([1] * (image.ndim - 1)))  # [S*B, C, *sp], sample-major
         shape = (n_samples * b, self.config.num_classes, *spatial)
         x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
-        x0 = run_sampler(self.config.sample, self.process, self.target.clip,
-                         self.denoise_fn(cond, emb), x_T, steps, generator)
+        x0 = self.diffuse(self.denoise_fn(repeat_samples(image, n_samples), emb), x_T, steps,
+                          generator=generator, clip=self.target.clip)
         return self.target.decode(x0).reshape(n_samples, b, *x0.shape[1:])
 
     def _latents(self, image: Tensor, n_samples: int, z: Tensor | None,

@@ -3,7 +3,7 @@
 The mask x0 is diffused by a Gaussian process; a U-Net that sees the image concatenated to x_t
 predicts eps, x0 or v (Ho et al. 2020 eq. 14, "simple" loss). Each sample starts from its own x_T,
 so n samples form an implicit ensemble (Wolleb et al., Sec. 2). All samples of all images are
-denoised as one batch per step.
+denoised as one batch per step. No options.
 """
 
 from __future__ import annotations
@@ -12,36 +12,26 @@ import torch
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
-from diffuseg.methods.base import Method, one_hot, register, run_sampler
+from diffuseg.methods.base import Method, one_hot, register
+from diffuseg.methods.parts import (
+    build_denoiser,
+    conditioned_denoiser,
+    noised,
+    regression_loss,
+    repeat_samples,
+)
 from diffuseg.methods.targets import build_target
-from diffuseg.networks import ConditionalUNet
-from diffuseg.processes import GaussianProcess
-
-
-def build_denoiser(config: RunConfig, extra_cond: int = 0, emb_channels: int = 0) -> nn.Module:
-    net = config.network
-    return ConditionalUNet(
-        spatial_dims=config.spatial_dims,
-        in_channels=config.num_classes,
-        cond_channels=config.in_channels + extra_cond,
-        out_channels=config.num_classes,
-        channels=net.channels,
-        num_res_blocks=net.num_res_blocks,
-        attention_levels=net.attention_levels,
-        norm_groups=net.norm_groups,
-        dropout=net.dropout,
-        num_heads=net.num_heads,
-        emb_channels=emb_channels,
-    )
+from diffuseg.samplers import Denoise
 
 
 @register("ddpm")
 class DDPMSegmentation(Method):
     """``loss`` is the mean squared error on the process's training target."""
 
+    process_kind = "gaussian"
+
     def __init__(self, config: RunConfig):
         super().__init__(config)
-        self.process = GaussianProcess.from_config(config.process)
         self.target = build_target(config.method.target)
         self.denoiser = build_denoiser(config)
 
@@ -50,37 +40,21 @@ class DDPMSegmentation(Method):
 
     def loss(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None
              ) -> dict[str, Tensor]:
-        image = batch["image"]
         x0 = self.target.encode(one_hot(batch["mask"], self.config.num_classes))
-        t = self.process.sample_t(x0.shape[0], generator=generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-        x_t = self.process.q_sample(x0, t, noise=noise)
-        out = self.denoiser(x_t, t, image)
-        mse = (out.float() - self.process.training_target(x0, noise, t)).pow(2).mean()
+        t, noise, x_t = noised(self.process, x0, generator)
+        mse = regression_loss(self.process, self.denoiser(x_t, t, batch["image"]), x0, noise, t)
         return {"loss": mse, "mse": mse}
 
-    def denoise_fn(self, cond: Tensor):
+    def denoise_fn(self, cond: Tensor) -> Denoise:
         """The denoiser as the sampler sees it: (x_t, t) -> output, with the image fixed."""
-        k = self.config.num_classes
-
-        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            def window(inputs: Tensor) -> Tensor:
-                tb = t[:1].expand(inputs.shape[0])
-                return self.denoiser(inputs[:, :k], tb, inputs[:, k:]).to(inputs.dtype)
-
-            return self.windowed(window, torch.cat([x_t, cond], dim=1))
-
-        return denoise
+        return conditioned_denoiser(self, self.denoiser, cond)
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
                generator: torch.Generator | None = None) -> Tensor:
-        s = self.config.sample
-        steps = steps or s.steps
         b, spatial = image.shape[0], image.shape[2:]
-        cond = image.repeat(n_samples, *([1] * (image.ndim - 1)))  # [S*B, C, *sp], sample-major
         shape = (n_samples * b, self.config.num_classes, *spatial)
         x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
-        x0 = run_sampler(s, self.process, self.target.clip, self.denoise_fn(cond), x_T, steps,
-                         generator)
+        x0 = self.diffuse(self.denoise_fn(repeat_samples(image, n_samples)), x_T, steps,
+                          generator=generator, clip=self.target.clip)
         return self.target.decode(x0).reshape(n_samples, b, *x0.shape[1:])

@@ -11,12 +11,12 @@ redraws it from B(p), not from B(1/2) as BerDiff does, so that (0-indexed t, ab 
     theta_0 = [a (1 - y_t) + (1 - a) P(y_t)] [ab_p (1 - y_0) + (1 - ab_p) (1 - p)],
 
 with P(y_t) = p^y_t (1 - p)^(1 - y_t) the prior's probability of y_t and a = ab_t / ab_p the
-one-step keep probability of a respaced pair (p = 1/2 gives BerDiff's eqs. 3-4).
-``AnchoredBernoulli`` is this process bound to one batch's p; it satisfies the Process protocol, so
-``samplers.ddpm`` runs it unchanged. The refiner (``ConditionalUNet``, cond = [image, p]) predicts
-the logits of y_0; its loss is the released code's ``MIX``: KL between the posteriors (decoder NLL
-at t = 0) plus ``recon_weight`` x focal loss (gamma = ``focal_gamma``; gamma = 0 is the BCE of
-BerDiff).
+one-step keep probability of a respaced pair (p = 1/2 gives BerDiff's eqs. 3-4). This is the
+Bernoulli process of ``processes/bernoulli.py`` with a prior map: ``process.with_prior(p)`` binds it
+to one batch's p, and ``samplers.ddpm`` runs it unchanged. The refiner (``ConditionalUNet``, cond =
+[image, p]) predicts the logits of y_0; its loss is the released code's ``MIX``: KL between the
+posteriors (decoder NLL at t = 0) plus ``recon_weight`` x focal loss (gamma = ``focal_gamma``; gamma
+= 0 is the BCE of BerDiff).
 
 Alternate-collaborative training (paper Sec. II-C; released ``TrainLoop.run_step``, which per batch
 first steps the refiner with the prior detached, then steps the segmentor). Here the training loop
@@ -34,10 +34,13 @@ weights and the checkpoint, so a resumed run keeps the same alternation; it adva
 
 Inference: p from the segmentor, y_T ~ B(p) per sample, ancestral steps of the anchored process
 over ``steps`` respaced timesteps; each sample is the last x0_hat (probabilities), as in BerDiff.
-Binary only (``num_classes = 1``), ``process.kind = bernoulli``.
+Binary only (``num_classes = 1``). Options: ``feedback`` (1), ``recon_weight`` (1),
+``focal_gamma`` (2).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,86 +48,28 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from diffuseg.config import RunConfig
-from diffuseg.errors import ConfigError
 from diffuseg.methods.base import Method, one_hot, register
-from diffuseg.methods.baselines import build_segmentor, dice_ce, read_options
-from diffuseg.methods.berdiff import check_binary_bernoulli, conditioned_denoiser
-from diffuseg.methods.ddpm import build_denoiser
-from diffuseg.processes import BernoulliProcess, kl_bernoulli
-from diffuseg.processes.schedules import Timestep, check_step, coef, rand_like
-from diffuseg.samplers import ddpm, last
+from diffuseg.methods.parts import (
+    at_least,
+    build_denoiser,
+    build_segmentor,
+    conditioned_denoiser,
+    dice_ce,
+    repeat_samples,
+)
+from diffuseg.processes import BernoulliProcess, bernoulli_loss_terms
 
-DEFAULTS = {"feedback": 1.0, "recon_weight": 1.0, "focal_gamma": 2.0}
-PRIOR_EPS = 1e-4  # p is kept in [eps, 1 - eps] so that every transition stays possible
 KL_EPS = 1e-6  # the true posterior is kept in [eps, 1 - eps] inside the KL (bbdm_loss_terms)
 
 
-class AnchoredBernoulli:
-    """BBDM's process bound to a prior map p ``[N, 1, *sp]`` (module docstring); immutable."""
+@dataclass
+class HiDiffOptions:
+    feedback: float = 1.0  # weight of L_BBDM in the segmentor's steps
+    recon_weight: float = 1.0  # weight of the focal loss in L_BBDM
+    focal_gamma: float = 2.0  # focal loss gamma; 0 gives BerDiff's BCE
 
-    def __init__(self, schedule: BernoulliProcess, p: Tensor) -> None:
-        self.schedule = schedule
-        self.p = p.clamp(PRIOR_EPS, 1 - PRIOR_EPS)
-        self.T = schedule.T
-
-    def timesteps(self, n: int) -> list[int]:
-        return self.schedule.timesteps(n)
-
-    def sample_t(self, batch: int, *, generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> Tensor:
-        return self.schedule.sample_t(batch, generator=generator, device=device)
-
-    def q_probs(self, y0: Tensor, t: Timestep) -> Tensor:
-        """P(y_t = 1 | y_0, p) = ab_t y_0 + (1 - ab_t) p."""
-        ab = coef(self.schedule.alpha_bar_at(t), y0)
-        return ab * y0 + (1 - ab) * self.p
-
-    def q_sample(self, y0: Tensor, t: Timestep, *, noise: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """y_t = [u < q_probs] with u ~ U[0, 1) (``noise``); not differentiable in p."""
-        u = rand_like(y0, generator) if noise is None else noise
-        return (u < self.q_probs(y0, t)).to(y0.dtype)
-
-    def prior_sample(self, shape: tuple[int, ...] | torch.Size, *,
-                     generator: torch.Generator | None = None,
-                     device: torch.device | str | None = None,
-                     dtype: torch.dtype = torch.float32) -> Tensor:
-        """y_T ~ B(p); ``shape`` must be p's."""
-        assert tuple(shape) == tuple(self.p.shape), "the prior map fixes the shape of y_T"
-        u = rand_like(self.p.float(), generator)
-        return (u < self.p).to(dtype).to(device or self.p.device)
-
-    def predict_x0(self, y_t: Tensor, t: Timestep, model_output: Tensor) -> Tensor:
-        return torch.sigmoid(model_output)
-
-    def posterior_probs(self, y_t: Tensor, t: Timestep, t_prev: Timestep, y0_prob: Tensor
-                        ) -> Tensor:
-        """theta_post (module docstring); y0_prob itself at t_prev = -1 (the decoder B(x0_hat))."""
-        check_step(t, t_prev)
-        if isinstance(t_prev, int) and t_prev == -1:
-            return y0_prob
-        ab_t, ab_p = self.schedule.alpha_bar_at(t), self.schedule.alpha_bar_at(t_prev)
-        a, ab_p_ = coef(ab_t / ab_p, y_t), coef(ab_p, y_t)
-        p = self.p
-        prior_of_y_t = y_t * p + (1 - y_t) * (1 - p)
-        theta_1 = (a * y_t + (1 - a) * prior_of_y_t) * (ab_p_ * y0_prob + (1 - ab_p_) * p)
-        theta_0 = (a * (1 - y_t) + (1 - a) * prior_of_y_t) * (
-            ab_p_ * (1 - y0_prob) + (1 - ab_p_) * (1 - p))
-        theta = theta_1 / (theta_1 + theta_0)
-        if isinstance(t_prev, Tensor):
-            theta = torch.where(coef(t_prev, y_t) < 0, y0_prob, theta)
-        return theta
-
-    def ancestral_step(self, y_t: Tensor, t: Timestep, t_prev: Timestep, x0_hat: Tensor, *,
-                       generator: torch.Generator | None = None) -> Tensor:
-        """y_{t_p} ~ B(posterior_probs); x0_hat itself at t_p = -1 (no draw)."""
-        theta = self.posterior_probs(y_t, t, t_prev, x0_hat)
-        if isinstance(t_prev, int) and t_prev == -1:
-            return theta
-        y = (rand_like(y_t, generator) < theta).to(y_t.dtype)
-        if isinstance(t_prev, Tensor):
-            y = torch.where(coef(t_prev, y_t) < 0, x0_hat, y)
-        return y
+    def __post_init__(self) -> None:
+        at_least(self, 0, "feedback", "recon_weight", "focal_gamma")
 
 
 def focal_loss(logits: Tensor, target: Tensor, gamma: float) -> Tensor:
@@ -134,16 +79,14 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float) -> Tensor:
     return ((1 - torch.exp(-bce)).clamp_min(1e-12) ** gamma * bce).mean()
 
 
-def bbdm_loss_terms(process: AnchoredBernoulli, y0: Tensor, y_t: Tensor, t: Tensor,
+def bbdm_loss_terms(process: BernoulliProcess, y0: Tensor, y_t: Tensor, t: Tensor,
                     logits: Tensor, gamma: float) -> dict[str, Tensor]:
-    """kl = KL(q(y_{t-1} | y_t, y_0, p) || q(y_{t-1} | y_t, x0_hat, p)) (decoder NLL at t = 0) and
-    the focal loss of the logits against y_0; means over all elements, nats."""
-    x0_hat = torch.sigmoid(logits)
-    # q_true depends on p, so the segmentor's step differentiates it: clamped away from {0, 1},
-    # where d/dq [q log q] is infinite (the entropy this adds is below 2e-5 nats)
-    q_true = process.posterior_probs(y_t, t, t - 1, y0).clamp(KL_EPS, 1 - KL_EPS)
-    q_model = process.posterior_probs(y_t, t, t - 1, x0_hat)
-    return {"kl": kl_bernoulli(q_true, q_model).mean(), "focal": focal_loss(logits, y0, gamma)}
+    """kl = KL(q(y_{t-1} | y_t, y_0, p) || q(y_{t-1} | y_t, x0_hat, p)) (decoder NLL at t = 0),
+    the KL of ``bernoulli_loss_terms`` for the process anchored at p, and the focal loss of the
+    logits against y_0; means over all elements, nats. q_true depends on p, so the segmentor's
+    step differentiates it: it is clamped away from {0, 1} (``KL_EPS``)."""
+    kl = bernoulli_loss_terms(process, y0, y_t, t, logits, q_eps=KL_EPS)["kl"]
+    return {"kl": kl, "focal": focal_loss(logits, y0, gamma)}
 
 
 class StepCounter(nn.Module):
@@ -158,18 +101,14 @@ class StepCounter(nn.Module):
 class HiDiff(Method):
     """Segmentor prior + anchored Bernoulli refiner, trained in alternate steps."""
 
+    process_kind = "bernoulli"
+    options_type = HiDiffOptions
+    binary_only = True
+
     def __init__(self, config: RunConfig):
         super().__init__(config)
-        opts = read_options(config, DEFAULTS)
-        for key, value in opts.items():
-            if value < 0:
-                raise ConfigError(f"method.options.{key}={value} must be >= 0")
-        check_binary_bernoulli(config)
-        self.feedback, self.recon_weight = opts["feedback"], opts["recon_weight"]
-        self.gamma = opts["focal_gamma"]
-        self.schedule = BernoulliProcess.from_config(config.process)
-        self.segmentor = build_segmentor(config, dropout=config.network.dropout)
-        self.refiner = build_denoiser(config, extra_cond=1)  # cond = [image, p]
+        self.segmentor = build_segmentor(config)
+        self.refiner = build_denoiser(config, cond_channels=config.in_channels + 1)  # [image, p]
         self.steps = StepCounter()
         self.criterion = dice_ce(1)
 
@@ -189,15 +128,15 @@ class HiDiff(Method):
         seg = self.criterion(logits, y0)
         terms = self.refiner_terms(image, y0, torch.sigmoid(logits), generator,
                                    frozen=not refiner_turn)
-        refine = terms["kl"] + self.recon_weight * terms["focal"]
-        loss = refine if refiner_turn else seg + self.feedback * refine
+        refine = terms["kl"] + self.options.recon_weight * terms["focal"]
+        loss = refine if refiner_turn else seg + self.options.feedback * refine
         return {"loss": loss, "segmentor": seg.detach(), "refiner": refine.detach(), **terms}
 
     def refiner_terms(self, image: Tensor, y0: Tensor, p: Tensor,
                       generator: torch.Generator | None, *, frozen: bool) -> dict[str, Tensor]:
         """BBDM's terms at one t ~ U{0..T-1} per example; ``frozen``: no gradient to the
         refiner's weights (they enter as detached copies)."""
-        process = AnchoredBernoulli(self.schedule, p)
+        process = self.process.with_prior(p)
         t = process.sample_t(y0.shape[0], generator=generator, device=y0.device)
         y_t = process.q_sample(y0, t, generator=generator)
         args = (y_t, t, torch.cat([image, p.to(image.dtype)], dim=1))
@@ -206,7 +145,7 @@ class HiDiff(Method):
             out = functional_call(self.refiner, {k: v.detach() for k, v in weights}, args)
         else:
             out = self.refiner(*args)
-        return bbdm_loss_terms(process, y0, y_t, t, out.float(), self.gamma)
+        return bbdm_loss_terms(process, y0, y_t, t, out.float(), self.options.focal_gamma)
 
     @torch.no_grad()
     def prior(self, image: Tensor) -> Tensor:
@@ -221,12 +160,10 @@ class HiDiff(Method):
         """``[S, B, 1, *sp]``: segmentor, then S refinement chains from y_T ~ B(p) as one batch
         (sample-major); each sample is its final x0_hat."""
         b, spatial = image.shape[0], image.shape[2:]
-        p = self.prior(image).repeat(n_samples, *([1] * (image.ndim - 1)))
-        cond = torch.cat([image.repeat(n_samples, *([1] * (image.ndim - 1))), p.to(image.dtype)],
-                         dim=1)
-        process = AnchoredBernoulli(self.schedule, p)
+        p = repeat_samples(self.prior(image), n_samples)
+        cond = torch.cat([repeat_samples(image, n_samples), p.to(image.dtype)], dim=1)
+        process = self.process.with_prior(p)
         y_T = process.prior_sample(p.shape, generator=generator, device=image.device)
-        timesteps = process.timesteps(steps or self.config.sample.steps)
         denoise = conditioned_denoiser(self, self.refiner, cond)
-        y0 = last(ddpm(denoise, process, y_T, timesteps, generator=generator))
+        y0 = self.diffuse(denoise, y_T, steps, generator=generator, process=process)
         return y0.float().reshape(n_samples, b, 1, *spatial)

@@ -21,17 +21,19 @@ target z_0 is detached (sg = stop-gradient): without it the label encoder could 
 collapse the latent to make L_diff small, since with x0 prediction the target is z_0 itself;
 E is trained by L_rec alone and D by L_rec and L_seg, so the latent stays a faithful code.
 
-Sampling: the image embedding is computed ONCE per image per ``sample`` call, repeated for the
-S samples (sample-major), and all S x B latents are denoised as one batch per step with the
-sampler named by ``sample.sampler`` (ddim, ddpm or dpm_solver_pp), ``steps`` (default the
-option ``steps`` = 2) respaced steps; x0 or v prediction makes 1-2 DDIM steps usable.
+Sampling: the image embedding is computed ONCE per image per ``sample`` call, repeated for the S
+samples (sample-major), and all S x B latents are denoised as one batch per step with the sampler
+named by ``sample.sampler`` (ddim, ddpm or dpm_solver_pp), ``steps`` (default the option ``steps`` =
+2, which ``sampling`` reports) respaced steps; x0 or v prediction makes 1-2 DDIM steps usable.
 
-Options (``method.options``): latent_channels 4, downsamples 2, width 16 (autoencoder and image
-encoder base width), cond_channels 8 (image embedding channels), steps 2, rec_weight 1,
-diff_weight 1, seg_weight 1.
+Options (``method.options``, ``LDSegOptions``): latent_channels 4, downsamples 2, width 16
+(autoencoder and image encoder base width), cond_channels 8 (image embedding channels), steps 2,
+rec_weight 1, diff_weight 1, seg_weight 1.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -39,28 +41,40 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError
-from diffuseg.methods.base import Method, one_hot, register, run_sampler
-from diffuseg.methods.baselines import dice_ce, probabilities, read_options
-from diffuseg.networks import ConditionalUNet
+from diffuseg.methods.base import Method, one_hot, register
+from diffuseg.methods.parts import (
+    at_least,
+    build_denoiser,
+    dice_ce,
+    noised,
+    probabilities,
+    regression_loss,
+    repeat_samples,
+)
 from diffuseg.networks.autoencoder import ImageEncoder, MaskAutoencoder
-from diffuseg.processes import GaussianProcess
 from diffuseg.samplers import Denoise
 
-DEFAULTS = {"latent_channels": 4, "downsamples": 2, "width": 16, "cond_channels": 8, "steps": 2,
-            "rec_weight": 1.0, "diff_weight": 1.0, "seg_weight": 1.0}
 CLIP = 1.0  # the latent is tanh-bounded: z0_hat is clamped to [-1, 1]
 
 
-def check_options(opts: dict, config: RunConfig) -> None:
-    for key in ("latent_channels", "width", "cond_channels", "steps"):
-        if opts[key] < 1:
-            raise ConfigError(f"method.options.{key}={opts[key]} must be at least 1")
-    if opts["downsamples"] < 0:
-        raise ConfigError(f"method.options.downsamples={opts['downsamples']} must be >= 0")
-    for key in ("rec_weight", "diff_weight", "seg_weight"):
-        if opts[key] < 0:
-            raise ConfigError(f"method.options.{key}={opts[key]} must be >= 0")
-    factor = 2 ** opts["downsamples"] * 2 ** (len(config.network.channels) - 1)
+@dataclass
+class LDSegOptions:
+    latent_channels: int = 4  # channels of the mask latent z
+    downsamples: int = 2  # z is 1 / 2^downsamples of the mask's size
+    width: int = 16  # base width of the autoencoder and the image encoder
+    cond_channels: int = 8  # channels of the image embedding c = I(X)
+    steps: int = 2  # sampling steps when none are given (x0 or v prediction makes 1-2 usable)
+    rec_weight: float = 1.0  # w_rec
+    diff_weight: float = 1.0  # w_diff
+    seg_weight: float = 1.0  # w_seg
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "latent_channels", "width", "cond_channels", "steps")
+        at_least(self, 0, "downsamples", "rec_weight", "diff_weight", "seg_weight")
+
+
+def check_patch(options: LDSegOptions, config: RunConfig) -> None:
+    factor = 2 ** options.downsamples * 2 ** (len(config.network.channels) - 1)
     if any(p % factor for p in config.data.patch_size):
         raise ConfigError(
             f"data.patch_size={list(config.data.patch_size)} must be divisible by {factor} for "
@@ -71,30 +85,32 @@ def check_options(opts: dict, config: RunConfig) -> None:
 class LDSeg(Method):
     """Latent diffusion: mask autoencoder + image encoder + latent ``ConditionalUNet``."""
 
+    process_kind = "gaussian"
+    options_type = LDSegOptions
+
     def __init__(self, config: RunConfig):
         super().__init__(config)
-        opts = read_options(config, DEFAULTS)
-        check_options(opts, config)
-        self.opts = opts
-        self.latent_channels, self.steps = opts["latent_channels"], opts["steps"]
-        self.factor = 2 ** opts["downsamples"]  # image size / latent size
-        self.process = GaussianProcess.from_config(config.process)
+        o: LDSegOptions = self.options
+        check_patch(o, config)
+        self.latent_channels = o.latent_channels
+        self.factor = 2 ** o.downsamples  # image size / latent size
         net, d = config.network, config.spatial_dims
-        self.autoencoder = MaskAutoencoder(d, config.num_classes, opts["latent_channels"],
-                                           opts["width"], opts["downsamples"], net.norm_groups)
-        self.image_encoder = ImageEncoder(d, config.in_channels, opts["cond_channels"],
-                                          opts["width"], opts["downsamples"], net.norm_groups)
-        self.denoiser = ConditionalUNet(
-            spatial_dims=d, in_channels=opts["latent_channels"],
-            cond_channels=opts["cond_channels"], out_channels=opts["latent_channels"],
-            channels=net.channels, num_res_blocks=net.num_res_blocks,
-            attention_levels=net.attention_levels, norm_groups=net.norm_groups,
-            dropout=net.dropout, num_heads=net.num_heads)  # fmt: skip
+        self.autoencoder = MaskAutoencoder(d, config.num_classes, o.latent_channels, o.width,
+                                           o.downsamples, net.norm_groups)
+        self.image_encoder = ImageEncoder(d, config.in_channels, o.cond_channels, o.width,
+                                          o.downsamples, net.norm_groups)
+        self.denoiser = build_denoiser(config, in_channels=o.latent_channels,
+                                       cond_channels=o.cond_channels,
+                                       out_channels=o.latent_channels)
         self.criterion = dice_ce(config.num_classes)
 
     def networks(self) -> dict[str, nn.Module]:
         return {"denoiser": self.denoiser, "image_encoder": self.image_encoder,
                 "autoencoder": self.autoencoder}
+
+    def default_steps(self) -> int:
+        """The option ``steps`` (2), not ``sample.steps``."""
+        return self.options.steps
 
     def loss(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None
              ) -> dict[str, Tensor]:
@@ -103,20 +119,18 @@ class LDSeg(Method):
         z0 = self.autoencoder.encode(y.to(batch["image"].dtype))
         rec = self.criterion(self.autoencoder.decode(z0).float(), y)
         target = z0.detach().float()
-        t = self.process.sample_t(target.shape[0], generator=generator, device=target.device)
-        noise = torch.randn(target.shape, generator=generator, device=target.device)
-        z_t = self.process.q_sample(target, t, noise=noise)
+        t, noise, z_t = noised(self.process, target, generator)
         out = self.denoiser(z_t, t, self.image_encoder(batch["image"])).float()
-        diff = (out - self.process.training_target(target, noise, t)).pow(2).mean()
+        diff = regression_loss(self.process, out, target, noise, t)
         z0_hat = self.process.predict_x0(z_t, t, out).clamp(-CLIP, CLIP)
         seg = self.criterion(self.autoencoder.decode(z0_hat).float(), y)
-        o = self.opts
-        loss = o["rec_weight"] * rec + o["diff_weight"] * diff + o["seg_weight"] * seg
+        o = self.options
+        loss = o.rec_weight * rec + o.diff_weight * diff + o.seg_weight * seg
         return {"loss": loss, "rec": rec, "diff": diff, "seg": seg}
 
     def denoise_fn(self, cond: Tensor) -> Denoise:
         """The latent denoiser as the sampler sees it, with the image embedding ``cond``
-        ``[S*B, cond_channels, *latent]`` fixed."""
+        ``[S*B, cond_channels, *latent]`` fixed; windows of the latent size of ``self.window``."""
         c = self.latent_channels
 
         def denoise(z_t: Tensor, t: Tensor) -> Tensor:
@@ -145,11 +159,10 @@ class LDSeg(Method):
         decoding of all S x B final latents."""
         b = image.shape[0]
         features = self.image_encoder(image)  # once per image per call, not per step
-        cond = features.repeat(n_samples, *([1] * (features.ndim - 1)))  # [S*B, ...], S-major
+        cond = repeat_samples(features, n_samples)
         shape = (n_samples * b, self.latent_channels, *features.shape[2:])
         z_T = self.process.prior_sample(shape, generator=generator, device=image.device)
-        z0 = run_sampler(self.config.sample, self.process, CLIP, self.denoise_fn(cond), z_T,
-                         steps or self.steps, generator)
+        z0 = self.diffuse(self.denoise_fn(cond), z_T, steps, generator=generator, clip=CLIP)
         p = probabilities(self.autoencoder.decode(z0.to(features.dtype)))
         return p.reshape(n_samples, b, *p.shape[1:])
 

@@ -7,8 +7,9 @@ Ho et al. 2020 eq. 14) plus the supervision of the condition model's anchor:
     L = ||f(x_t, t, I) - target||^2 + anchor_weight * DiceCE(anchor_logits(I), Y)
 
 (MONAI ``DiceCELoss``: sigmoid Dice + BCE for one channel, softmax Dice + CE for K labels). The
-released code adds its anchor ("calibration") loss with weight 10, the default of
-``anchor_weight``. ``method.target`` picks what is diffused (the mask, or its signed distance).
+released code adds its anchor ("calibration") loss with weight 10, the default of ``anchor_weight``
+(``MedSegDiffV2Options``). ``method.target`` picks what is diffused (the mask, or its signed
+distance).
 
 The network's spectral filters (FF-Parser, SS-Former) have one weight per frequency of the
 training patch, so it accepts exactly ``data.patch_size``. ``sample`` pads smaller inputs up to the
@@ -23,6 +24,7 @@ window before the first step and reused by every step and every sample; only
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +32,22 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
-from diffuseg.errors import ConfigError, DataError
+from diffuseg.errors import DataError
 from diffuseg.methods.base import Method, one_hot, register
-from diffuseg.methods.baselines import dice_ce, read_options
-from diffuseg.methods.cimd import run_sampler
+from diffuseg.methods.parts import at_least, dice_ce, network_kwargs, noised, regression_loss
 from diffuseg.methods.targets import build_target
 from diffuseg.networks import MedSegDiffV2
-from diffuseg.processes import GaussianProcess
 from diffuseg.samplers import Denoise
 
-DEFAULTS = {"anchor_weight": 10.0}
+
+@dataclass
+class MedSegDiffV2Options:
+    anchor_weight: float = 10.0  # weight of the anchor's DiceCE; the released code uses 10
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "anchor_weight")
+
+
 OVERLAP = 0.25  # of the window, between neighbouring windows
 
 
@@ -61,35 +69,22 @@ def pad_to(image: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def build_network(config: RunConfig) -> MedSegDiffV2:
-    net = config.network
-    return MedSegDiffV2(
-        spatial_dims=config.spatial_dims,
-        in_channels=config.num_classes,
-        cond_channels=config.in_channels,
-        out_channels=config.num_classes,
-        spatial_size=config.data.patch_size,
-        channels=net.channels,
-        num_res_blocks=net.num_res_blocks,
-        attention_levels=net.attention_levels,
-        norm_groups=net.norm_groups,
-        dropout=net.dropout,
-        num_heads=net.num_heads,
-    )
+    return MedSegDiffV2(**network_kwargs(
+        config, in_channels=config.num_classes, cond_channels=config.in_channels,
+        out_channels=config.num_classes, spatial_size=config.data.patch_size))
 
 
 @register("medsegdiff_v2")
 class MedSegDiffV2Method(Method):
     """Gaussian diffusion with the MedSegDiff-V2 denoiser and its anchor loss."""
 
+    process_kind = "gaussian"
+    options_type = MedSegDiffV2Options
+
     def __init__(self, config: RunConfig):
         super().__init__(config)
-        opts = read_options(config, DEFAULTS)
-        if opts["anchor_weight"] < 0:
-            raise ConfigError(f"method.options.anchor_weight={opts['anchor_weight']} must be "
-                              ">= 0; the released code uses 10")
-        self.anchor_weight = opts["anchor_weight"]
+        self.anchor_weight = self.options.anchor_weight
         self.patch = tuple(config.data.patch_size)
-        self.process = GaussianProcess.from_config(config.process)
         self.target = build_target(config.method.target)
         self.denoiser = build_network(config)
         self.criterion = dice_ce(config.num_classes)
@@ -105,11 +100,9 @@ class MedSegDiffV2Method(Method):
                             f"medsegdiff_v2 trains on data.patch_size={list(self.patch)} crops")
         y = one_hot(batch["mask"], self.config.num_classes)
         x0 = self.target.encode(y)
-        t = self.process.sample_t(x0.shape[0], generator=generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-        x_t = self.process.q_sample(x0, t, noise=noise)
+        t, noise, x_t = noised(self.process, x0, generator)
         out, anchor_logits = self.denoiser(x_t, t, image)
-        mse = (out.float() - self.process.training_target(x0, noise, t)).pow(2).mean()
+        mse = regression_loss(self.process, out, x0, noise, t)
         anchor = self.criterion(anchor_logits.float(), y)
         return {"loss": mse + self.anchor_weight * anchor, "mse": mse, "anchor": anchor}
 
@@ -147,7 +140,7 @@ class MedSegDiffV2Method(Method):
         padded = pad_to(image, self.patch)
         shape = (n_samples * b, self.config.num_classes, *padded.shape[2:])
         x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
-        x0 = run_sampler(self.config.sample, self.process, self.target.clip,
-                         self.denoise_fn(padded, n_samples), x_T, steps, generator)
+        x0 = self.diffuse(self.denoise_fn(padded, n_samples), x_T, steps, generator=generator,
+                          clip=self.target.clip)
         probs = self.target.decode(x0)[(..., *(slice(0, s) for s in spatial))]
         return probs.reshape(n_samples, b, *probs.shape[1:])

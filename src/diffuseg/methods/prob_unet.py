@@ -10,19 +10,21 @@ with one reparameterised z per example, the cross-entropy (sigmoid for K = 1, so
 labels) summed over pixels and averaged over the batch, and the KL in closed form. Sampling draws
 z_s ~ P(z | X) once per sample; the U-Net runs once per image and f_comb once per sample.
 
-Options (``method.options``): ``latent_dim`` (6, as the paper's LIDC model), ``beta`` (1.0).
+Options (``method.options``, ``ProbUNetOptions``): ``latent_dim`` (6, as the paper's LIDC model),
+``beta`` (1.0).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
-from diffuseg.errors import ConfigError
 from diffuseg.methods.base import Method, one_hot, register
-from diffuseg.methods.baselines import probabilities, read_options, windowed_with_emb
+from diffuseg.methods.parts import at_least, probabilities, repeat_samples, windowed
 from diffuseg.networks.latent import (
     GaussianEncoder,
     LatentSegmentationUNet,
@@ -42,15 +44,23 @@ def reconstruction_loss(logits: Tensor, y: Tensor) -> Tensor:
     return nll.reshape(nll.shape[0], -1).sum(1).mean()
 
 
+@dataclass
+class ProbUNetOptions:
+    latent_dim: int = 6  # dimensions of z (the paper's LIDC model: 6)
+    beta: float = 1.0  # weight of KL(Q || P) (eq. 4)
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "latent_dim")
+        at_least(self, 0, "beta")
+
+
 @register("prob_unet")
 class ProbabilisticUNet(Method):
+    options_type = ProbUNetOptions
+
     def __init__(self, config: RunConfig):
         super().__init__(config)
-        opts = read_options(config, {"latent_dim": 6, "beta": 1.0})
-        if opts["latent_dim"] < 1 or opts["beta"] < 0:
-            raise ConfigError(f"method.options latent_dim={opts['latent_dim']} must be >= 1 and "
-                              f"beta={opts['beta']} >= 0")
-        self.latent_dim, self.beta = opts["latent_dim"], opts["beta"]
+        self.latent_dim, self.beta = self.options.latent_dim, self.options.beta
         net, c, k = config.network, config.in_channels, config.num_classes
         self.unet = LatentSegmentationUNet(
             config.spatial_dims, c, k, self.latent_dim, net.channels, net.num_res_blocks,
@@ -86,10 +96,10 @@ class ProbabilisticUNet(Method):
         spatial = image.shape[2:]
         if self.window is None or all(s <= w for s, w in zip(spatial, self.window, strict=True)):
             features = self.unet.features(image)  # the U-Net once per image
-            tiled = features.repeat(n_samples, *([1] * (features.ndim - 1)))
+            tiled = repeat_samples(features, n_samples)
             logits = self.unet.combine(tiled, z)
         else:
-            repeated = image.repeat(n_samples, *([1] * (image.ndim - 1)))
-            logits = windowed_with_emb(self, lambda x, e: self.unet(x, e).to(x.dtype), repeated, z)
+            logits = windowed(self, lambda x, e: self.unet(x, e).to(x.dtype),
+                              repeat_samples(image, n_samples), z)
         p = probabilities(logits)
         return p.reshape(n_samples, b, *p.shape[1:])

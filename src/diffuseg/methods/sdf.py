@@ -33,6 +33,8 @@ import torch
 from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
+from diffuseg.methods.base import renormalise
+
 BAND = 5.0  # pixels; the released code truncates the SDF at 5 pixels and divides by 5
 TEMPERATURE = 0.25  # pixels; boundary slope of the partial-volume fraction (module docstring)
 
@@ -71,6 +73,4 @@ class SDFTarget:
     def decode(self, x0: Tensor) -> Tensor:
         """x0 -> probabilities ``[B, K, *sp]`` in [0, 1]; p > 1/2 exactly where x0 < 0."""
         p = torch.sigmoid(-self.band * x0.float() / self.temperature)
-        if p.shape[1] > 1:
-            p = p / p.sum(1, keepdim=True).clamp_min(1e-6)
-        return p
+        return renormalise(p)

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from diffuseg.methods.base import renormalise
 from diffuseg.methods.sdf import SDFTarget
 
 
@@ -31,9 +32,7 @@ class MaskTarget:
 
     def decode(self, x0: Tensor) -> Tensor:
         p = ((x0.float() + 1.0) / 2.0).clamp(0.0, 1.0)
-        if p.shape[1] > 1:
-            p = p / p.sum(1, keepdim=True).clamp_min(1e-6)
-        return p
+        return renormalise(p)
 
 
 TARGETS = {"mask": MaskTarget, "sdf": SDFTarget}

@@ -22,6 +22,7 @@ class Process(Protocol):
     """What samplers and methods rely on. `t` is an int or a LongTensor [B]."""
 
     T: int
+    kind: str  # "gaussian" or "bernoulli": which samplers can run it (samplers.SUPPORTED)
 
     def timesteps(self, n: int) -> list[int]: ...
 
@@ -64,18 +65,27 @@ class Process(Protocol):
     ) -> Tensor: ...
 
 
-def build_process(config: ProcessConfig) -> GaussianProcess | BernoulliProcess:
-    """The process named by `config.kind`, with the schedule `config.schedule` over config.T."""
-    if config.kind == "gaussian":
-        return GaussianProcess.from_config(config)
-    if config.kind == "bernoulli":
-        return BernoulliProcess.from_config(config)
-    raise ConfigError(f"process.kind={config.kind!r} is unknown; use 'gaussian' or 'bernoulli'")
+PROCESSES = {"gaussian": GaussianProcess, "bernoulli": BernoulliProcess}
+
+
+def build_process(config: ProcessConfig, kind: str | None = None
+                  ) -> GaussianProcess | BernoulliProcess:
+    """The process of `kind` (a method's declared kind; default `config.kind`), with the schedule
+    `config.schedule` over config.T. The one place a process is chosen: an explicit
+    `config.kind` that contradicts `kind` is refused; `config.kind = None` follows `kind`."""
+    kind = kind or config.kind
+    if kind not in PROCESSES:
+        raise ConfigError(f"process.kind={kind!r} is unknown; use 'gaussian' or 'bernoulli'")
+    if config.kind is not None and config.kind != kind:
+        raise ConfigError(f"process.kind={config.kind!r} contradicts the method, whose process is "
+                          f"{kind!r}; drop process.kind (the method chooses) or set it to {kind}")
+    return PROCESSES[kind].from_config(config)
 
 
 __all__ = [
     "BernoulliProcess",
     "GaussianProcess",
+    "PROCESSES",
     "Process",
     "Schedule",
     "bernoulli_loss_terms",

@@ -1,5 +1,5 @@
 """Gaussian diffusion (Ho et al. 2020) with respaced sampling steps, eps/x0/v parametrisations
-(Salimans & Ho 2022), DDIM (Song et al. 2021) and DPM-Solver++(2M) (Lu et al. 2022) updates.
+(Salimans & Ho 2022). The solvers that walk it back (DDIM, DPM-Solver++) are in samplers.py.
 
 Notation: ab_t = alpha_bar_t, ab_p = alpha_bar at the next (earlier) sampling timestep t_p, and
 the respaced one-step alpha_t = ab_t / ab_p (Nichol & Dhariwal 2021, Sec. 4). `t` is an int or a
@@ -9,7 +9,6 @@ Tables are float64; every result has the dtype and device of the input tensors.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -32,6 +31,8 @@ Prediction = Literal["eps", "x0", "v"]
 class GaussianProcess(Schedule):
     """q(x_t | x_0) = N(sqrt(ab_t) x_0, (1 - ab_t) I); the network predicts eps, x0 or v."""
 
+    kind = "gaussian"
+
     def __init__(self, betas: Tensor, prediction: Prediction = "eps") -> None:
         super().__init__(betas)
         if prediction not in ("eps", "x0", "v"):
@@ -40,7 +41,7 @@ class GaussianProcess(Schedule):
 
     @classmethod
     def from_config(cls, config: ProcessConfig) -> GaussianProcess:
-        if config.kind != "gaussian":
+        if config.kind not in (None, "gaussian"):
             raise ConfigError(f"process.kind={config.kind!r} is not 'gaussian'; use build_process")
         return cls(make_betas(config), prediction=config.prediction)
 
@@ -161,67 +162,3 @@ class GaussianProcess(Schedule):
         c_x0, c_xt, var = self._posterior_coefs(t, t_prev)
         mean = coef(c_x0, x_t) * x0_hat + coef(c_xt, x_t) * x_t
         return mean + coef(var.sqrt(), x_t) * randn_like(x_t, generator)
-
-    def ddim_step(
-        self,
-        x_t: Tensor,
-        t: Timestep,
-        t_prev: Timestep,
-        x0_hat: Tensor,
-        eta: float = 0.0,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Song et al. 2021, eq. 12 with sigma from eq. 16:
-            x_{t_p} = sqrt(ab_p) x0_hat + sqrt(1 - ab_p - sigma^2) eps_hat + sigma z,
-            sigma = eta sqrt((1 - ab_p) / (1 - ab_t)) sqrt(1 - ab_t / ab_p),
-        with eps_hat = eps_from_x0(x_t, t, x0_hat) (diffusers' use_clipped_model_output=True).
-        eta = 0 is deterministic; eta = 1 is the ancestral (DDPM) step. An int t_p = -1 returns
-        x0_hat."""
-        if eta < 0:
-            raise ConfigError(f"DDIM eta={eta} must be >= 0 (0 = deterministic, 1 = DDPM)")
-        check_step(t, t_prev)
-        if isinstance(t_prev, int) and t_prev == -1:
-            return x0_hat
-        ab_t, ab_p = self.alpha_bar_at(t), self.alpha_bar_at(t_prev)
-        sigma = eta * ((1 - ab_p) / (1 - ab_t) * (1 - ab_t / ab_p)).sqrt()
-        eps_hat = self.eps_from_x0(x_t, t, x0_hat)
-        dir_coef = (1 - ab_p - sigma**2).clamp(min=0).sqrt()
-        x_prev = coef(ab_p.sqrt(), x_t) * x0_hat + coef(dir_coef, x_t) * eps_hat
-        if eta > 0:
-            x_prev = x_prev + coef(sigma, x_t) * randn_like(x_t, generator)
-        return x_prev
-
-    def dpm_solver_pp_step(
-        self,
-        x_t: Tensor,
-        t: int,
-        t_prev: int,
-        x0_hat: Tensor,
-        history: tuple[int, Tensor] | None = None,
-    ) -> Tensor:
-        """One DPM-Solver++ update in data prediction (Lu et al. 2022, "DPM-Solver++", Alg. 2).
-
-        With alpha = sqrt(ab), sigma = sqrt(1 - ab), lambda = log(alpha / sigma), h = lambda_p -
-        lambda_t, the first-order update (their eq. 8, = DDIM with eta 0) is
-            x_p = (sigma_p / sigma_t) x_t - alpha_p (e^{-h} - 1) D,   D = x0_hat;
-        given `history` = (t_last, x0_hat_last) from the previous step, the 2M update uses
-            D = (1 + 1 / (2 r)) x0_hat - 1 / (2 r) x0_hat_last,  r = (lambda_t - lambda_last) / h.
-        t_p = -1 (sigma_p = 0) returns x0_hat, as diffusers' final_sigmas_type="zero" does.
-        """
-        check_step(t, t_prev)
-        if t_prev == -1:
-            return x0_hat
-        lam_t, alpha_t, sigma_t = self._log_snr(t)
-        lam_p, alpha_p, sigma_p = self._log_snr(t_prev)
-        h = lam_p - lam_t
-        d = x0_hat
-        if history is not None:
-            t_last, x0_last = history
-            r = (lam_t - self._log_snr(t_last)[0]) / h
-            d = (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * x0_last
-        return (sigma_p / sigma_t) * x_t - alpha_p * math.expm1(-h) * d
-
-    def _log_snr(self, t: int) -> tuple[float, float, float]:
-        ab = float(self.alpha_bar_at(t))
-        alpha, sigma = math.sqrt(ab), math.sqrt(1 - ab)
-        return math.log(alpha) - math.log(sigma), alpha, sigma
