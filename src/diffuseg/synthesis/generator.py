@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from diffuseg.config import NetworkConfig, ProcessConfig
 from diffuseg.errors import ConfigError
 from diffuseg.networks import ConditionalUNet
-from diffuseg.processes import GaussianProcess
+from diffuseg.processes import build_process
 from diffuseg.samplers import ddim, last
 from diffuseg.synthesis.edges import edge_map
 from diffuseg.synthesis.prompts import PromptEncoder
@@ -76,7 +76,7 @@ class GeneratorConfig:
             (np.isfinite(self.guidance) and self.guidance >= 0, "guidance", ">= 0"),
             (1 <= self.steps <= self.process.T, "steps", f"1..{self.process.T}"),
             (len(self.patch_size) == self.spatial_dims, "patch_size", "one size per axis"),
-            (self.process.kind == "gaussian", "process.kind", "'gaussian'"),
+            (self.process.kind in (None, "gaussian"), "process.kind", "'gaussian' or null"),
         ]
         for ok, key, valid in checks:
             if not ok:
@@ -103,7 +103,7 @@ class ImageGenerator:
 
     def __init__(self, config: GeneratorConfig) -> None:
         self.config = config.validate()
-        self.process = GaussianProcess.from_config(config.process)
+        self.process = build_process(config.process, "gaussian")
         net = config.network
         self.denoiser = ConditionalUNet(
             spatial_dims=config.spatial_dims, in_channels=config.image_channels,
