@@ -22,7 +22,7 @@ from diffuseg.ensemble import Result, summarise
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
-from diffuseg.training import autocast, autocast_dtype, resolve_device
+from diffuseg.runtime import autocast, autocast_dtype, resolve_device
 from diffuseg.weights import load_networks, load_state
 
 

@@ -8,7 +8,6 @@ every ``train.checkpoint_every`` steps so that ``resume=True`` continues where i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -22,9 +21,15 @@ from safetensors.torch import save_file
 from diffuseg.config import RunConfig, save_config
 from diffuseg.data import Dataset, load_splits
 from diffuseg.data.loader import batches, load_examples, majority
-from diffuseg.errors import ConfigError, DataError
+from diffuseg.errors import DataError
 from diffuseg.methods import Method, build_method
 from diffuseg.runlog import RunLog, dataset_fingerprint, plot_progress
+from diffuseg.runtime import (  # re-exported: diffuseg.training.resolve_device, ...
+    autocast,
+    autocast_dtype,
+    cpu_has_native_bf16,
+    resolve_device,
+)
 from diffuseg.weights import (
     load_networks,
     load_optimizer,
@@ -34,44 +39,6 @@ from diffuseg.weights import (
     save_optimizer,
     state_of,
 )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' was asked for but CUDA is not available; use cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device '{name}' is not valid; use auto, cpu, cuda or cuda:N") from None
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: there bf16 autocast is about 2x faster; without them (AVX2 only) bf16
-    convolutions are emulated and were measured 30x slower than fp32 (docs/performance.md)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 on CUDA where supported (else fp16), bf16 on CPUs with native bf16, else fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class EMA:
@@ -249,4 +216,5 @@ def load_checkpoint(folder: Path, method, optimizer, ema: EMA) -> int:
     return int(json.loads((folder / "state.json").read_text())["step"])
 
 
-__all__ = ["train", "resolve_device", "autocast_dtype", "state_of"]
+__all__ = ["train", "resolve_device", "autocast", "autocast_dtype", "cpu_has_native_bf16",
+           "state_of"]
