@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from diffuseg.consensus import TIE_RULE, majority
 from diffuseg.data import Case, CaseData, Dataset
-from diffuseg.data.loader import majority
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.io import PROBABILITY_PNG_SCALE, Geometry, file_ending, read_image, read_mask
 from diffuseg.metrics import (
@@ -59,8 +59,9 @@ N_BINS = 10  # reliability / ECE bins, as in CONVENTIONS["ece"]
 UEO_THRESHOLD = 0.5  # on the variance divided by its largest possible value
 MAX_OVERLAYS = 24  # per-case figures in the report (the worst cases by Dice when there are more)
 EVALUATION_CONVENTIONS: dict[str, str] = {
-    "reference": "consensus metrics against the raters' majority mask (most frequent label per "
-    "pixel, ties to the higher label); distribution metrics against all raters",
+    "reference": "consensus metrics against the raters' majority mask (diffuseg.consensus); "
+    "distribution metrics against all raters",
+    "consensus": TIE_RULE,
     "ece_target": "rater-mean foreground mask (fraction of raters marking the pixel), all pixels",
     "uncertainty_error_overlap": "Dice(variance / v_max > 0.5, consensus != majority), v_max = "
     "0.25 (binary) or 1 - 1/K; 1 when neither errors nor uncertain pixels",

@@ -19,10 +19,13 @@ import torch
 from safetensors.torch import save_file
 
 from diffuseg.config import RunConfig, save_config
+from diffuseg.consensus import majority
 from diffuseg.data import Dataset, load_splits
-from diffuseg.data.loader import batches, load_examples, majority
+from diffuseg.data.loader import batches, load_examples
+from diffuseg.ensemble import summarise
 from diffuseg.errors import DataError
 from diffuseg.methods import Method, build_method
+from diffuseg.metrics import dice
 from diffuseg.runlog import RunLog, dataset_fingerprint, plot_progress
 from diffuseg.runtime import (  # re-exported: diffuseg.training.resolve_device, ...
     autocast,
@@ -180,10 +183,9 @@ def validate(method: Method, ema: EMA, val_set, log: RunLog, step: int, device, 
         image = torch.from_numpy(ex.image)[None].to(device)
         with autocast(device, dtype):
             samples = method.segment(image, c.val_samples, steps=c.val_steps, generator=generator)
-        consensus = (samples.float().mean(0)[0].argmax(0) if samples.shape[2] > 1
-                     else samples.float().mean(0)[0, 0] > 0.5).cpu().numpy()
+        consensus = summarise(samples.float().cpu()).consensus[0].numpy()
         target = majority(ex.raters, max(2, method.config.num_classes))
-        dices.append(foreground_dice(consensus, target))
+        dices.append(dice(consensus > 0, target > 0))
     load_networks(method.networks(), live, "live weights")
     log.metrics({"step": step, "val_dice": round(float(np.mean(dices)), 5)})
     log.text(f"step {step}: validation consensus Dice {np.mean(dices):.4f} "
@@ -191,10 +193,8 @@ def validate(method: Method, ema: EMA, val_set, log: RunLog, step: int, device, 
 
 
 def foreground_dice(pred: np.ndarray, target: np.ndarray) -> float:
-    """Dice over all foreground labels (label > 0); both empty counts as 1."""
-    p, t = pred > 0, target > 0
-    denom = p.sum() + t.sum()
-    return 1.0 if denom == 0 else float(2 * (p & t).sum() / denom)
+    """Dice over all foreground labels (label > 0); both empty counts as 1 (``metrics.dice``)."""
+    return dice(np.asarray(pred) > 0, np.asarray(target) > 0)
 
 
 def save_checkpoint(run_dir: Path, method, optimizer, ema: EMA, step: int) -> None:
