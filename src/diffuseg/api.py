@@ -47,4 +47,9 @@ def train_run(config: RunConfig, dataset: Path, output: Path, *, resume: bool = 
               progress: bool = True) -> Path:
     from diffuseg.training import train
 
+    if resume:
+        from diffuseg.data import Dataset
+        from diffuseg.run_folder import check_same_dataset
+
+        check_same_dataset(output, Dataset.open(dataset))
     return train(config, dataset, output, resume=resume, progress=progress)

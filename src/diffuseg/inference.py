@@ -101,20 +101,21 @@ class Predictor:
         """Segment one image and write its outputs into ``out_dir/<case>/`` (see
         ``diffuseg.outputs.write_result``). ``path`` is a file, a DICOM series folder, or the
         channel files of one case (nnU-Net's ``case_0000``, ``case_0001``, ...), in order."""
-        from diffuseg.outputs import write_result
+        from diffuseg.outputs import lock_output, write_result
 
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
         image, geometry = read_channels(paths)
         case_dir = Path(out_dir) / case_name(paths[0])
-        if case_dir.exists() and any(case_dir.iterdir()) and not overwrite:
-            raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite to "
-                            "replace it or choose another -o")
-        result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
-                              seed=seed, source=str(paths[0]))
-        write_result(result, geometry, case_dir, source=paths[0],
-                     extra={"run": str(self.run_dir), "steps": steps or self.config.sample.steps,
-                            "seed": seed, "threads": torch.get_num_threads(),
-                            "device": str(self.device)})
+        with lock_output(out_dir):  # one writer per output folder; re-entrant
+            if case_dir.exists() and any(case_dir.iterdir()) and not overwrite:
+                raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite "
+                                "to replace it or choose another -o")
+            result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
+                                  seed=seed, source=str(paths[0]))
+            write_result(result, geometry, case_dir, source=paths[0],  # replaces the whole folder
+                         extra={"run": str(self.run_dir),
+                                "steps": steps or self.config.sample.steps, "seed": seed,
+                                "threads": torch.get_num_threads(), "device": str(self.device)})
         return case_dir
 
 

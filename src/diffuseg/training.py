@@ -20,12 +20,13 @@ from safetensors.torch import save_file
 
 from diffuseg.config import RunConfig, save_config
 from diffuseg.consensus import majority
-from diffuseg.data import Dataset, load_splits
+from diffuseg.data import Dataset
 from diffuseg.data.loader import batches, load_examples
 from diffuseg.ensemble import summarise
 from diffuseg.errors import DataError
 from diffuseg.methods import Method, build_method
 from diffuseg.metrics import dice
+from diffuseg.run_folder import splits_for_run
 from diffuseg.runlog import RunLog, dataset_fingerprint, plot_progress
 from diffuseg.runtime import (  # re-exported: diffuseg.training.resolve_device, ...
     autocast,
@@ -100,9 +101,7 @@ def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
         shutil.copy(dataset.root / "dataset.json", run_dir / "dataset.json")
         (run_dir / "fingerprint.json").write_text(
             json.dumps(dataset_fingerprint(dataset), indent=2) + "\n")
-    splits = load_splits(dataset.root, dataset, seed=config.train.seed)
-    if not resume:
-        (run_dir / "splits.json").write_text(json.dumps(splits, indent=2) + "\n")
+    splits = splits_for_run(run_dir, dataset, config.train.seed, resume=resume)
     train_set = load_examples(dataset, splits["train"], config)
     val_ids = (splits.get("val") or splits["train"])[: config.train.val_cases]
     val_set = load_examples(dataset, val_ids, config)

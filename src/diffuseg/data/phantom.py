@@ -28,7 +28,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from diffuseg.consensus import majority
-from diffuseg.data.dataset import Dataset, DatasetInfo, make_splits, save_splits, write_dataset
+from diffuseg.data.dataset import Dataset, DatasetInfo, write_dataset
+from diffuseg.data.splits import make_splits, save_splits
 from diffuseg.errors import ConfigError
 from diffuseg.io import Geometry
 
