@@ -113,7 +113,7 @@ class Predictor:
             result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
                                   seed=seed, source=str(paths[0]))
             write_result(result, geometry, case_dir, source=paths[0],  # replaces the whole folder
-                         extra={"run": str(self.run_dir),
+                         extra={"run": str(self.run_dir.absolute()),
                                 "steps": steps or self.config.sample.steps, "seed": seed,
                                 "threads": torch.get_num_threads(), "device": str(self.device)})
         return case_dir
