@@ -20,7 +20,7 @@ Overrides = Annotated[list[str] | None, typer.Option(
     show_default="none")]
 Device = Annotated[str | None, typer.Option(
     "-device", "--device", help="auto, cpu, cuda or cuda:N",
-    show_default="the config's train.device (auto)")]
+    show_default="the config's train.device: auto")]
 
 
 @command("train")
@@ -33,15 +33,15 @@ def train_command(
     overrides: Overrides = None,
     method: Annotated[str | None, typer.Option(
         help="Method name (shortcut for method.name)",
-        show_default="the config's method.name (ddpm)")] = None,
+        show_default="the config's method.name: ddpm")] = None,
     max_steps: Annotated[int | None, typer.Option(
         "--max-steps", help="Optimiser steps (train.max_steps)",
-        show_default="the config's train.max_steps (2000)")] = None,
+        show_default="the config's train.max_steps: 2000")] = None,
     steps: Annotated[int | None, typer.Option(
         "--steps", hidden=True, help="Deprecated: use --max-steps")] = None,
     minutes: Annotated[float | None, typer.Option(
         help="Wall-clock budget (train.max_minutes)",
-        show_default="the config's train.max_minutes (none)")] = None,
+        show_default="the config's train.max_minutes: none")] = None,
     device: Device = None,
     resume: Annotated[bool, typer.Option(
         "--resume", "--continue", help="Continue the run in -o (same dataset; its config.json "
