@@ -39,6 +39,7 @@ from diffuseg.evaluation import evaluate
 from diffuseg.inference import Predictor
 from diffuseg.io import Geometry
 from diffuseg.outputs import write_result
+from diffuseg.run_folder import training_cases
 from diffuseg.training import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,7 +223,9 @@ def shrink(array: np.ndarray, factor: int) -> np.ndarray:
 
 
 def held_out(dataset_dir: Path, fold: str, limit: int | None, seed: int = 0) -> list[str]:
-    """Up to ``limit`` case ids of ``fold`` (a random subset by ``seed`` when cut), sorted."""
+    """Up to ``limit`` case ids of ``fold`` (a random subset by ``seed`` when cut), sorted.
+    A proposal made before training: ``run_method`` checks it against the run's own splits.json
+    (``check_held_out``), the only source of truth once a run exists."""
     splits = load_splits(dataset_dir, Dataset.open(dataset_dir))
     cases = sorted(splits[fold])
     if not cases:
@@ -300,15 +303,25 @@ def run_method(dataset_dir: Path, method: str, preset: Sequence[str], minutes: f
         t0 = time.perf_counter()
         run = train_method(dataset_dir, method, preset, minutes, work / "run", extra)
         train_seconds = time.perf_counter() - t0
+        check_held_out(run, cases)
         seconds = predict_cases(run, dataset_dir, cases, work / "pred", max(n_samples), device)
         summary = evaluate(work / "pred", dataset_dir, work / "eval", n_samples_list=n_samples,
-                           report=False)
+                           report=False, run=run, strict=True)
     except Exception as err:  # noqa: BLE001 (recorded in the results, printed in full)
         traceback.print_exc()
         return {"error": f"{type(err).__name__}: {err}"}
     return {**row_of(summary, n_samples), "seconds_per_image": seconds,
             "train_seconds": train_seconds, "steps": trained_steps(run),
             "parameters": parameter_count(run), "run": str(run)}
+
+
+def check_held_out(run: Path, cases: Sequence[str]) -> None:
+    """Refuse to score cases the run trained on (its splits.json is the only source of truth)."""
+    leaked = training_cases(run, cases)
+    if leaked:
+        raise DataError(f"{len(leaked)} of the {len(cases)} scored cases were in the training "
+                        f"split of '{run}' (e.g. {leaked[:3]}); choose the cases from "
+                        "RUN/splits.json")
 
 
 def per_case(work: Path, key: str) -> dict[str, float]:

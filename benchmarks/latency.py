@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import diffuseg.methods.ldseg  # noqa: F401  (registers "ldseg")
 from diffuseg.api import build_config
 from diffuseg.methods import Method, build_method
-from diffuseg.training import autocast, resolve_device
+from diffuseg.runtime import autocast, resolve_device
 
 QUICK_STEPS = (1, 2)
 FULL_STEPS = (1, 2, 5, 10, 20, 50, 1000)

@@ -209,3 +209,14 @@ def test_quick_modes_run_end_to_end(tmp_path):
     single = lidc.main(["--quick", "--threads", "1", "--minutes", "0.05",
                         "--work", str(tmp_path / "l"), "--out", str(tmp_path / "l.json")])
     assert "error" not in single["result"] and single["result"]["steps"] >= 1
+
+
+def test_scored_cases_are_checked_against_the_run_splits(tmp_path):
+    from diffuseg.errors import DataError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "splits.json").write_text(json.dumps({"train": ["a", "b"], "val": ["c"], "test": []}))
+    common.check_held_out(run, ["c"])
+    with pytest.raises(DataError, match="training split"):
+        common.check_held_out(run, ["c", "b"])

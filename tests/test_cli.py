@@ -139,3 +139,182 @@ def test_not_a_run_folder(monkeypatch, capsys, tmp_path):
         str(tmp_path / "out"),
     )
     assert_one_line_error(code, err, "norun", "config.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI package: one registry, names, defaults, version
+
+
+def test_version(monkeypatch, capsys):
+    from diffuseg import __version__
+
+    code, out, _ = run_cli(monkeypatch, capsys, "--version")
+    assert code == 0 and out.strip() == f"diffuseg {__version__}"
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+
+    from diffuseg import __version__
+
+    out = subprocess.run([sys.executable, "-m", "diffuseg", "--version"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"diffuseg {__version__}", out.stderr
+
+
+def all_commands():
+    """(path, click command) of every leaf command of the one app."""
+    import typer.main
+
+    import diffuseg.cli
+
+    root = typer.main.get_command(diffuseg.cli.app)
+    out = []
+    for name, cmd in root.commands.items():
+        for sub_name, sub in getattr(cmd, "commands", {name: cmd}).items():
+            out.append(((name, sub_name) if sub is not cmd else (name,), sub))
+    return out
+
+
+def test_every_command_registered_once_with_help(monkeypatch, capsys):
+    paths = [path for path, _ in all_commands()]
+    for expected in (("train",), ("predict",), ("check",), ("demo",), ("evaluate",),
+                     ("export",), ("convert", "msd"), ("convert", "lidc-slices")):
+        assert expected in paths
+    for path in paths:
+        code, out, _ = run_cli(monkeypatch, capsys, *path, "-h")
+        assert code == 0 and "Usage" in out, path
+
+
+def test_help_shows_every_default():
+    for path, cmd in all_commands():
+        for param in cmd.params:
+            if param.param_type_name != "option" or param.hidden or param.name == "help":
+                continue
+            if param.required or (param.is_flag and param.default is False):
+                continue
+            assert param.default is not None or isinstance(param.show_default, str), (
+                f"{' '.join(path)} {param.opts}: default None without a stated default")
+            assert param.show_default is not False, (path, param.opts)
+
+
+def test_train_names_do_not_clash(monkeypatch, capsys, tmp_path):
+    import typer.main
+
+    import diffuseg.cli
+
+    train = typer.main.get_command(diffuseg.cli.app).commands["train"]
+    opts = {opt: p.name for p in train.params for opt in p.opts}
+    assert opts["-c"] == opts["--config"] == "config"
+    assert opts["--resume"] == opts["--continue"] == "resume"
+    assert opts["--max-steps"] == "max_steps"
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path), "-o", str(tmp_path / "r"),
+                           "--c")
+    assert_one_line_error(code, err, "--resume")
+
+
+def test_train_steps_is_a_deprecated_alias(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path / "nope"), "-o",
+                           str(tmp_path / "r"), "--steps", "3")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2, err
+    assert lines[0].startswith("warning: ") and "--max-steps 3" in lines[0]
+    assert lines[1].startswith("error: ") and "nope" in lines[1]
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path), "-o", str(tmp_path / "r"),
+                           "--steps", "3", "--max-steps", "3")
+    assert_one_line_error(code, err, "--max-steps only")
+
+
+def test_export_format(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "export", str(tmp_path), "--format", "tflite")
+    assert_one_line_error(code, err, "--format tflite", "onnx")
+    code, _, err = run_cli(monkeypatch, capsys, "export", str(tmp_path))
+    assert_one_line_error(code, err, "--format onnx")
+
+
+# ---------------------------------------------------------------------------------------------
+# predict: atomic --overwrite, one writer per output folder
+
+
+def sample_files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("sample_"))
+
+
+def test_overwrite_leaves_no_stale_sample(monkeypatch, capsys, tmp_path, tiny_run, phantom):
+    image = sorted((phantom / "imagesTr").iterdir())[0]
+    out = tmp_path / "out"
+    args = ["predict", str(tiny_run), "-i", str(image), "-o", str(out), "--steps", "2"]
+    assert run_cli(monkeypatch, capsys, *args, "-n", "3")[0] == 0
+    case = next(p for p in out.iterdir() if p.is_dir())
+    assert len(sample_files(case)) == 3
+    code, _, err = run_cli(monkeypatch, capsys, *args, "-n", "2")
+    assert_one_line_error(code, err, "--overwrite")
+    assert run_cli(monkeypatch, capsys, *args, "-n", "2", "--overwrite")[0] == 0
+    assert sample_files(case) == ["sample_00.png", "sample_01.png"]
+    assert sorted(p.name for p in out.iterdir()) == [case.name]  # no temporaries, no lock left
+
+
+def test_second_writer_is_refused(monkeypatch, capsys, tmp_path, tiny_run, phantom):
+    import json
+    import subprocess
+
+    image = sorted((phantom / "imagesTr").iterdir())[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        (out / ".diffuseg.lock").write_text(json.dumps(
+            {"pid": holder.pid, "host": socket.gethostname(), "since": "now"}))
+        code, _, err = run_cli(monkeypatch, capsys, "predict", str(tiny_run), "-i", str(image),
+                               "-o", str(out), "-n", "1", "--steps", "1")
+        assert_one_line_error(code, err, f"pid {holder.pid}", "being written")
+        assert not sample_files(out)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its stale lock is taken over
+    code, _, err = run_cli(monkeypatch, capsys, "predict", str(tiny_run), "-i", str(image),
+                           "-o", str(out), "-n", "1", "--steps", "1")
+    assert code == 0, err
+    assert not (out / ".diffuseg.lock").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate checks the run's own splits; resume checks the dataset
+
+
+def test_evaluate_warns_and_strict_refuses_training_cases(monkeypatch, capsys, tmp_path,
+                                                           tiny_run, phantom):
+    import json
+
+    splits = json.loads((tiny_run / "splits.json").read_text())
+    trained = splits["train"][0]
+    out = tmp_path / "pred"
+    image = phantom / "imagesTr" / f"{trained}_0000.png"
+    assert run_cli(monkeypatch, capsys, "predict", str(tiny_run), "-i", str(image), "-o",
+                   str(out), "-n", "2", "--steps", "1")[0] == 0
+    args = ["evaluate", str(out), "-d", str(phantom), "-n", "2", "--no-report"]
+    code, _, err = run_cli(monkeypatch, capsys, *args)  # the run is named in result.json
+    assert code == 0
+    assert "warning: " in err and trained in err and "training split" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["training_cases_scored"] == [trained]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--strict", "--run", str(tiny_run))
+    assert_one_line_error(code, err, "--strict", trained)
+    held = (splits["val"] + splits["test"])[0]
+    (out / trained).rename(out / held)  # now only a held-out case is scored
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--strict")
+    assert code == 0 and "warning" not in err, err
+
+
+def test_resume_refuses_another_dataset(monkeypatch, capsys, tmp_path, tiny_run, phantom):
+    import shutil
+
+    other = write_phantom_dataset(tmp_path / "other", n_cases=6, spatial_dims=2, size=32,
+                                  n_raters=2, seed=1)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(other), "-o", str(run), "--resume")
+    assert_one_line_error(code, err, "cannot resume", str(other))

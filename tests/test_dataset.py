@@ -183,7 +183,7 @@ def test_user_splits_are_honoured_and_validated(tmp_path):
     dataset = grouped_dataset(tmp_path, n=6)
     root = dataset.root
     assert load_splits(root) == make_splits(dataset, seed=0)  # none saved: computed
-    mine = {"train": ["case_000", "case_005"], "val": ["case_001"]}
+    mine = {"train": ["case_000", "case_001"], "val": ["case_003"]}  # patients 0 and 1
     save_splits(root, mine)
     assert load_splits(root) == {**mine, "test": []}
     save_splits(root, {"train": ["case_000", "case_999"]})
@@ -191,6 +191,9 @@ def test_user_splits_are_honoured_and_validated(tmp_path):
         load_splits(root)
     save_splits(root, {"train": ["case_000"], "val": ["case_000"]})
     with pytest.raises(DataError, match="more than one place"):
+        load_splits(root)
+    save_splits(root, {"train": ["case_000"], "test": ["case_002"]})  # one patient, two folds
+    with pytest.raises(DataError, match="patient 'patient_0' in train .case_000. and test"):
         load_splits(root)
     (root / "splits.json").write_text(json.dumps([{"train": [], "val": []}]))
     with pytest.raises(DataError, match="must look like"):

@@ -14,7 +14,7 @@ def test_binary_uncertainty_by_hand():
     assert math.isclose(r.entropy.item(), math.log(2), abs_tol=1e-5)
     # each sample is certain, so all the entropy is disagreement
     assert math.isclose(r.mutual_information.item(), math.log(2), abs_tol=1e-4)
-    assert r.consensus.item() == 0  # 0.5 is not > 0.5
+    assert r.consensus.item() == 1  # a tie (mean 0.5) is foreground: diffuseg.consensus
 
 
 def test_agreeing_samples_have_no_mutual_information():
@@ -32,7 +32,7 @@ def test_multiclass_consensus_is_majority_vote():
     samples = onehots.reshape(3, 1, 3, 1, 1)
     r = summarise(samples)
     assert r.consensus.item() == 2
-    assert majority_vote(torch.tensor([[1], [0]]), 2).item() == 0  # tie -> lower label
+    assert majority_vote(torch.tensor([[1], [0]]), 2).item() == 1  # tie -> higher label
 
 
 def test_3d_shapes():

@@ -15,7 +15,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from diffuseg.cli_evaluate import evaluate_command
+from diffuseg.cli.evaluate import evaluate_command
 from diffuseg.data import Dataset, DatasetInfo, majority_mask, write_dataset, write_phantom_dataset
 from diffuseg.ensemble import summarise
 from diffuseg.errors import ConfigError, DataError

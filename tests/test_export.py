@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import diffuseg.methods.ldseg  # noqa: F401  (registers "ldseg")
 from diffuseg.api import build_config
-from diffuseg.cli_export import export_command
+from diffuseg.cli.export import export_command
 from diffuseg.config import NetworkConfig, RunConfig, save_config
 from diffuseg.data.phantom import make_case
 from diffuseg.errors import ConfigError
@@ -97,8 +97,8 @@ def test_cli_export_ddpm(tmp_path, image):
     app.command()(export_command)
     runner = CliRunner()
     refused = runner.invoke(app, [str(run)])
-    assert refused.exit_code != 0 and "--onnx" in str(refused.exception)
-    result = runner.invoke(app, [str(run), "--onnx", "--exporter", "torchscript",
+    assert refused.exit_code != 0 and "--format onnx" in str(refused.exception)
+    result = runner.invoke(app, [str(run), "--format", "onnx", "--exporter", "torchscript",
                                  "--threads", "1"])
     assert result.exit_code == 0, result.output
     info = json.loads((run / "inference.json").read_text())

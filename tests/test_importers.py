@@ -15,7 +15,7 @@ from conftest import shared_data
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffuseg.cli_data import convert_app
+from diffuseg.cli import app as cli_app
 from diffuseg.data import Dataset, load_splits
 from diffuseg.data.importers import import_dicom, import_folder, import_lidc_slices, import_msd
 from diffuseg.data.importers.folder import find_images, find_mask
@@ -283,12 +283,12 @@ def test_dicom_study_with_tumour_mask(tmp_path):
 def test_convert_commands_have_help_and_overwrite(tmp_path):
     runner = CliRunner()
     for kind in ("lidc-slices", "msd", "folder", "dicom"):
-        result = runner.invoke(convert_app, [kind, "-h"])
+        result = runner.invoke(cli_app, ["convert", kind, "-h"])
         assert result.exit_code == 0 and "--overwrite" in result.output, result.output
     lidc_tree(tmp_path / "src", patients=("P1",))
-    args = ["lidc-slices", str(tmp_path / "src"), str(tmp_path / "out"), "--raters", "4"]
-    result = runner.invoke(convert_app, args)
+    args = ["convert", "lidc-slices", str(tmp_path / "src"), str(tmp_path / "out"), "--raters", "4"]
+    result = runner.invoke(cli_app, args)
     assert result.exit_code == 0 and "2 cases in 1 groups" in result.output, result.output
-    again = runner.invoke(convert_app, args)
+    again = runner.invoke(cli_app, args)
     assert isinstance(again.exception, DataError) and "--overwrite" in str(again.exception)
-    assert runner.invoke(convert_app, [*args, "--overwrite"]).exit_code == 0
+    assert runner.invoke(cli_app, [*args, "--overwrite"]).exit_code == 0

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from diffuseg.config import RunConfig, apply_overrides, from_dict
-from diffuseg.errors import ConfigError
+from diffuseg.config import RunConfig, load_config, merge  # noqa: F401 (api.merge kept)
 
 
 def dataset_defaults(dataset_dir: Path) -> dict[str, Any]:
@@ -37,33 +35,21 @@ def intensity_for(channel_names: dict[str, str]) -> str:
     return "ct" if modalities == {"CT"} else "zscore"
 
 
-def merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) else value
-    return out
-
-
 def build_config(config_path: Path | None, overrides: list[str], *, dataset: Path | None,
                  base: Path | None = None) -> RunConfig:
-    """Dataset-derived defaults, then the user's config file, then ``--set`` overrides."""
-    data: dict[str, Any] = dataset_defaults(dataset) if dataset is not None else {}
-    for path in (base, config_path):
-        if path is None:
-            continue
-        if not Path(path).is_file():
-            raise ConfigError(f"config file '{path}' does not exist; check the path")
-        try:
-            data = merge(data, json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"config file '{path}' is not valid JSON: {err}") from None
-    data = apply_overrides(data, overrides)
-    return from_dict(RunConfig, data).validate()
+    """Dataset-derived defaults, then ``base`` and the user's config file, then ``--set``
+    overrides: ``config.load_config`` with the dataset's defaults."""
+    defaults = dataset_defaults(dataset) if dataset is not None else None
+    return load_config(config_path, overrides, defaults=defaults, base=base)
 
 
 def train_run(config: RunConfig, dataset: Path, output: Path, *, resume: bool = False,
               progress: bool = True) -> Path:
     from diffuseg.training import train
 
+    if resume:
+        from diffuseg.data import Dataset
+        from diffuseg.run_folder import check_same_dataset
+
+        check_same_dataset(output, Dataset.open(dataset))
     return train(config, dataset, output, resume=resume, progress=progress)

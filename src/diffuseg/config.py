@@ -223,17 +223,42 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist; check the path")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"config file '{path}' is not valid JSON: {err}") from None
-    data = apply_overrides(data, overrides or [])
+def merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, recursively for nested sections."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A JSON config file as a dict; a missing, non-JSON or non-object file is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; check the path")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file '{path}' is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' holds a {type(data).__name__}, not a JSON object "
+                          'like {"train": {"max_steps": 500}}')
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                defaults: dict[str, Any] | None = None, base: str | Path | None = None
+                ) -> RunConfig:
+    """The one config loader: ``defaults`` (e.g. ``api.dataset_defaults``), then the ``base``
+    file (a run's config.json when resuming), then the user's file ``path``, then the
+    ``section.key=value`` overrides; validated. Used by the CLI, the API and
+    ``Predictor.from_run``."""
+    data: dict[str, Any] = dict(defaults or {})
+    for file in (base, path):
+        if file is not None:
+            data = merge(data, read_config_file(file))
+    data = apply_overrides(data, list(overrides or []))
     return from_dict(RunConfig, data).validate()
 
 

@@ -56,10 +56,11 @@ def run_demo(output: str | Path, *, steps: int = 600, minutes: float = 15.0,
              device: str = "auto", overwrite: bool = False, n_cases: int = N_CASES) -> str:
     """``steps`` optimiser steps (about 4-5 minutes on 2 idle cores); ``minutes`` caps the
     training time on a busy machine."""
-    from diffuseg.data import Dataset, load_splits
+    from diffuseg.data import Dataset
     from diffuseg.data.phantom import write_phantom_dataset
     from diffuseg.evaluation import evaluate
     from diffuseg.inference import Predictor
+    from diffuseg.run_folder import held_out_cases
     from diffuseg.training import train
 
     output = Path(output)
@@ -72,10 +73,10 @@ def run_demo(output: str | Path, *, steps: int = 600, minutes: float = 15.0,
     train_seconds = time.monotonic() - t0
     predictor = Predictor.from_run(run_dir, device=device)
     dataset = Dataset.open(dataset_dir)
-    test_ids = load_splits(dataset_dir, dataset, seed=config.train.seed)["test"]
+    test_ids = held_out_cases(run_dir, "test")  # the run's own splits.json
     seconds = predict_cases(predictor, dataset, test_ids, output / "predictions")
     evaluation = evaluate(output / "predictions", dataset_dir, output / "evaluation",
-                          n_samples_list=(N_SAMPLES,))
+                          n_samples_list=(N_SAMPLES,), run=run_dir, strict=True)
     summary = demo_summary(evaluation, seconds, train_seconds, run_dir, output)
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return format_summary(summary)

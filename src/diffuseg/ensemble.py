@@ -10,17 +10,18 @@ p_bar = (1/S) sum_s p_s:
                  disagreeing (epistemic / inter-sample), Houlsby et al. 2011 (BALD), as used for
                  MC dropout by Gal & Ghahramani 2016 and Kendall & Gal 2017.
 
-Binary masks (K = 1) use the Bernoulli entropy of the foreground probability. The consensus is the
-mean probability thresholded at 0.5 (binary) or the majority vote over each sample's argmax label
-(multi-class; ties go to the lower label index).
+Binary masks (K = 1) use the Bernoulli entropy of the foreground probability. The consensus follows
+``diffuseg.consensus``: mean probability >= 0.5 (binary), or the majority vote over each sample's
+argmax label (multi-class); a tie goes to the higher label in both cases.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
+
+from diffuseg.consensus import foreground_consensus, majority
 
 EPS = 1e-7
 
@@ -55,10 +56,10 @@ def entropy(p: Tensor, class_dim: int) -> Tensor:
     return -(p * p.log()).sum(dim=class_dim)
 
 
-def majority_vote(labels: Tensor, num_classes: int) -> Tensor:
-    """Per-pixel most frequent label over axis 0; ties go to the lowest label."""
-    counts = torch.stack([(labels == k).sum(0) for k in range(num_classes)])
-    return counts.argmax(0)
+def majority_vote(labels: Tensor, num_labels: int) -> Tensor:
+    """Per-pixel most frequent label over axis 0 (``diffuseg.consensus.majority``: ties go to the
+    higher label)."""
+    return majority(labels, num_labels)
 
 
 def summarise(samples: Tensor) -> Result:
@@ -69,7 +70,7 @@ def summarise(samples: Tensor) -> Result:
     num_classes = samples.shape[2]
     mean = samples.mean(0)
     if num_classes == 1:
-        consensus = (mean.squeeze(1) > 0.5).long()
+        consensus = foreground_consensus(mean.squeeze(1))
         variance = samples.var(0, unbiased=False).squeeze(1)
     else:
         consensus = majority_vote(to_labels(samples, class_dim=2), num_classes)

@@ -1,6 +1,6 @@
 """``diffuseg evaluate``: score a prediction folder against the raters of a dataset folder.
 
-For every case folder ``PRED_DIR/<case>/`` (written by ``diffuseg.outputs.write_result``) whose
+For every case folder ``PRED_DIR/<case>/`` (written and read by ``diffuseg.outputs``) whose
 name is a labelled case of the dataset, the evaluator reads the samples, the consensus, the mean
 probability and the variance map, and compares them with the case's R rater masks:
 
@@ -26,19 +26,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from diffuseg.consensus import TIE_RULE, majority
 from diffuseg.data import Case, CaseData, Dataset
-from diffuseg.data.loader import majority
 from diffuseg.errors import ConfigError, DataError
-from diffuseg.io import PROBABILITY_PNG_SCALE, Geometry, file_ending, read_image, read_mask
 from diffuseg.metrics import (
     CONVENTIONS,
     assd,
@@ -53,14 +51,22 @@ from diffuseg.metrics import (
     s_ncc_categorical,
     uncertainty_error_overlap,
 )
+from diffuseg.outputs import (  # noqa: F401 (Prediction, read_float_map: also read from here)
+    Prediction,
+    case_folders,
+    load_prediction,
+    read_float_map,
+    run_of,
+)
+from diffuseg.run_folder import training_cases
 
-PRED_ENDINGS = (".png", ".nii.gz", ".nii")
 N_BINS = 10  # reliability / ECE bins, as in CONVENTIONS["ece"]
 UEO_THRESHOLD = 0.5  # on the variance divided by its largest possible value
 MAX_OVERLAYS = 24  # per-case figures in the report (the worst cases by Dice when there are more)
 EVALUATION_CONVENTIONS: dict[str, str] = {
-    "reference": "consensus metrics against the raters' majority mask (most frequent label per "
-    "pixel, ties to the higher label); distribution metrics against all raters",
+    "reference": "consensus metrics against the raters' majority mask (diffuseg.consensus); "
+    "distribution metrics against all raters",
+    "consensus": TIE_RULE,
     "ece_target": "rater-mean foreground mask (fraction of raters marking the pixel), all pixels",
     "uncertainty_error_overlap": "Dice(variance / v_max > 0.5, consensus != majority), v_max = "
     "0.25 (binary) or 1 - 1/K; 1 when neither errors nor uncertain pixels",
@@ -72,32 +78,27 @@ EVALUATION_CONVENTIONS: dict[str, str] = {
 }
 
 
-@dataclass
-class Prediction:
-    """One case folder of ``diffuseg predict``."""
-
-    case_dir: Path
-    samples: np.ndarray  # [S, *spatial] int64 labels
-    consensus: np.ndarray  # [*spatial] int64 labels
-    probability: np.ndarray  # [*spatial] float64 mean foreground probability in [0, 1]
-    variance: np.ndarray  # [*spatial] float64
-    geometry: Geometry
-    info: dict[str, Any]  # result.json ({} when absent)
-
-
 # ---------------------------------------------------------------------------------------------
 # the API
 
 
 def evaluate(pred_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path, *,
              n_samples_list: Sequence[int] = (16, 100), report: bool = True,
-             max_overlays: int = MAX_OVERLAYS) -> dict[str, Any]:
+             max_overlays: int = MAX_OVERLAYS, run: str | Path | None = None,
+             strict: bool = False) -> dict[str, Any]:
     """Score every prediction case folder that names a labelled dataset case; write
-    ``out_dir/summary.json`` (and ``out_dir/report.html`` with ``report``); return the summary."""
+    ``out_dir/summary.json`` (and ``out_dir/report.html`` with ``report``); return the summary.
+
+    The run (``run``, else the one named in the cases' result.json) is checked: a scored case
+    from the run's training split (``RUN/splits.json``) gives a warning and is listed in
+    ``summary["training_cases_scored"]``; with ``strict`` it is refused (DataError), as is a run
+    that cannot be checked."""
     n_samples_list = _check_sample_counts(n_samples_list)
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     dataset = Dataset.open(dataset_dir)
     cases, unmatched = match_cases(pred_dir, dataset)
+    run = str(run) if run is not None else run_of(pred_dir, [c.case_id for c in cases])
+    trained = check_held_out(run, [c.case_id for c in cases], strict)
     labels = dataset.info.label_values
     per_case, curves = [], []
     for case in cases:
@@ -107,13 +108,36 @@ def evaluate(pred_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path,
         metrics, curve = case_metrics(pred, data, labels, n_samples_list)
         per_case.append({"case": case.case_id, **metrics})
         curves.append(curve)
-    summary = build_summary(per_case, n_samples_list, run_of(pred_dir, cases),
-                            unmatched=unmatched, reliability=pool_curves(curves))
+    summary = build_summary(per_case, n_samples_list, run, unmatched=unmatched,
+                            reliability=pool_curves(curves))
+    summary["training_cases_scored"] = trained
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     if report:
         write_report(out_dir / "report.html", summary, pred_dir, cases, labels, max_overlays)
     return summary
+
+
+def check_held_out(run: str | None, case_ids: Sequence[str], strict: bool) -> list[str] | None:
+    """The scored cases that the run trained on (its own splits.json is the only source of
+    truth); None when the run is unknown or has no splits.json. Warns loudly, or refuses with
+    ``strict``."""
+    if run is None or not (Path(run) / "splits.json").is_file():
+        if strict:
+            why = "no run is named" if run is None else f"'{run}/splits.json' is missing"
+            raise DataError(f"--strict: cannot check that the scored cases were held out ({why});"
+                            " pass --run RUN (the folder of 'diffuseg train')")
+        return None
+    trained = training_cases(run, case_ids)
+    if trained and strict:
+        raise DataError(f"--strict: {len(trained)} of {len(case_ids)} scored cases were in the "
+                        f"training split of run '{run}' ({_few(trained)}); predict the run's "
+                        "held-out cases (its splits.json val/test) instead")
+    if trained:
+        warnings.warn(f"{len(trained)} of {len(case_ids)} scored cases were in the training "
+                      f"split of run '{run}' ({_few(trained)}): these scores are NOT held-out "
+                      "(summary.json lists them under training_cases_scored)", stacklevel=2)
+    return trained
 
 
 def _check_sample_counts(n_samples_list: Sequence[int]) -> tuple[int, ...]:
@@ -131,11 +155,7 @@ def _check_sample_counts(n_samples_list: Sequence[int]) -> tuple[int, ...]:
 def match_cases(pred_dir: Path, dataset: Dataset) -> tuple[list[Case], list[str]]:
     """The labelled dataset cases that have a case folder in ``pred_dir`` (sorted by id), and the
     names of the case folders that match no labelled case."""
-    if not pred_dir.is_dir():
-        raise DataError(f"prediction folder '{pred_dir}' does not exist; give the -o folder of "
-                        "'diffuseg predict'")
-    folders = sorted(p.name for p in pred_dir.iterdir()
-                     if p.is_dir() and not p.name.startswith("."))
+    folders = case_folders(pred_dir)
     labelled = {c.case_id: c for c in (*dataset.cases, *dataset.test_cases) if c.label_paths}
     if not folders:
         raise DataError(f"prediction folder '{pred_dir}' holds no case folders; run 'diffuseg "
@@ -153,64 +173,6 @@ def _few(names: Sequence[str], n: int = 3) -> str:
     return f"{shown}, ... {len(names)} in all" if len(names) > n else shown or "none"
 
 
-def load_prediction(case_dir: Path, labels: Sequence[int]) -> Prediction:
-    """Read ``sample_XX``, ``consensus``, ``probability`` and ``variance`` of one case folder."""
-    ending = _prediction_ending(case_dir)
-    samples = sorted(case_dir.glob(f"sample_*{ending}"), key=_sample_index)
-    if not samples:
-        raise DataError(f"'{case_dir}' has no sample_XX{ending} files; re-run 'diffuseg predict' "
-                        "for this case")
-    consensus, geometry = read_mask(case_dir / f"consensus{ending}", labels=labels)
-    stack = np.stack([read_mask(p, labels=labels)[0] for p in samples])
-    info_path = case_dir / "result.json"
-    return Prediction(
-        case_dir=case_dir,
-        samples=stack,
-        consensus=consensus,
-        probability=_unit_interval(read_float_map(_required(case_dir / f"probability{ending}")),
-                                   case_dir / f"probability{ending}"),
-        variance=read_float_map(_required(case_dir / f"variance{ending}")),
-        geometry=geometry,
-        info=json.loads(info_path.read_text()) if info_path.is_file() else {},
-    )
-
-
-def _prediction_ending(case_dir: Path) -> str:
-    for ending in PRED_ENDINGS:
-        if (case_dir / f"consensus{ending}").is_file():
-            return ending
-    raise DataError(f"'{case_dir}' has no consensus.png or consensus.nii.gz; it is not an output "
-                    "folder of 'diffuseg predict' (move it out of the prediction folder)")
-
-
-def _sample_index(path: Path) -> int:
-    match = re.match(r"sample_(\d+)", path.name)
-    return int(match[1]) if match else -1
-
-
-def _required(path: Path) -> Path:
-    if not path.is_file():
-        raise DataError(f"'{path}' is missing; re-run 'diffuseg predict' for this case")
-    return path
-
-
-def read_float_map(path: Path) -> np.ndarray:
-    """A float map ``[*spatial]`` written by ``io.write_probability``: NIfTI/TIFF as stored,
-    PNG as value / PROBABILITY_PNG_SCALE (the writer stored round(scale * p))."""
-    array, _ = read_image(path)
-    values = array[0].astype(np.float64)
-    return values / PROBABILITY_PNG_SCALE if file_ending(path) == ".png" else values
-
-
-def _unit_interval(values: np.ndarray, path: Path, tol: float = 1e-4) -> np.ndarray:
-    """Probabilities clipped to [0, 1] (float32 rounding); refuses values clearly outside."""
-    if values.size and (not np.isfinite(values).all() or values.min() < -tol
-                        or values.max() > 1 + tol):
-        raise DataError(f"'{path}' holds values in [{values.min():g}, {values.max():g}], not "
-                        "probabilities in [0, 1]; re-run 'diffuseg predict' for this case")
-    return np.clip(values, 0.0, 1.0)
-
-
 def _check_grid(pred: Prediction, data: CaseData) -> None:
     if pred.consensus.shape != data.geometry.shape:
         raise DataError(f"'{pred.case_dir}' holds masks of shape {pred.consensus.shape} but case "
@@ -218,21 +180,6 @@ def _check_grid(pred: Prediction, data: CaseData) -> None:
                         "written in the input's geometry")
     if len(data.raters) == 0:
         raise DataError(f"case '{data.case_id}' has no rater masks; evaluate labelled cases only")
-
-
-def run_of(pred_dir: Path, cases: Sequence[Case]) -> str | None:
-    """The run folder named by the cases' result.json (key "run"), or None."""
-    runs = set()
-    for case in cases:
-        path = pred_dir / case.case_id / "result.json"
-        if path.is_file():
-            run = json.loads(path.read_text()).get("run")
-            runs.add(str(run) if run else None)
-    runs.discard(None)
-    if len(runs) > 1:
-        raise DataError(f"the cases of '{pred_dir}' come from {len(runs)} runs "
-                        f"({_few(sorted(runs))}); evaluate one run's predictions at a time")
-    return runs.pop() if runs else None
 
 
 def config_hash(run: str | None) -> str | None:

@@ -22,7 +22,7 @@ from diffuseg.ensemble import Result, summarise
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
-from diffuseg.training import autocast, autocast_dtype, resolve_device
+from diffuseg.runtime import autocast, autocast_dtype, resolve_device
 from diffuseg.weights import load_networks, load_state
 
 
@@ -105,27 +105,33 @@ class Predictor:
         DICOM objects (``diffuseg.io.dicom_seg``) go to ``<case>/dicom/`` when ``dicom`` is True,
         or when it is None and the input is a DICOM series; a non-DICOM input needs the
         ``reference`` series folder it was converted from."""
-        from diffuseg.outputs import write_result
+        from diffuseg.outputs import lock_output, write_result
 
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
         image, geometry = read_channels(paths)
         case_dir = Path(out_dir) / case_name(paths[0])
-        if case_dir.exists() and any(case_dir.iterdir()) and not overwrite:
-            raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite to "
-                            "replace it or choose another -o")
-        result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
-                              seed=seed, source=str(paths[0]))
-        sampler, used_steps = self.method.sampling(steps)  # what sample() ran
-        write_result(result, geometry, case_dir, source=paths[0],
-                     extra={"run": str(self.run_dir), "sampler": sampler, "steps": used_steps,
-                            "seed": seed, "threads": torch.get_num_threads(),
-                            "device": str(self.device)})
-        if dicom or (dicom is None and (geometry.kind == "dicom" or reference is not None)):
-            from diffuseg.io.dicom_seg import reference_for, run_label_names, write_dicom_outputs
+        with lock_output(out_dir):  # one writer per output folder; re-entrant
+            if case_dir.exists() and any(case_dir.iterdir()) and not overwrite:
+                raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite "
+                                "to replace it or choose another -o")
+            result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
+                                  seed=seed, source=str(paths[0]))
+            sampler, used_steps = self.method.sampling(steps)  # what sample() ran
+            write_result(result, geometry, case_dir, source=paths[0],  # replaces the whole folder
+                         extra={"run": str(self.run_dir.absolute()), "sampler": sampler,
+                                "steps": used_steps, "seed": seed,
+                                "threads": torch.get_num_threads(), "device": str(self.device)})
+            if dicom or (dicom is None and (geometry.kind == "dicom" or reference is not None)):
+                from diffuseg.io.dicom_seg import (
+                    reference_for,
+                    run_label_names,
+                    write_dicom_outputs,
+                )
 
-            write_dicom_outputs(result, reference_for(geometry, reference), case_dir / "dicom",
-                                method=self.config.method.name, samples=dicom_samples,
-                                label_names=run_label_names(self.run_dir))
+                write_dicom_outputs(result, reference_for(geometry, reference),
+                                    case_dir / "dicom", method=self.config.method.name,
+                                    samples=dicom_samples,
+                                    label_names=run_label_names(self.run_dir))
         return case_dir
 
 

@@ -1,4 +1,4 @@
-"""Writing a segmentation result in the input's geometry.
+"""The prediction folder: written (``write_result``) and read (``load_prediction``) here only.
 
 For one input, ``<out>/<case>/`` receives:
 
@@ -12,17 +12,41 @@ For one input, ``<out>/<case>/`` receives:
 
 2D inputs give PNG (masks as labels 0..K-1, preview-friendly 0/255 for binary masks; float maps
 scaled as documented in ``diffuseg.io``); 3D inputs give NIfTI with the input's affine.
+
+A case folder is written into a hidden temporary sibling (``.<case>.tmp-<pid>``) and then swapped
+in, so replacing a case (``predict --overwrite``) never leaves a file of the previous prediction
+(e.g. a ``sample_15`` from a run with more samples). ``lock_output(folder)`` is an advisory lock
+(``folder/.diffuseg.lock``, holding the writer's pid) so that two ``predict`` commands never write
+one output folder at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from diffuseg.ensemble import Result
-from diffuseg.io import Geometry, write_mask, write_probability
+from diffuseg.errors import DataError
+from diffuseg.io import (
+    PROBABILITY_PNG_SCALE,
+    Geometry,
+    file_ending,
+    read_image,
+    read_mask,
+    write_mask,
+    write_probability,
+)
 
 UNCERTAINTY_MAPS = ("variance", "entropy", "mutual_information")
 
@@ -33,7 +57,38 @@ def extension(geometry: Geometry) -> str:
 
 def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: Path,
                  extra: dict | None = None) -> dict:
-    case_dir.mkdir(parents=True, exist_ok=True)
+    """Write one case folder; an existing ``case_dir`` is replaced as a whole (atomically)."""
+    case_dir = Path(case_dir)
+    case_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = case_dir.with_name(f".{case_dir.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        summary = _write_files(result, geometry, tmp, source=source, extra=extra)
+        replace_folder(tmp, case_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Swap ``new`` in as ``target``: the old folder is renamed aside, then removed. Readers see
+    either the old or the new folder, never a mixture."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_files(result: Result, geometry: Geometry, case_dir: Path, *, source: Path,
+                 extra: dict | None) -> dict:
     ext = extension(geometry)
     labels = result.sample_labels()[:, 0].numpy()  # [S, *spatial]
     files = []
@@ -68,3 +123,193 @@ def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: 
     }
     (case_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# the lock: one writer per output folder
+
+LOCK_NAME = ".diffuseg.lock"
+_held: dict[Path, int] = {}  # folders this process holds -> nesting depth
+
+
+@contextlib.contextmanager
+def lock_output(folder: str | Path) -> Iterator[Path]:
+    """Hold ``folder/.diffuseg.lock`` (created exclusively, holding this pid) while writing into
+    ``folder``. Another live holder is refused with a one-line DataError naming its pid; the lock
+    of a process that is gone is taken over. Re-entrant within one process."""
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield folder
+        finally:
+            _held[key] -= 1
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    _acquire(lock)
+    _held[key] = 1
+    try:
+        yield folder
+    finally:
+        del _held[key]
+        with contextlib.suppress(FileNotFoundError):
+            if _holder(lock).get("pid") == os.getpid():
+                lock.unlink()
+
+
+def _acquire(lock: Path) -> None:
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                         "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(lock)
+            pid = holder.get("pid")
+            if isinstance(pid, int) and _alive(pid, holder.get("host")):
+                raise DataError(
+                    f"output folder '{lock.parent}' is being written by another diffuseg "
+                    f"(pid {pid} on {holder.get('host')}, since {holder.get('since')}); wait for "
+                    f"it to finish, or delete '{lock}' if that process is gone") from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # a stale lock: its writer is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(record + "\n")
+        return
+    raise DataError(f"could not lock output folder '{lock.parent}'; delete '{lock}' and retry")
+
+
+def _holder(lock: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _alive(pid: int, host: str | None) -> bool:
+    if host not in (None, socket.gethostname()):
+        return True  # another machine's process: cannot check, assume it runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a prediction folder
+
+PRED_ENDINGS = (".png", ".nii.gz", ".nii")
+
+
+@dataclass
+class Prediction:
+    """One case folder of ``diffuseg predict``."""
+
+    case_dir: Path
+    samples: np.ndarray  # [S, *spatial] int64 labels
+    consensus: np.ndarray  # [*spatial] int64 labels
+    probability: np.ndarray  # [*spatial] float64 mean foreground probability in [0, 1]
+    variance: np.ndarray  # [*spatial] float64
+    geometry: Geometry
+    info: dict[str, Any]  # result.json ({} when absent)
+
+
+def case_folders(pred_dir: Path) -> list[str]:
+    """The case folder names of a prediction folder, sorted (hidden temporaries left out)."""
+    if not pred_dir.is_dir():
+        raise DataError(f"prediction folder '{pred_dir}' does not exist; give the -o folder of "
+                        "'diffuseg predict'")
+    return sorted(p.name for p in pred_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_prediction(case_dir: Path, labels: Sequence[int]) -> Prediction:
+    """Read ``sample_XX``, ``consensus``, ``probability`` and ``variance`` of one case folder.
+    When result.json lists the files, exactly those samples are read."""
+    ending = prediction_ending(case_dir)
+    info = read_info(case_dir)
+    listed = [name for name in info.get("files", []) if name.startswith("sample_")]
+    if listed:
+        samples = [_required(case_dir / name) for name in listed]
+    else:
+        samples = sorted(case_dir.glob(f"sample_*{ending}"), key=_sample_index)
+    if not samples:
+        raise DataError(f"'{case_dir}' has no sample_XX{ending} files; re-run 'diffuseg predict' "
+                        "for this case")
+    consensus, geometry = read_mask(case_dir / f"consensus{ending}", labels=labels)
+    stack = np.stack([read_mask(p, labels=labels)[0] for p in samples])
+    return Prediction(
+        case_dir=case_dir,
+        samples=stack,
+        consensus=consensus,
+        probability=_unit_interval(read_float_map(_required(case_dir / f"probability{ending}")),
+                                   case_dir / f"probability{ending}"),
+        variance=read_float_map(_required(case_dir / f"variance{ending}")),
+        geometry=geometry,
+        info=info,
+    )
+
+
+def read_info(case_dir: Path) -> dict[str, Any]:
+    """A case folder's result.json ({} when absent)."""
+    path = case_dir / "result.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"'{path}' is not valid JSON; re-run 'diffuseg predict' for this "
+                        "case") from None
+    return info if isinstance(info, dict) else {}
+
+
+def run_of(pred_dir: Path, case_ids: Sequence[str]) -> str | None:
+    """The run folder named by the cases' result.json (key "run"), or None."""
+    runs = {str(r) for r in (read_info(pred_dir / c).get("run") for c in case_ids) if r}
+    if len(runs) > 1:
+        shown = ", ".join(sorted(runs)[:3])
+        raise DataError(f"the cases of '{pred_dir}' come from {len(runs)} runs ({shown}); "
+                        "evaluate one run's predictions at a time")
+    return runs.pop() if runs else None
+
+
+def prediction_ending(case_dir: Path) -> str:
+    for ending in PRED_ENDINGS:
+        if (case_dir / f"consensus{ending}").is_file():
+            return ending
+    raise DataError(f"'{case_dir}' has no consensus.png or consensus.nii.gz; it is not an output "
+                    "folder of 'diffuseg predict' (move it out of the prediction folder)")
+
+
+def _sample_index(path: Path) -> int:
+    match = re.match(r"sample_(\d+)", path.name)
+    return int(match[1]) if match else -1
+
+
+def _required(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"'{path}' is missing; re-run 'diffuseg predict' for this case")
+    return path
+
+
+def read_float_map(path: Path) -> np.ndarray:
+    """A float map ``[*spatial]`` written by ``io.write_probability``: NIfTI/TIFF as stored,
+    PNG as value / PROBABILITY_PNG_SCALE (the writer stored round(scale * p))."""
+    array, _ = read_image(path)
+    values = array[0].astype(np.float64)
+    return values / PROBABILITY_PNG_SCALE if file_ending(path) == ".png" else values
+
+
+def _unit_interval(values: np.ndarray, path: Path, tol: float = 1e-4) -> np.ndarray:
+    """Probabilities clipped to [0, 1] (float32 rounding); refuses values clearly outside."""
+    if values.size and (not np.isfinite(values).all() or values.min() < -tol
+                        or values.max() > 1 + tol):
+        raise DataError(f"'{path}' holds values in [{values.min():g}, {values.max():g}], not "
+                        "probabilities in [0, 1]; re-run 'diffuseg predict' for this case")
+    return np.clip(values, 0.0, 1.0)

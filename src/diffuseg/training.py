@@ -8,7 +8,6 @@ every ``train.checkpoint_every`` steps so that ``resume=True`` continues where i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -20,11 +19,21 @@ import torch
 from safetensors.torch import save_file
 
 from diffuseg.config import RunConfig, save_config
-from diffuseg.data import Dataset, load_splits
-from diffuseg.data.loader import batches, load_examples, majority
-from diffuseg.errors import ConfigError, DataError
+from diffuseg.consensus import majority
+from diffuseg.data import Dataset
+from diffuseg.data.loader import batches, load_examples
+from diffuseg.ensemble import summarise
+from diffuseg.errors import DataError
 from diffuseg.methods import Method, build_method
+from diffuseg.metrics import dice
+from diffuseg.run_folder import splits_for_run
 from diffuseg.runlog import RunLog, dataset_fingerprint, plot_progress
+from diffuseg.runtime import (  # re-exported: diffuseg.training.resolve_device, ...
+    autocast,
+    autocast_dtype,
+    cpu_has_native_bf16,
+    resolve_device,
+)
 from diffuseg.weights import (
     load_networks,
     load_optimizer,
@@ -34,44 +43,6 @@ from diffuseg.weights import (
     save_optimizer,
     state_of,
 )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' was asked for but CUDA is not available; use cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device '{name}' is not valid; use auto, cpu, cuda or cuda:N") from None
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX: there bf16 autocast is about 2x faster; without them (AVX2 only) bf16
-    convolutions are emulated and were measured 30x slower than fp32 (docs/performance.md)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 on CUDA where supported (else fp16), bf16 on CPUs with native bf16, else fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class EMA:
@@ -130,9 +101,7 @@ def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
         shutil.copy(dataset.root / "dataset.json", run_dir / "dataset.json")
         (run_dir / "fingerprint.json").write_text(
             json.dumps(dataset_fingerprint(dataset), indent=2) + "\n")
-    splits = load_splits(dataset.root, dataset, seed=config.train.seed)
-    if not resume:
-        (run_dir / "splits.json").write_text(json.dumps(splits, indent=2) + "\n")
+    splits = splits_for_run(run_dir, dataset, config.train.seed, resume=resume)
     train_set = load_examples(dataset, splits["train"], config)
     val_ids = (splits.get("val") or splits["train"])[: config.train.val_cases]
     val_set = load_examples(dataset, val_ids, config)
@@ -219,10 +188,9 @@ def validate(method: Method, ema: EMA, val_set, log: RunLog, step: int, device, 
         image = torch.from_numpy(ex.image)[None].to(device)
         with autocast(device, dtype):
             samples = method.segment(image, c.val_samples, steps=c.val_steps, generator=generator)
-        consensus = (samples.float().mean(0)[0].argmax(0) if samples.shape[2] > 1
-                     else samples.float().mean(0)[0, 0] > 0.5).cpu().numpy()
+        consensus = summarise(samples.float().cpu()).consensus[0].numpy()
         target = majority(ex.raters, max(2, method.config.num_classes))
-        dices.append(foreground_dice(consensus, target))
+        dices.append(dice(consensus > 0, target > 0))
     load_networks(method.networks(), live, "live weights")
     log.metrics({"step": step, "val_dice": round(float(np.mean(dices)), 5)})
     log.text(f"step {step}: validation consensus Dice {np.mean(dices):.4f} "
@@ -230,10 +198,8 @@ def validate(method: Method, ema: EMA, val_set, log: RunLog, step: int, device, 
 
 
 def foreground_dice(pred: np.ndarray, target: np.ndarray) -> float:
-    """Dice over all foreground labels (label > 0); both empty counts as 1."""
-    p, t = pred > 0, target > 0
-    denom = p.sum() + t.sum()
-    return 1.0 if denom == 0 else float(2 * (p & t).sum() / denom)
+    """Dice over all foreground labels (label > 0); both empty counts as 1 (``metrics.dice``)."""
+    return dice(np.asarray(pred) > 0, np.asarray(target) > 0)
 
 
 def save_checkpoint(run_dir: Path, method, optimizer, ema: EMA, step: int) -> None:
@@ -255,4 +221,5 @@ def load_checkpoint(folder: Path, method, optimizer, ema: EMA) -> int:
     return int(json.loads((folder / "state.json").read_text())["step"])
 
 
-__all__ = ["train", "resolve_device", "autocast_dtype", "state_of"]
+__all__ = ["train", "resolve_device", "autocast", "autocast_dtype", "cpu_has_native_bf16",
+           "state_of"]

@@ -6,9 +6,6 @@ from diffuseg.data.dataset import (
     CaseData,
     Dataset,
     DatasetInfo,
-    load_splits,
-    make_splits,
-    save_splits,
     write_dataset,
 )
 from diffuseg.data.phantom import (
@@ -18,6 +15,7 @@ from diffuseg.data.phantom import (
     rater_thresholds,
     write_phantom_dataset,
 )
+from diffuseg.data.splits import load_splits, make_splits, save_splits
 
 __all__ = [
     "Case",

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffuseg.data.dataset import Case, Dataset, DatasetInfo, load_splits, scan_cases
+from diffuseg.data.dataset import Case, Dataset, DatasetInfo, scan_cases
+from diffuseg.data.splits import load_splits
 from diffuseg.errors import DataError
 from diffuseg.io import Geometry, read_image, read_mask
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from diffuseg.errors import ConfigError, DataError
+from diffuseg.errors import DataError
 from diffuseg.io import NIFTI_ENDINGS, Geometry, read_image, read_mask, write_image, write_mask
 
 DATASET_ENDINGS = (".png", ".tif", ".tiff", ".nii.gz", ".nii")
@@ -343,63 +343,3 @@ def _check_item(case_id: str, image: np.ndarray, raters: np.ndarray, info: Datas
     if got != want or raters.shape[1:] != image.shape[1:]:
         raise DataError(f"case '{case_id}': image {image.shape} and raters {raters.shape} do not "
                         f"match dataset.json (channels, raters, spatial_dims) = {want}")
-
-
-# ---------------------------------------------------------------------------------------------
-# splits
-
-
-def make_splits(dataset: Dataset, seed: int = 0,
-                fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, list[str]]:
-    """Split by group (patient): groups are shuffled with ``seed`` and cut into train/val/test
-    with ``round(f * n_groups)`` groups for val and test (at least one each when its fraction is
-    positive and there are enough groups), train takes the rest. Case lists are sorted."""
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ConfigError(f"split fractions {fractions} must be three non-negative numbers "
-                          "summing to 1 (train, val, test)")
-    groups = sorted({case.group for case in dataset.cases})
-    order = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
-    n = len(groups)
-    sizes = [max(round(f * n), 1) if f > 0 and n >= 3 else round(f * n) for f in fractions[1:]]
-    n_val, n_test = sizes[0], min(sizes[1], n - sizes[0])
-    fold_of = {g: "val" for g in order[:n_val]}
-    fold_of.update({g: "test" for g in order[n_val:n_val + n_test]})
-    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for case in dataset.cases:
-        splits[fold_of.get(case.group, "train")].append(case.case_id)
-    return {fold: sorted(ids) for fold, ids in splits.items()}
-
-
-def save_splits(root: str | Path, splits: dict[str, list[str]]) -> Path:
-    path = Path(root) / "splits.json"
-    path.write_text(json.dumps(splits, indent=2) + "\n")
-    return path
-
-
-def load_splits(root: str | Path, dataset: Dataset | None = None, *, seed: int = 0,
-                fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-                ) -> dict[str, list[str]]:
-    """The user's ``splits.json`` when present (validated), else ``make_splits`` (not saved)."""
-    root = Path(root)
-    dataset = dataset or Dataset.open(root)
-    path = root / "splits.json"
-    if not path.is_file():
-        return make_splits(dataset, seed, fractions)
-    try:
-        splits = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"'{path}' is not valid JSON ({err}); fix it or delete it") from None
-    if not isinstance(splits, dict) or "train" not in splits or not set(splits) <= {
-            "train", "val", "test"} or not all(
-            isinstance(v, list) and all(isinstance(c, str) for c in v) for v in splits.values()):
-        raise DataError(f"'{path}' must look like {{\"train\": [ids], \"val\": [ids], \"test\": "
-                        "[ids]}; fix it or delete it to split by patient automatically")
-    known = {case.case_id for case in dataset.cases}
-    listed = [c for ids in splits.values() for c in ids]
-    unknown = sorted(set(listed) - known)
-    if unknown:
-        raise DataError(f"'{path}' names cases not in imagesTr: {unknown[:5]}; fix or delete it")
-    if len(listed) != len(set(listed)):
-        twice = sorted({c for c in listed if listed.count(c) > 1})
-        raise DataError(f"'{path}' lists cases in more than one place: {twice[:5]}; fix it")
-    return {fold: list(splits.get(fold, [])) for fold in ("train", "val", "test")}

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from diffuseg.config import RunConfig
+from diffuseg.consensus import majority  # noqa: F401 (diffuseg.data.loader.majority)
 from diffuseg.data.resample import resample_case
 from diffuseg.data.transforms import normalize_intensity, training_transforms
 from diffuseg.errors import DataError
@@ -44,13 +45,6 @@ def load_examples(dataset, case_ids: list[str], config: RunConfig) -> list[Examp
         image = normalize_intensity(image, config.data.intensity, config.data.ct_window)
         examples.append(Example(case_id, image, np.asarray(raters, dtype=np.int64)))
     return examples
-
-
-def majority(raters: np.ndarray, num_labels: int) -> np.ndarray:
-    """Per-pixel most frequent label over raters ``[R, *sp]`` (ties: the higher label, so that a
-    2-of-4 split counts as foreground)."""
-    counts = np.stack([(raters == k).sum(0) for k in range(num_labels)])
-    return (num_labels - 1 - counts[::-1].argmax(0)).astype(np.int64)
 
 
 def choose_mask(example: Example, mode: str, num_labels: int, rng: np.random.Generator

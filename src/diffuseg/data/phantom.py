@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from diffuseg.data.dataset import Dataset, DatasetInfo, make_splits, save_splits, write_dataset
+from diffuseg.consensus import majority
+from diffuseg.data.dataset import Dataset, DatasetInfo, write_dataset
+from diffuseg.data.splits import make_splits, save_splits
 from diffuseg.errors import ConfigError
 from diffuseg.io import Geometry
 
@@ -54,10 +56,9 @@ def rater_thresholds(n_raters: int) -> tuple[float, ...]:
 
 
 def majority_mask(raters: np.ndarray) -> np.ndarray:
-    """Foreground where at least half of the R raters mark it: sum_k [y_k > 0] >= R / 2.
-    A tie (R even, R/2 votes) counts as foreground, as in ``data.loader.majority``."""
-    votes = (np.asarray(raters) > 0).sum(axis=0)
-    return (2 * votes >= len(raters)).astype(np.uint8)
+    """Foreground where at least half of the R raters mark it (``diffuseg.consensus.majority``:
+    a tie counts as foreground)."""
+    return majority((np.asarray(raters) > 0).astype(np.int64), 2).astype(np.uint8)
 
 
 def make_case(spatial_dims: int = 2, size: int = 64, n_raters: int = 3,

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diffuseg.data.dataset import DatasetInfo, save_splits
+from diffuseg.data.dataset import DatasetInfo
+from diffuseg.data.splits import save_splits
 from diffuseg.errors import DataError
 
 DEFAULT_LABELS = ("background", "foreground")

@@ -7,9 +7,11 @@ from typing import Annotated
 
 import typer
 
+from diffuseg.cli.app import command
 from diffuseg.errors import DiffusegError
 
 
+@command("serve")
 def serve_command(
     run: Annotated[Path, typer.Argument(help="Run folder written by 'diffuseg train'")],
     host: Annotated[str, typer.Option(help="Listen address (keep 127.0.0.1 behind a proxy)")

@@ -1,5 +1,5 @@
-"""``diffuseg export RUN --onnx [-o FILE]``, a thin layer over ``diffuseg.export.export_run``;
-registered in ``diffuseg.cli`` as ``app.command("export")(export_command)``."""
+"""``diffuseg export RUN --format onnx [-o FILE]``, a thin layer over
+``diffuseg.export.export_run``."""
 
 from __future__ import annotations
 
@@ -8,13 +8,20 @@ from typing import Annotated
 
 import typer
 
+from diffuseg.cli.app import command
 from diffuseg.errors import ConfigError
 
+FORMATS = ("onnx",)
 
+
+@command("export")
 def export_command(
     run: Annotated[Path, typer.Argument(help="Run folder written by 'diffuseg train'")],
+    fmt: Annotated[str | None, typer.Option(
+        "--format", "-f", help="Model format: onnx (the per-step denoiser, dynamic batch and "
+        "size)", show_default="none: required")] = None,
     onnx: Annotated[bool, typer.Option(
-        "--onnx", help="Export the per-step denoiser to ONNX (dynamic batch and size)")] = False,
+        "--onnx", hidden=True, help="Old spelling of --format onnx")] = False,
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="ONNX file to write", show_default="RUN/denoiser.onnx")] = None,
     exporter: Annotated[str, typer.Option(
@@ -26,8 +33,12 @@ def export_command(
 ) -> None:
     """Export a trained run for fast inference; writes the model file and RUN/inference.json
     (threads, batch size, exporter, opset, ONNX Runtime vs eager error on an example)."""
-    if not onnx:
-        raise ConfigError("choose an export format: --onnx (the only one so far)")
+    if onnx:
+        fmt = fmt or "onnx"
+    if fmt is None:
+        raise ConfigError("choose an export format: --format onnx (the only one so far)")
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt} is unknown; use one of {', '.join(FORMATS)}")
     if exporter not in ("dynamo", "torchscript"):
         raise ConfigError(f"--exporter {exporter} is unknown; use dynamo or torchscript")
     from diffuseg.export import INFO_NAME, export_run

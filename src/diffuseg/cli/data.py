@@ -1,6 +1,5 @@
-"""``diffuseg convert KIND SRC DST``: import real data into diffuseg's dataset format
-(docs/importers.md). Registered in ``diffuseg.cli`` as
-``app.add_typer(convert_app, name="convert")``."""
+"""``diffuseg check DATASET`` and ``diffuseg convert KIND SRC DST``: verify a dataset folder, and
+import real data into diffuseg's dataset format (docs/importers.md)."""
 
 from __future__ import annotations
 
@@ -9,14 +8,20 @@ from typing import Annotated
 
 import typer
 
-convert_app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    help="Convert a data set in its downloaded layout into a dataset folder "
-    "(see docs/importers.md).",
-    pretty_exceptions_enable=False,
-)
+from diffuseg.cli.app import command
+
+
+@command("check")
+def check_command(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder to verify")],
+) -> None:
+    """Verify a dataset folder (like nnU-Net's --verify_dataset_integrity)."""
+    from diffuseg.data.check import check_dataset
+
+    report = check_dataset(dataset)
+    typer.echo(report.format())
+    raise typer.Exit(1 if report.errors else 0)
+
 
 Src = Annotated[Path, typer.Argument(help="Source folder (or archive) as downloaded")]
 Dst = Annotated[Path, typer.Argument(help="Dataset folder to write")]
@@ -30,14 +35,14 @@ def _labels(text: str) -> list[str]:
     return [name.strip() for name in text.split(",")]
 
 
-@convert_app.command("lidc-slices")
+@command("lidc-slices", group="convert")
 def lidc_slices_command(
     src: Annotated[Path, typer.Argument(
         help="LIDC-IDRI slices folder, or its tar (read without extracting)")],
     dst: Dst,
     limit_patients: Annotated[int | None, typer.Option(
-        "--limit-patients", help="Keep the first N patients in archive order (quick runs)")
-    ] = None,
+        "--limit-patients", help="Keep the first N patients in archive order (quick runs)",
+        show_default="all")] = None,
     raters: Annotated[int, typer.Option("--raters", help="Masks per slice (mask-0..R-1)")] = 4,
     split: Annotated[Path | None, typer.Option(
         "--split", help="The release's split.json (train/val patients)",
@@ -52,12 +57,13 @@ def lidc_slices_command(
     typer.echo(summary.format())
 
 
-@convert_app.command("msd")
+@command("msd", group="convert")
 def msd_command(
     src: Annotated[Path, typer.Argument(help="MSD task folder (dataset.json, imagesTr, labelsTr)")],
     dst: Dst,
     limit_cases: Annotated[int | None, typer.Option(
-        "--limit-cases", help="Keep the first N training cases (quick runs)")] = None,
+        "--limit-cases", help="Keep the first N training cases (quick runs)",
+        show_default="all")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Medical Segmentation Decathlon task: one file per channel, labels and affines kept."""
@@ -66,7 +72,7 @@ def msd_command(
     typer.echo(import_msd(src, dst, limit_cases=limit_cases, overwrite=overwrite).format())
 
 
-@convert_app.command("folder")
+@command("folder", group="convert")
 def folder_command(
     src: Annotated[Path, typer.Argument(help="Folder holding the images and masks")],
     dst: Dst,
@@ -104,7 +110,7 @@ def folder_command(
     typer.echo(summary.format())
 
 
-@convert_app.command("dicom")
+@command("dicom", group="convert")
 def dicom_command(
     src: Annotated[Path, typer.Argument(
         help="A study folder (one sub-folder per series) or a folder above several")],
@@ -114,8 +120,8 @@ def dicom_command(
     mask: Annotated[list[str], typer.Option(
         "--mask", help="Part of a mask series' folder name; repeat once per rater")],
     channel: Annotated[list[str] | None, typer.Option(
-        "--channel", help="Extra image series on the same grid (repeatable), e.g. FLAIRreg")
-    ] = None,
+        "--channel", help="Extra image series on the same grid (repeatable), e.g. FLAIRreg",
+        show_default="none")] = None,
     labels: Labels = "background,foreground",
     overwrite: Overwrite = False,
 ) -> None:

@@ -1,5 +1,4 @@
-"""``diffuseg synthesize``: a thin layer over ``diffuseg.synthesis.synthesize.synthesize``;
-registered in ``diffuseg.cli`` as ``app.command("synthesize")(synthesize_command)``."""
+"""``diffuseg synthesize``: a thin layer over ``diffuseg.synthesis.synthesize.synthesize``."""
 
 from __future__ import annotations
 
@@ -9,7 +8,10 @@ from typing import Annotated
 
 import typer
 
+from diffuseg.cli.app import command
 
+
+@command("synthesize")
 def synthesize_command(
     source: Annotated[Path, typer.Argument(
         help="A generator folder, or a dataset folder (a generator is trained on its training "
@@ -45,9 +47,9 @@ def synthesize_command(
 ) -> None:
     """Generate (image, mask) pairs with a mask- and edge-guided diffusion model (DiffBoost-
     style) and write them as a dataset folder that 'train' mixes in with data.synthetic=PATH."""
+    from diffuseg.runtime import resolve_device
     from diffuseg.synthesis.generator import GeneratorTrainConfig
     from diffuseg.synthesis.synthesize import synthesize
-    from diffuseg.training import resolve_device
 
     dev = str(resolve_device(device))
     train = GeneratorTrainConfig(max_steps=train_steps, max_minutes=minutes,

@@ -1,35 +1,53 @@
-"""``diffuseg evaluate``, a thin layer over ``diffuseg.evaluation.evaluate``; registered in
-``diffuseg.cli`` as ``app.command("evaluate")(evaluate_command)``."""
+"""``diffuseg evaluate``, a thin layer over ``diffuseg.evaluation.evaluate``."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from diffuseg.cli.app import command, warn
 
+
+@command("evaluate")
 def evaluate_command(
     predictions: Annotated[Path, typer.Argument(
         help="Prediction folder written by 'diffuseg predict' (one folder per case)")],
     dataset: Annotated[Path, typer.Option(
         "-d", "--dataset", help="Dataset folder whose raters are the reference")],
     output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="Where summary.json and report.html go", show_default="PREDICTIONS")
-    ] = None,
+        "-o", "--output", help="Where summary.json and report.html go",
+        show_default="PREDICTIONS")] = None,
     samples: Annotated[list[int] | None, typer.Option(
         "--samples", "-n", help="Sample counts for GED (repeatable); the first also sets "
         "HM-IoU and CI", show_default="16 100")] = None,
     report: Annotated[bool, typer.Option(
         "--report/--no-report", help="Write the self-contained report.html")] = True,
+    run: Annotated[Path | None, typer.Option(
+        "--run", help="Run folder whose splits.json says which cases it trained on",
+        show_default="the run named in the predictions' result.json")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse (exit 2) when a scored case was in the run's training split, "
+        "or when that cannot be checked")] = False,
 ) -> None:
     """Score predictions against the dataset's raters: per-case and mean metrics in
-    summary.json (nnU-Net's shape) and an HTML report with overlays."""
+    summary.json (nnU-Net's shape) and an HTML report with overlays. Warns loudly when a scored
+    case was in the run's training split."""
     from diffuseg.evaluation import evaluate
 
     out_dir = output if output is not None else predictions
-    summary = evaluate(predictions, dataset, out_dir, n_samples_list=tuple(samples or (16, 100)),
-                       report=report)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = evaluate(predictions, dataset, out_dir,
+                           n_samples_list=tuple(samples or (16, 100)), report=report, run=run,
+                           strict=strict)
+    for item in caught:
+        warn(str(item.message))
+    if summary.get("training_cases_scored") is None:
+        warn("no run folder with splits.json was found (pass --run RUN): cannot check that the "
+             "scored cases were held out")
     mean = summary["mean"]
     for name in ("dice", "hd95", f"ged_{(samples or [16])[0]}", "ece"):
         if name in mean and mean[name]["mean"] is not None:

@@ -1,0 +1,106 @@
+"""The one Typer app of ``diffuseg`` and the one way to add a command to it: ``@command``.
+
+::
+
+    from diffuseg.cli.app import command
+
+    @command("plan")                      # diffuseg plan ...
+    def plan_command(...): ...
+
+    @command("msd", group="convert")      # diffuseg convert msd ...
+    def msd_command(...): ...
+
+A function written elsewhere is registered with one line, ``command("name")(function)``.
+The module holding the command must be imported by ``diffuseg.cli`` (``COMMAND_MODULES``).
+
+Every user mistake (a ``diffuseg.errors.DiffusegError``) is printed by ``main`` as one line,
+``error: ...``, with exit status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import typer
+
+from diffuseg import __version__
+from diffuseg.errors import DiffusegError
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+F = TypeVar("F", bound=Callable)
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    context_settings=CONTEXT,
+    help="Medical image segmentation with diffusion models: many plausible masks, a consensus "
+    "and uncertainty maps.",
+    pretty_exceptions_enable=False,
+)
+
+# command groups (``diffuseg GROUP COMMAND``): name -> help
+GROUP_HELP = {
+    "convert": "Convert a data set in its downloaded layout into a dataset folder "
+    "(see docs/importers.md).",
+}
+_groups: dict[str, typer.Typer] = {}
+
+
+def command_group(name: str) -> typer.Typer:
+    """The sub-app of a command group, created and attached on first use."""
+    if name not in _groups:
+        if name not in GROUP_HELP:
+            raise KeyError(f"unknown command group '{name}'; add it to GROUP_HELP")
+        _groups[name] = typer.Typer(add_completion=False, no_args_is_help=True,
+                                    context_settings=CONTEXT, help=GROUP_HELP[name],
+                                    pretty_exceptions_enable=False)
+        app.add_typer(_groups[name], name=name)
+    return _groups[name]
+
+
+def command(name: str, *, group: str | None = None, hidden: bool = False) -> Callable[[F], F]:
+    """Register a Typer command function as ``diffuseg NAME`` (or ``diffuseg GROUP NAME``)."""
+    target = app if group is None else command_group(group)
+
+    def register(function: F) -> F:
+        target.command(name, hidden=hidden)(function)
+        return function
+
+    return register
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"diffuseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit")] = False,
+) -> None:
+    """Medical image segmentation with diffusion models: many plausible masks, a consensus and
+    uncertainty maps."""
+
+
+def warn(message: str) -> None:
+    """One line on stderr, ``warning: ...``."""
+    typer.echo(f"warning: {message}", err=True)
+
+
+def main() -> None:
+    """The ``diffuseg`` entry point: user mistakes end in one line and exit status 2."""
+    import diffuseg.cli  # noqa: F401 (imports the command modules, which register themselves)
+
+    try:
+        app()
+    except DiffusegError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,81 @@
+"""diffuseg.outputs writes and reads the prediction folder: a replaced case keeps no stale file,
+and the lock admits one writer per folder."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from diffuseg.ensemble import summarise
+from diffuseg.errors import DataError
+from diffuseg.outputs import LOCK_NAME, case_folders, load_prediction, lock_output, write_result
+
+
+def result(n_samples: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return summarise(torch.rand(n_samples, 1, 1, 8, 8, generator=g))
+
+
+
+
+@pytest.fixture
+def geometry(tmp_path):
+    from PIL import Image
+
+    from diffuseg.io import read_image
+
+    path = tmp_path / "img.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    return read_image(path)[1]
+
+
+def test_rewrite_replaces_the_whole_case_folder(tmp_path, geometry):
+    case = tmp_path / "pred" / "case"
+    write_result(result(3), geometry, case, source=tmp_path / "img.png")
+    assert len(list(case.glob("sample_*"))) == 3
+    second = result(2, seed=1)
+    write_result(second, geometry, case, source=tmp_path / "img.png")
+    assert sorted(p.name for p in case.glob("sample_*")) == ["sample_00.png", "sample_01.png"]
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["case"]  # no temporaries
+    pred = load_prediction(case, [0, 1])
+    assert pred.samples.shape == (2, 8, 8)
+    np.testing.assert_array_equal(pred.consensus, second.consensus[0].numpy())
+    assert case_folders(tmp_path / "pred") == ["case"]
+
+
+def test_reader_takes_the_samples_result_json_lists(tmp_path, geometry):
+    case = tmp_path / "case"
+    write_result(result(2), geometry, case, source=tmp_path / "img.png")
+    (case / "sample_07.png").write_bytes((case / "sample_00.png").read_bytes())  # a stray file
+    assert load_prediction(case, [0, 1]).samples.shape[0] == 2
+    info = json.loads((case / "result.json").read_text())
+    assert [f for f in info["files"] if f.startswith("sample_")] == ["sample_00.png",
+                                                                      "sample_01.png"]
+
+
+def test_lock_is_exclusive_reentrant_and_released(tmp_path):
+    folder = tmp_path / "out"
+    with lock_output(folder):
+        holder = json.loads((folder / LOCK_NAME).read_text())
+        assert holder["pid"] == os.getpid()
+        with lock_output(folder):  # the same process may nest
+            pass
+        assert (folder / LOCK_NAME).exists()
+    assert not (folder / LOCK_NAME).exists()
+
+
+def test_lock_of_a_live_process_refuses(tmp_path):
+    import socket
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    parent = os.getppid()  # alive, and not this process
+    (folder / LOCK_NAME).write_text(json.dumps({"pid": parent, "host": socket.gethostname(),
+                                                "since": "x"}))
+    with pytest.raises(DataError, match=f"pid {parent}") as err:
+        with lock_output(folder):
+            pass
+    assert "\n" not in str(err.value)
+    assert json.loads((folder / LOCK_NAME).read_text())["pid"] == parent  # left alone
