@@ -96,7 +96,8 @@ def predict_command(
                                         "input) or dicom (also for NIfTI, needs --reference)")
                       ] = "auto",
     reference: Annotated[Path | None, typer.Option(
-        "--reference", help="DICOM series folder a NIfTI input was converted from")] = None,
+        "--reference", help="DICOM series folder a NIfTI input was converted from",
+        show_default="none")] = None,
     dicom_samples: Annotated[bool, typer.Option(
         "--dicom-samples", help="Also write every sample as a segment of seg_samples.dcm")
     ] = False,

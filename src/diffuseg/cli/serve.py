@@ -22,11 +22,14 @@ def serve_command(
     no_auth: Annotated[bool, typer.Option("--no-auth", help="No token check (local host only)")
                        ] = False,
     pacs: Annotated[str | None, typer.Option(
-        "--pacs", help="DICOMweb root of the PACS, e.g. http://127.0.0.1:8042/dicom-web")] = None,
+        "--pacs", help="DICOMweb root of the PACS, e.g. http://127.0.0.1:8042/dicom-web",
+        show_default="no PACS")] = None,
     concurrency: Annotated[int, typer.Option(help="Jobs segmented at once")] = 1,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body (MiB)")] = 512.0,
-    samples: Annotated[int | None, typer.Option("--samples", "-n", help="Masks per job")] = None,
-    steps: Annotated[int | None, typer.Option(help="Sampler steps")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", "-n", help="Masks per job",
+                                                         show_default="the run's")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps",
+                                                        show_default="the run's")] = None,
     seed: Annotated[int, typer.Option(help="Random seed of every job")] = 0,
     device: Annotated[str, typer.Option("-device", "--device", help="auto, cpu or cuda")
                       ] = "auto",

@@ -19,13 +19,14 @@ def synthesize_command(
     output: Annotated[Path, typer.Option("-o", "--output", help="Synthetic dataset to write")],
     n: Annotated[int, typer.Option("--n", help="Number of synthetic pairs")] = 100,
     prompt: Annotated[str | None, typer.Option(
-        help="Prompt for every image (default: each source case's prompt from dataset.json)")
+        help="Prompt for every image", show_default="each source case's prompt in dataset.json")
     ] = None,
     masks: Annotated[str, typer.Option(
         help="Mask sources, comma-separated: real, merge, elastic, model")
     ] = "real,merge,elastic",
     segmentor: Annotated[Path | None, typer.Option(
-        help="Segmentation run whose samples are the 'model' mask source")] = None,
+        help="Segmentation run whose samples are the 'model' mask source",
+        show_default="none")] = None,
     generator: Annotated[Path | None, typer.Option(
         help="Generator folder to train or reuse", show_default="OUTPUT_generator")] = None,
     guidance: Annotated[float | None, typer.Option(
@@ -35,7 +36,7 @@ def synthesize_command(
         help="DDIM steps per image", show_default="the generator's")] = None,
     train_steps: Annotated[int, typer.Option(help="Generator training steps")] = 2000,
     minutes: Annotated[float | None, typer.Option(
-        help="Wall-clock budget for training the generator")] = None,
+        help="Wall-clock budget for training the generator", show_default="no cap")] = None,
     batch_size: Annotated[int, typer.Option(help="Generator training batch")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed (split, masks, images)")] = 0,
     device: Annotated[str, typer.Option("-device", "--device", help="auto, cpu or cuda")
@@ -43,7 +44,7 @@ def synthesize_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUTPUT")] = False,
     fidelity: Annotated[Path | None, typer.Option(
         help="A run trained on real data: report its Dice on the synthetic images (mask "
-        "fidelity) and image statistics into OUTPUT/fidelity.json")] = None,
+        "fidelity) and image statistics into OUTPUT/fidelity.json", show_default="none")] = None,
 ) -> None:
     """Generate (image, mask) pairs with a mask- and edge-guided diffusion model (DiffBoost-
     style) and write them as a dataset folder that 'train' mixes in with data.synthetic=PATH."""
