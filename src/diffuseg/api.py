@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from diffuseg.config import RunConfig, apply_overrides, from_dict
-from diffuseg.errors import ConfigError
+from diffuseg.errors import ConfigError, DiffusegError
+from diffuseg.planning import Plan, make_plan
 
 
 def dataset_defaults(dataset_dir: Path) -> dict[str, Any]:
@@ -46,9 +47,12 @@ def merge(base: dict, top: dict) -> dict:
 
 
 def build_config(config_path: Path | None, overrides: list[str], *, dataset: Path | None,
-                 base: Path | None = None) -> RunConfig:
-    """Dataset-derived defaults, then the user's config file, then ``--set`` overrides."""
+                 base: Path | None = None, plan: Plan | None = None) -> RunConfig:
+    """Dataset-derived defaults and the plan (``diffuseg.planning``), then the user's config
+    file, then ``--set`` overrides."""
     data: dict[str, Any] = dataset_defaults(dataset) if dataset is not None else {}
+    if plan is not None:
+        data = merge(data, plan.values)
     for path in (base, config_path):
         if path is None:
             continue
@@ -62,8 +66,25 @@ def build_config(config_path: Path | None, overrides: list[str], *, dataset: Pat
     return from_dict(RunConfig, data).validate()
 
 
+def plan_for(dataset: Path, preset: str = "auto") -> Plan | None:
+    """The plan for ``dataset`` on this machine (``preset`` auto|cpu|gpu|quick), None for
+    ``none``."""
+    return None if preset == "none" else make_plan(dataset, preset)
+
+
 def train_run(config: RunConfig, dataset: Path, output: Path, *, resume: bool = False,
-              progress: bool = True) -> Path:
+              progress: bool = True, plan: Plan | None = None) -> Path:
+    """Train into ``output``; a new run that fails on a user mistake before its first checkpoint
+    leaves no half-written run folder behind."""
+    import shutil
+
     from diffuseg.training import train
 
-    return train(config, dataset, output, resume=resume, progress=progress)
+    existed = Path(output).exists()
+    notes = {"plan.json": plan.to_dict()} if plan is not None and not resume else None
+    try:
+        return train(config, dataset, output, resume=resume, progress=progress, notes=notes)
+    except DiffusegError:
+        if not resume and not existed and not (Path(output) / "checkpoint").exists():
+            shutil.rmtree(output, ignore_errors=True)
+        raise

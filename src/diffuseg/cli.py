@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from diffuseg.errors import DiffusegError
+from diffuseg.progress import Quiet, set_quiet
 
 app = typer.Typer(
     add_completion=False,
@@ -48,9 +49,15 @@ def train(
         str | None, typer.Option("-device", "--device", help="auto, cpu or cuda")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", "--c", help="Continue the run in -o")] = False,
+    plan: Annotated[str, typer.Option(
+        "--plan", help="Plan for the data and this machine: auto, cpu, gpu, quick or none "
+        "(plan < --config < --set; written to plan.json)")] = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """Train a method on a dataset folder; writes a self-describing run folder."""
-    from diffuseg.api import build_config, train_run
+    from diffuseg.api import build_config, plan_for, train_run
+
+    set_quiet(quiet)
 
     extra = list(overrides or [])
     for key, value in (
@@ -61,41 +68,15 @@ def train(
     ):
         if value is not None:
             extra.append(f"{key}={value}")
+    run_plan = None
     if resume:
         run_config = build_config(None, extra, dataset=None, base=output / "config.json")
     else:
-        run_config = build_config(config, extra, dataset=dataset)
-    run = train_run(run_config, dataset, output, resume=resume)
+        run_plan = plan_for(dataset, plan)
+        run_config = build_config(config, extra, dataset=dataset, plan=run_plan)
+    run = train_run(run_config, dataset, output, resume=resume, plan=run_plan,
+                    progress=not quiet)
     typer.echo(f"run folder: {run}")
-
-
-@app.command()
-def predict(
-    run: Annotated[Path, typer.Argument(help="Run folder written by 'diffuseg train'")],
-    input: Annotated[
-        Path, typer.Option("-i", "--input", help="Image file, folder, or DICOM series")
-    ],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder")],
-    samples: Annotated[int | None, typer.Option("--samples", "-n", help="Masks to draw")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Sampler steps")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
-    device: Annotated[str, typer.Option("-device", "--device", help="auto, cpu or cuda")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs")] = False,
-) -> None:
-    """Draw samples; write them, the consensus and uncertainty maps in the input's geometry."""
-    from diffuseg.inference import Predictor, list_inputs
-
-    if steps is not None and steps < 1:
-        raise DiffusegError(f"--steps {steps} must be at least 1 (e.g. --steps 10)")
-    if samples is not None and samples < 1:
-        raise DiffusegError(f"--samples {samples} must be at least 1 (e.g. --samples 16)")
-    inputs = list_inputs(input)
-    predictor = Predictor.from_run(run, device=device)
-    for path in inputs:
-        folder = predictor.predict_file(
-            path, output, n_samples=samples, steps=steps, seed=seed, overwrite=overwrite
-        )
-        typer.echo(f"{path[0].name}: {folder}")
 
 
 @app.command()
@@ -129,8 +110,10 @@ def demo(
 from diffuseg.cli_data import convert_app  # noqa: E402
 from diffuseg.cli_evaluate import evaluate_command  # noqa: E402
 from diffuseg.cli_export import export_command  # noqa: E402
+from diffuseg.cli_predict import predict_command  # noqa: E402
 
 app.command("evaluate")(evaluate_command)
+app.command("predict")(predict_command)
 app.command("export")(export_command)
 app.add_typer(convert_app, name="convert")
 
