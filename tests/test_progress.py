@@ -37,8 +37,21 @@ def test_non_tty_lines_every_interval_with_the_documented_format():
     lines = out.getvalue().splitlines()
     assert all(LINE.match(line) for line in lines), lines
     counts = [int(LINE.match(line).group(1)) for line in lines]
-    assert counts == [0, 4, 8, 10]  # start, t=12 s, t=24 s, end
-    assert lines[1].endswith("eta 0:00:18 | case_3")  # 6 cases left at 3 s each
+    assert counts == [4, 8, 10]  # t=12 s, t=24 s, the end
+    assert lines[0].endswith("eta 0:00:18 | case_3")  # 6 cases left at 3 s each
+
+
+def test_a_short_success_or_a_failure_adds_no_lines():
+    out, clock = io.StringIO(), FakeClock()
+    with Progress("predict", 2, stream=out, tty=False, clock=clock, heartbeat=False) as bar:
+        bar.advance()
+        bar.advance()
+    with pytest.raises(ValueError):
+        with Progress("predict", 2, stream=out, tty=False, clock=clock, heartbeat=False) as bar:
+            clock.now += 11
+            bar.advance()  # one line
+            raise ValueError("a user mistake")  # the error line follows alone
+    assert len(out.getvalue().splitlines()) == 1
 
 
 def test_quiet_prints_nothing(capsys):

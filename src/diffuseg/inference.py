@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from diffuseg.ensemble import Result, summarise
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
+from diffuseg.samplers import on_step
 from diffuseg.training import autocast, autocast_dtype, resolve_device
 from diffuseg.weights import load_networks, load_state
 
@@ -75,12 +76,13 @@ class Predictor:
     @torch.no_grad()
     def segment(self, image: np.ndarray, *, geometry: Geometry | None = None,
                 n_samples: int | None = None, steps: int | None = None, seed: int = 0,
-                source: str = "image") -> Result:
+                source: str = "image", progress: Callable[[int], None] | None = None) -> Result:
         """Samples, consensus and uncertainty for one image ``[C, *spatial]`` (raw intensities).
 
         When the run resamples 3D data (``data.spacing``) and ``geometry`` is given, the image is
         resampled to that spacing, and every sample's probabilities are mapped back onto the
-        input's grid (trilinear) before the consensus and uncertainty are formed there."""
+        input's grid (trilinear) before the consensus and uncertainty are formed there.
+        ``progress(k)`` is called after each sampling step k."""
         steps, n_samples = self.check_steps(steps, n_samples)
         spacing = self.config.data.spacing if self.config.spatial_dims == 3 else None
         grid = None
@@ -88,7 +90,8 @@ class Predictor:
             image, grid = resample_to_spacing(image, geometry, spacing, "bilinear")
         x = self.prepare(image, source)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        with autocast(self.device, autocast_dtype(self.precision, self.device)):
+        with autocast(self.device, autocast_dtype(self.precision, self.device)), \
+                on_step(progress):
             samples = self.method.segment(x, n_samples, steps=steps, generator=generator)
         samples = samples.float().cpu()
         if grid is not None:
@@ -97,7 +100,8 @@ class Predictor:
 
     def predict_file(self, path: str | Path | Sequence[Path], out_dir: str | Path, *,
                      n_samples: int | None = None, steps: int | None = None, seed: int = 0,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, progress: Callable[[int], None] | None = None,
+                     extra: dict | None = None) -> Path:
         """Segment one image and write its outputs into ``out_dir/<case>/`` (see
         ``diffuseg.outputs.write_result``). ``path`` is a file, a DICOM series folder, or the
         channel files of one case (nnU-Net's ``case_0000``, ``case_0001``, ...), in order."""
@@ -110,11 +114,11 @@ class Predictor:
             raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite to "
                             "replace it or choose another -o")
         result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
-                              seed=seed, source=str(paths[0]))
+                              seed=seed, source=str(paths[0]), progress=progress)
         write_result(result, geometry, case_dir, source=paths[0],
                      extra={"run": str(self.run_dir), "steps": steps or self.config.sample.steps,
                             "seed": seed, "threads": torch.get_num_threads(),
-                            "device": str(self.device)})
+                            "device": str(self.device), **(extra or {})}, image=image)
         return case_dir
 
 

@@ -32,7 +32,9 @@ def extension(geometry: Geometry) -> str:
 
 
 def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: Path,
-                 extra: dict | None = None) -> dict:
+                 extra: dict | None = None, image: np.ndarray | None = None) -> dict:
+    """``image`` (the input, ``[C, *spatial]``) adds ``preview.png`` and
+    ``uncertainty_preview.png`` (diffuseg.previews)."""
     case_dir.mkdir(parents=True, exist_ok=True)
     ext = extension(geometry)
     labels = result.sample_labels()[:, 0].numpy()  # [S, *spatial]
@@ -50,6 +52,12 @@ def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: 
         if name != "variance":
             values = np.clip(values / np.log(max(2, mean.shape[0])), 0.0, 1.0)
         write_probability(case_dir / f"{name}{ext}", values, geometry)
+    previews = []
+    if image is not None:
+        from diffuseg.previews import write_previews
+
+        entropy = np.clip(result.entropy[0].numpy() / np.log(max(2, mean.shape[0])), 0.0, 1.0)
+        previews = write_previews(case_dir, image, labels, result.consensus[0].numpy(), entropy)
     voxel = float(np.prod(geometry.spacing))
     summary = {
         "source": str(source),
@@ -64,6 +72,7 @@ def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: 
         "information divided by log K (log 2 for binary), in [0, 1]",
         "files": files + [f"consensus{ext}", f"probability{ext}"]
         + [f"{n}{ext}" for n in UNCERTAINTY_MAPS],
+        "previews": previews,
         **(extra or {}),
     }
     (case_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -8,8 +8,10 @@
             bar.advance(info=case)
 
 On a terminal (stderr is a TTY) a rich progress bar shows the count, elapsed time and ETA. When
-stderr is not a terminal (CI logs, ``nohup``, pipes) a line is printed at the start, at most every
-``interval`` seconds (10 s), and at the end, in this format::
+stderr is not a terminal (CI logs, ``nohup``, pipes) a line is printed every ``interval`` seconds
+(10 s; a heartbeat thread keeps printing while one unit takes minutes), and at the end when any
+line was printed before (a short, quiet success stays quiet; a failure adds no line before its
+``error:``), in this format::
 
     [2026-11-30 12:00:10] predict 3/10 case (30%) elapsed 0:00:12 eta 0:00:28 | case_003
 
@@ -70,7 +72,8 @@ class Progress:
         self.stream = stream or sys.stderr
         self.info = ""
         self.t0 = clock()
-        self.last_line = -float("inf")
+        self.last_line = self.t0
+        self.printed = False
         self.enabled = not _QUIET
         tty = self.stream.isatty() if tty is None else tty
         self.rich = None
@@ -78,7 +81,6 @@ class Progress:
         if self.enabled and tty:
             self._start_rich()
         elif self.enabled:
-            self._line()
             if heartbeat:  # a line every interval even while one unit takes minutes
                 self._stop = threading.Event()
                 threading.Thread(target=self._beat, daemon=True).start()
@@ -121,7 +123,7 @@ class Progress:
         elif self.clock() - self.last_line >= self.interval:
             self._line()
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if not self.enabled:
             return
         if self.rich is not None:
@@ -129,7 +131,8 @@ class Progress:
         else:
             if self._stop is not None:
                 self._stop.set()
-            self._line()
+            if self.printed and not failed:
+                self._line()
         self.enabled = False
 
     def _beat(self) -> None:
@@ -140,11 +143,11 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, *exc) -> None:
+        self.close(failed=kind is not None)
 
     def _line(self) -> None:
-        self.last_line = self.clock()
+        self.last_line, self.printed = self.clock(), True
         print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {self.text()}", file=self.stream,
               flush=True)
 
