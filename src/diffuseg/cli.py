@@ -36,17 +36,22 @@ Overrides = Annotated[
 def train(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder (see docs/dataset_format.md)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder to create")],
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="JSON config file")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="JSON config file", show_default="none: plan and defaults")] = None,
     overrides: Overrides = None,
     method: Annotated[
-        str | None, typer.Option(help="Method name (shortcut for method.name)")
+        str | None, typer.Option(help="Method name (shortcut for method.name)",
+                                 show_default="ddpm")
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimiser steps (train.max_steps)")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps (train.max_steps)",
+                                             show_default="2000, quick plan 50")] = None,
     minutes: Annotated[
-        float | None, typer.Option(help="Wall-clock budget (train.max_minutes)")
+        float | None, typer.Option(help="Wall-clock budget (train.max_minutes)",
+                                   show_default="none: steps only")
     ] = None,
     device: Annotated[
-        str | None, typer.Option("-device", "--device", help="auto, cpu or cuda")
+        str | None, typer.Option("-device", "--device", help="auto, cpu or cuda",
+                                 show_default="auto")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", "--c", help="Continue the run in -o")] = False,
     plan: Annotated[str, typer.Option(
@@ -80,10 +85,12 @@ def train(
 
 
 @app.command()
-def check(dataset: Annotated[Path, typer.Argument(help="Dataset folder to verify")]) -> None:
+def check(dataset: Annotated[Path, typer.Argument(help="Dataset folder to verify")],
+          quiet: Quiet = False) -> None:
     """Verify a dataset folder (like nnU-Net's --verify_dataset_integrity)."""
     from diffuseg.data.check import check_dataset
 
+    set_quiet(quiet)
     report = check_dataset(dataset)
     typer.echo(report.format())
     raise typer.Exit(1 if report.errors else 0)

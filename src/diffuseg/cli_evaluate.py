@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from diffuseg.progress import Quiet, set_quiet
+
 
 def evaluate_command(
     predictions: Annotated[Path, typer.Argument(
@@ -22,11 +24,13 @@ def evaluate_command(
         "HM-IoU and CI", show_default="16 100")] = None,
     report: Annotated[bool, typer.Option(
         "--report/--no-report", help="Write the self-contained report.html")] = True,
+    quiet: Quiet = False,
 ) -> None:
     """Score predictions against the dataset's raters: per-case and mean metrics in
     summary.json (nnU-Net's shape) and an HTML report with overlays."""
     from diffuseg.evaluation import evaluate
 
+    set_quiet(quiet)
     out_dir = output if output is not None else predictions
     summary = evaluate(predictions, dataset, out_dir, n_samples_list=tuple(samples or (16, 100)),
                        report=report)

@@ -100,7 +100,9 @@ def evaluate(pred_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path,
     cases, unmatched = match_cases(pred_dir, dataset)
     labels = dataset.info.label_values
     per_case, curves = [], []
-    for case in cases:
+    from diffuseg.progress import track
+
+    for case in track(cases, "evaluate", unit="cases", name=lambda c: c.case_id):
         pred = load_prediction(pred_dir / case.case_id, labels)
         data = case.load()
         _check_grid(pred, data)
@@ -139,7 +141,8 @@ def match_cases(pred_dir: Path, dataset: Dataset) -> tuple[list[Case], list[str]
     labelled = {c.case_id: c for c in (*dataset.cases, *dataset.test_cases) if c.label_paths}
     if not folders:
         raise DataError(f"prediction folder '{pred_dir}' holds no case folders; run 'diffuseg "
-                        f"predict RUN -i {dataset.root}/imagesTr -o {pred_dir}' first")
+                        f"predict RUN --dataset {dataset.root} --split test -o {pred_dir}' "
+                        "first (the run's held-out cases, never its training cases)")
     matched = [labelled[name] for name in folders if name in labelled]
     if not matched:
         raise DataError(f"no case folder of '{pred_dir}' ({_few(folders)}) is a labelled case of "
