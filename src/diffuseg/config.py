@@ -74,6 +74,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between atomic checkpoints
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    tensorboard: bool = False  # also log metrics to RUN/tensorboard/ (needs tensorboard)
 
 
 @dataclass

@@ -68,8 +68,13 @@ class Predictor:
             raise DataError(f"{source}: expected a {self.config.spatial_dims}D image "
                             f"[C, *spatial], got shape {tuple(image.shape)}")
         if image.shape[0] != expected:
+            fix = ("convert the image to one channel (grayscale) first" if expected == 1
+                   else f"give the {expected} channel files of the case (case_0000 ... "
+                   f"case_{expected - 1:04d}) or an image with {expected} channels (e.g. RGB)"
+                   if image.shape[0] < expected else
+                   f"keep only the {expected} channel(s) the model was trained on")
             raise DataError(f"{source} has {image.shape[0]} channel(s) but the model was trained "
-                            f"on {expected}; convert the image (e.g. to grayscale) first")
+                            f"on {expected}; {fix}")
         image = normalize_intensity(image, self.config.data.intensity, self.config.data.ct_window)
         return torch.from_numpy(image)[None].to(self.device)
 

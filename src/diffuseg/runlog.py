@@ -14,8 +14,9 @@ import numpy as np
 
 
 class RunLog:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, tensorboard: bool = False):
         self.run_dir = run_dir
+        self.writer = tensorboard_writer(run_dir) if tensorboard else None
 
     def text(self, line: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -25,6 +26,11 @@ class RunLog:
     def metrics(self, record: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.writer is not None and "step" in record:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+            self.writer.flush()
 
     @contextlib.contextmanager
     def progress(self, total: int, start: int, enabled: bool,
@@ -52,6 +58,19 @@ class _Bar:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.close()
+
+
+def tensorboard_writer(run_dir: Path):
+    """A SummaryWriter into RUN/tensorboard/ (``train.tensorboard=true``); a ConfigError naming
+    the fix when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from diffuseg.errors import ConfigError
+
+        raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install "
+                          "tensorboard, or set train.tensorboard=false") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -140,7 +140,7 @@ def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
     train_set = load_examples(dataset, splits["train"], config)
     val_ids = (splits.get("val") or splits["train"])[: config.train.val_cases]
     val_set = load_examples(dataset, val_ids, config)
-    log = RunLog(run_dir)
+    log = RunLog(run_dir, tensorboard=config.train.tensorboard)
     log.text(f"{'resumed' if resume else 'started'} at step {step}: method={config.method.name} "
              f"device={device} train={len(train_set)} val={len(val_set)} cases, "
              f"{sum(p.numel() for p in method.parameters()):,} parameters")

@@ -277,6 +277,9 @@ class Dataset:
     def open(cls, root: str | Path) -> Dataset:
         """List the cases; raises DataError on the first problem that stops loading."""
         root = Path(root)
+        if root.is_file():
+            raise DataError(f"'{root}' is a file but a dataset folder (holding dataset.json and "
+                            "imagesTr/) is expected; give the folder")
         if not root.is_dir():
             raise DataError(f"dataset folder '{root}' does not exist; check the path")
         info = DatasetInfo.load(root / "dataset.json")
