@@ -114,7 +114,8 @@ def evaluate(pred_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     if report:
-        write_report(out_dir / "report.html", summary, pred_dir, cases, labels, max_overlays)
+        write_report(out_dir / "report.html", summary, pred_dir, cases, labels, max_overlays,
+                     label_names={v: k for k, v in dataset.info.labels.items()})
     return summary
 
 
@@ -424,7 +425,8 @@ def worst_cases(per_case: Sequence[dict[str, Any]], n: int) -> list[dict[str, An
 
 
 def write_report(path: Path, summary: dict[str, Any], pred_dir: Path, cases: Sequence[Case],
-                 labels: Sequence[int], max_overlays: int = MAX_OVERLAYS) -> Path:
+                 labels: Sequence[int], max_overlays: int = MAX_OVERLAYS,
+                 label_names: dict[int, str] | None = None) -> Path:
     """Render the figures (re-reading the cases that get an overlay) and write report.html."""
     from diffuseg.report import build_report, overlay_figure
 
@@ -435,5 +437,6 @@ def write_report(path: Path, summary: dict[str, Any], pred_dir: Path, cases: Seq
         data = by_id[case_id].load()
         overlays[case_id] = overlay_figure(data.image, data.raters, pred.samples, pred.consensus,
                                            pred.variance)
-    path.write_text(build_report(summary, overlays, title=f"diffuseg evaluation: {pred_dir}"))
+    path.write_text(build_report(summary, overlays, title=f"diffuseg evaluation: {pred_dir}",
+                                 label_names=label_names))
     return path
