@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from diffuseg.errors import DiffusegError
-from diffuseg.progress import Quiet, set_quiet
+from diffuseg.progress import Quiet, log, set_quiet
 
 app = typer.Typer(
     add_completion=False,
@@ -79,6 +79,9 @@ def train(
     else:
         run_plan = plan_for(dataset, plan)
         run_config = build_config(config, extra, dataset=dataset, plan=run_plan)
+        if run_plan is not None:
+            log(f"plan '{plan}' for {dataset} on this machine: about "
+                f"{run_plan.estimate_seconds_per_step} s per step (reasons: {output}/plan.json)")
     run = train_run(run_config, dataset, output, resume=resume, plan=run_plan,
                     progress=not quiet)
     typer.echo(f"run folder: {run}")

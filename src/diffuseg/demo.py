@@ -34,6 +34,8 @@ def demo_overrides(steps: int, minutes: float, device: str) -> list[str]:
         "network.channels=[16,32,64]",
         "network.attention_levels=[false,false,true]",
         "train.val_every=250",
+        "train.val_cases=4",  # a bounded validation: 4 images x 4 samples x 5 steps
+        "train.val_steps=5",
         "train.checkpoint_every=250",
         "train.batch_size=8",
         "train.lr=0.0005",
