@@ -60,9 +60,12 @@ def write_previews(case_dir: Path, image: np.ndarray, samples: np.ndarray, conse
     slices = representative_slices(consensus, uncertainty) if consensus.ndim == 3 else None
     views = _views(image, consensus, uncertainty, *samples, slices=slices)
     n = len(views)
+    height, width = views[0][1].shape[-2:]
+    panel = max(4.2, min(8.0, width / 80))  # 2D photos keep about their own pixel size
     names = []
     for kind in ("preview", "uncertainty_preview"):
-        fig = Figure(figsize=(4.2 * n + (0.8 if kind != "preview" else 0), 4.4))
+        fig = Figure(figsize=(panel * n + (1.2 if kind != "preview" else 0),
+                              panel * height / width + 0.8))
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, n, squeeze=False)[0]
         for ax, (title, img, cons, unc, *samp) in zip(axes, views, strict=True):
@@ -99,4 +102,8 @@ def draw_contours(ax, consensus: np.ndarray, samples: list[np.ndarray]) -> None:
                 ax.contour(sample == label, levels=[0.5], colors=[colour], linewidths=0.6,
                            alpha=0.7)
         if (consensus == label).any():
-            ax.contour(consensus == label, levels=[0.5], colors=[colour], linewidths=2.2)
+            from matplotlib import patheffects
+
+            lines = ax.contour(consensus == label, levels=[0.5], colors=[colour],
+                               linewidths=2.2)
+            lines.set(path_effects=[patheffects.withStroke(linewidth=4, foreground="black")])
