@@ -97,9 +97,11 @@ def seconds_per_step(run_dir: Path) -> float | None:
 
 
 def held_out_inputs(run_dir: Path, dataset: Path, folder: Path, n: int) -> int:
-    """Symlink the channel files of the first ``n`` test cases of the run into ``folder``."""
+    """Symlink the channel files of the first ``n`` test (else val) cases of the run into
+    ``folder``; a subset without held-out cases (LIDC's first patients are all 'train' in the
+    release's split) times prediction on its last ``n`` training cases."""
     splits = json.loads((run_dir / "splits.json").read_text())
-    ids = (splits.get("test") or splits.get("val") or [])[:n]
+    ids = (splits.get("test") or splits.get("val") or splits["train"][-n:])[:n]
     folder.mkdir(parents=True, exist_ok=True)
     for case in ids:
         for path in sorted((dataset / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9].*")):
