@@ -137,7 +137,7 @@ def bench(name: str, work: Path, minutes: float, n_predict: int) -> dict:
 def table(rows: list[dict], load: str) -> str:
     head = ("| data | budget | s/step | first checkpoint (s) | train wall (s) | overrun (s) | "
             "predict s/case | peak RSS (MB) | longest silence (s) |\n|" + " --- |" * 9)
-    body = [f"| {r['dataset']} | {r['minutes']:g} min | {r['seconds_per_step']} | "
+    body = [f"| {r['dataset']} | {r['minutes']:g} min | {round(r['seconds_per_step'] or 0, 2)} | "
             f"{r['first_checkpoint_s'] and round(r['first_checkpoint_s'])} | "
             f"{r['train']['seconds']} | {r['overrun_s']} "
             f"({100 * r['overrun_s'] / (60 * r['minutes']):+.0f} %) | "
