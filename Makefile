@@ -9,28 +9,35 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.t
 TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
 export LD_PRELOAD := $(TCMALLOC)
 
-.PHONY: install demo test test-all lint bench-lidc clean
+.PHONY: install install-test demo test test-all lint bench-lidc clean
 
+# `make demo` installs only what diffuseg needs; the test tools come with `make test`.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PIP) torch==2.13.0
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed
 	$(PIP) -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
 
+install-test: $(VENV)/.test-installed
+
 demo: install
 	$(VENV)/bin/diffuseg demo -o demo_output --overwrite
 
-test: install
+test: install-test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q -n 2 -p no:cacheprovider
 
-test-all: install
+test-all: install-test
 	$(PY) -m pytest -q -n 2 -p no:cacheprovider -m ""
 
-lint: install
+lint: install-test
 	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:

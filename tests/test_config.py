@@ -17,8 +17,27 @@ def test_round_trip_through_json(tmp_path):
 
 
 def test_unknown_key_suggests_the_closest():
-    with pytest.raises(ConfigError, match="unknown config key 'train.max_step'.*'max_steps'"):
+    with pytest.raises(ConfigError, match="unknown config key 'train.max_step'.*"
+                       "did you mean 'train.max_steps'"):
         from_dict(RunConfig, {"train": {"max_step": 3}})
+
+
+def test_suggestions_name_the_full_dotted_path_and_wording():
+    with pytest.raises(ConfigError, match="did you mean 'train.batch_size'"):
+        from_dict(RunConfig, {"batch_size": 3})
+    with pytest.raises(ConfigError, match="did you mean 'train'"):
+        from_dict(RunConfig, {"trian": {"batch_size": 3}})
+    with pytest.raises(ConfigError, match="must be an int$"):
+        from_dict(RunConfig, {"train": {"max_steps": "x"}})
+
+
+def test_unknown_method_suggests_the_closest():
+    from diffuseg.methods import build_method
+
+    config = RunConfig()
+    config.method.name = "dpm"
+    with pytest.raises(ConfigError, match="did you mean 'ddpm'"):
+        build_method(config)
 
 
 @pytest.mark.parametrize("override, message", [

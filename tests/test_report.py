@@ -82,9 +82,30 @@ def test_report_is_self_contained(report):
 
 def test_report_holds_means_and_conventions(report):
     text = report.read_text()
-    for needle in ("Mean over cases", "ged_16", "hm_iou_16", "Metric conventions", "D2_GED",
-                   "phantom_0000", "phantom_0001", "&plusmn;"):
+    for needle in ("Mean over cases", "Metric conventions", "D2_GED", "What the numbers mean",
+                   "HD95 (mm)", "phantom_0000", "phantom_0001", "&plusmn;"):
         assert needle in text
+    # 4 samples per case: GED16 and GED100 would repeat GED4's samples, so they are left out
+    assert "ged_16" not in text and "ged_100" not in text
+
+
+def test_report_for_a_clinician():
+    """Label names, units, a key to every metric, worst case first, no box plot for n = 1,
+    GED100 only where 100 samples exist."""
+    png = overlay_figure(np.zeros((1, 8, 8)), np.zeros((2, 8, 8), int), np.zeros((1, 8, 8), int),
+                         np.zeros((8, 8), int), np.zeros((8, 8)))
+    stat = {"mean": 0.5, "std": 0.1, "n": 2, "n_nan": 0}
+    summary = {"n_cases": 2, "conventions": {"n_samples_available": {"min": 16, "max": 16}},
+               "mean": {"dice_1": stat, "hd95": stat, "ged_16": stat, "ged_100": stat},
+               "per_case": [{"case": "good", "dice": 0.9, "dice_1": 0.9, "ged_16": 0.2},
+                            {"case": "bad", "dice": 0.1, "dice_1": 0.1, "ged_16": 0.7}]}
+    text = build_report(summary, {"good": png, "bad": png}, label_names={1: "Anterior"})
+    assert "Dice (Anterior)" in text and "HD95 (mm)" in text and "GED16" in text
+    assert "GED100" not in text and "ged_100" not in text
+    assert "generalised energy distance" in text  # the plain-language key
+    assert text.index('id="case-0-bad"') < text.index('id="case-1-good"')  # worst first
+    one = {**summary, "n_cases": 1, "per_case": summary["per_case"][:1]}
+    assert "metric distributions" not in build_report(one, {})  # no box plot for one case
 
 
 def test_text_is_escaped():

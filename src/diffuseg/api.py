@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 
 from diffuseg.config import RunConfig, load_config, merge  # noqa: F401 (api.merge kept)
+from diffuseg.errors import DiffusegError
+from diffuseg.planning import Plan, make_plan
 
 
 def dataset_defaults(dataset_dir: Path) -> dict[str, Any]:
@@ -36,15 +38,27 @@ def intensity_for(channel_names: dict[str, str]) -> str:
 
 
 def build_config(config_path: Path | None, overrides: list[str], *, dataset: Path | None,
-                 base: Path | None = None) -> RunConfig:
-    """Dataset-derived defaults, then ``base`` and the user's config file, then ``--set``
-    overrides: ``config.load_config`` with the dataset's defaults."""
+                 base: Path | None = None, plan: Plan | None = None) -> RunConfig:
+    """Dataset-derived defaults and the plan (``diffuseg.planning``), then ``base`` and the
+    user's config file, then ``--set`` overrides: ``config.load_config`` with those defaults."""
     defaults = dataset_defaults(dataset) if dataset is not None else None
+    if plan is not None:
+        defaults = merge(defaults or {}, plan.values)
     return load_config(config_path, overrides, defaults=defaults, base=base)
 
 
+def plan_for(dataset: Path, preset: str = "auto") -> Plan | None:
+    """The plan for ``dataset`` on this machine (``preset`` auto|cpu|gpu|quick), None for
+    ``none``."""
+    return None if preset == "none" else make_plan(dataset, preset)
+
+
 def train_run(config: RunConfig, dataset: Path, output: Path, *, resume: bool = False,
-              progress: bool = True) -> Path:
+              progress: bool = True, plan: Plan | None = None) -> Path:
+    """Train into ``output``; a new run that fails on a user mistake before its first checkpoint
+    leaves no half-written run folder behind."""
+    import shutil
+
     from diffuseg.training import train
 
     if resume:
@@ -52,4 +66,11 @@ def train_run(config: RunConfig, dataset: Path, output: Path, *, resume: bool = 
         from diffuseg.run_folder import check_same_dataset
 
         check_same_dataset(output, Dataset.open(dataset))
-    return train(config, dataset, output, resume=resume, progress=progress)
+    existed = Path(output).exists()
+    notes = {"plan.json": plan.to_dict()} if plan is not None and not resume else None
+    try:
+        return train(config, dataset, output, resume=resume, progress=progress, notes=notes)
+    except DiffusegError:
+        if not resume and not existed and not (Path(output) / "checkpoint").exists():
+            shutil.rmtree(output, ignore_errors=True)
+        raise

@@ -78,6 +78,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between atomic checkpoints
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    tensorboard: bool = False  # also log metrics to RUN/tensorboard/ (needs tensorboard)
 
 
 @dataclass
@@ -161,11 +162,39 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            close = difflib.get_close_matches(key, sorted(names), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {sorted(names)}"
+            close = suggest_path(path) if not isinstance(value, dict) else next(iter(
+                difflib.get_close_matches(key, sorted(names), n=1)), None)
+            close = f"{where}.{close}" if close and where and isinstance(value, dict) else close
+            hint = f"; did you mean '{close}'?" if close else f"; valid keys: {sorted(names)}"
             raise ConfigError(f"unknown config key '{path}'{hint}")
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)
+
+
+def config_paths(cls: type = None, prefix: str = "") -> list[str]:
+    """Every dotted key of ``RunConfig`` (``train.batch_size``, ...)."""
+    cls = cls or RunConfig
+    paths = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            paths += config_paths(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            paths.append(f"{prefix}{f.name}")
+    return paths
+
+
+def suggest_path(path: str) -> str | None:
+    """The closest full dotted key to ``path``: by the whole path, else by its last part
+    (``batch_size`` -> ``train.batch_size``)."""
+    paths = config_paths()
+    close = difflib.get_close_matches(path, paths, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    leaf = path.rsplit(".", 1)[-1]
+    leaves = {p.rsplit(".", 1)[-1]: p for p in paths}
+    close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.7)
+    return leaves[close[0]] if close else None
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
@@ -196,7 +225,9 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         try:
             number = hint(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"config '{path}'={value!r} must be a {hint.__name__}") from None
+            article = "an" if hint is int else "a"
+            raise ConfigError(f"config '{path}'={value!r} must be {article} {hint.__name__}"
+                              ) from None
         if hint is int and float(value) != number:
             raise ConfigError(f"config '{path}'={value!r} must be a whole number")
         return number

@@ -101,7 +101,9 @@ def evaluate(pred_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path,
     trained = check_held_out(run, [c.case_id for c in cases], strict)
     labels = dataset.info.label_values
     per_case, curves = [], []
-    for case in cases:
+    from diffuseg.progress import track
+
+    for case in track(cases, "evaluate", unit="cases", name=lambda c: c.case_id):
         pred = load_prediction(pred_dir / case.case_id, labels)
         data = case.load()
         _check_grid(pred, data)
@@ -114,7 +116,8 @@ def evaluate(pred_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     if report:
-        write_report(out_dir / "report.html", summary, pred_dir, cases, labels, max_overlays)
+        write_report(out_dir / "report.html", summary, pred_dir, cases, labels, max_overlays,
+                     label_names={v: k for k, v in dataset.info.labels.items()})
     return summary
 
 
@@ -159,7 +162,8 @@ def match_cases(pred_dir: Path, dataset: Dataset) -> tuple[list[Case], list[str]
     labelled = {c.case_id: c for c in (*dataset.cases, *dataset.test_cases) if c.label_paths}
     if not folders:
         raise DataError(f"prediction folder '{pred_dir}' holds no case folders; run 'diffuseg "
-                        f"predict RUN -i {dataset.root}/imagesTr -o {pred_dir}' first")
+                        f"predict RUN --dataset {dataset.root} --split test -o {pred_dir}' "
+                        "first (the run's held-out cases, never its training cases)")
     matched = [labelled[name] for name in folders if name in labelled]
     if not matched:
         raise DataError(f"no case folder of '{pred_dir}' ({_few(folders)}) is a labelled case of "
@@ -368,7 +372,8 @@ def worst_cases(per_case: Sequence[dict[str, Any]], n: int) -> list[dict[str, An
 
 
 def write_report(path: Path, summary: dict[str, Any], pred_dir: Path, cases: Sequence[Case],
-                 labels: Sequence[int], max_overlays: int = MAX_OVERLAYS) -> Path:
+                 labels: Sequence[int], max_overlays: int = MAX_OVERLAYS,
+                 label_names: dict[int, str] | None = None) -> Path:
     """Render the figures (re-reading the cases that get an overlay) and write report.html."""
     from diffuseg.report import build_report, overlay_figure
 
@@ -379,5 +384,6 @@ def write_report(path: Path, summary: dict[str, Any], pred_dir: Path, cases: Seq
         data = by_id[case_id].load()
         overlays[case_id] = overlay_figure(data.image, data.raters, pred.samples, pred.consensus,
                                            pred.variance)
-    path.write_text(build_report(summary, overlays, title=f"diffuseg evaluation: {pred_dir}"))
+    path.write_text(build_report(summary, overlays, title=f"diffuseg evaluation: {pred_dir}",
+                                 label_names=label_names))
     return path

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from diffuseg.errors import ConfigError, DataError
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
 from diffuseg.runtime import autocast, autocast_dtype, resolve_device
+from diffuseg.samplers import on_step
 from diffuseg.weights import load_networks, load_state
 
 
@@ -66,20 +67,26 @@ class Predictor:
             raise DataError(f"{source}: expected a {self.config.spatial_dims}D image "
                             f"[C, *spatial], got shape {tuple(image.shape)}")
         if image.shape[0] != expected:
+            fix = ("convert the image to one channel (grayscale) first" if expected == 1
+                   else f"give the {expected} channel files of the case (case_0000 ... "
+                   f"case_{expected - 1:04d}) or an image with {expected} channels (e.g. RGB)"
+                   if image.shape[0] < expected else
+                   f"keep only the {expected} channel(s) the model was trained on")
             raise DataError(f"{source} has {image.shape[0]} channel(s) but the model was trained "
-                            f"on {expected}; convert the image (e.g. to grayscale) first")
+                            f"on {expected}; {fix}")
         image = normalize_intensity(image, self.config.data.intensity, self.config.data.ct_window)
         return torch.from_numpy(image)[None].to(self.device)
 
     @torch.no_grad()
     def segment(self, image: np.ndarray, *, geometry: Geometry | None = None,
                 n_samples: int | None = None, steps: int | None = None, seed: int = 0,
-                source: str = "image") -> Result:
+                source: str = "image", progress: Callable[[int], None] | None = None) -> Result:
         """Samples, consensus and uncertainty for one image ``[C, *spatial]`` (raw intensities).
 
         When the run resamples 3D data (``data.spacing``) and ``geometry`` is given, the image is
         resampled to that spacing, and every sample's probabilities are mapped back onto the
-        input's grid (trilinear) before the consensus and uncertainty are formed there."""
+        input's grid (trilinear) before the consensus and uncertainty are formed there.
+        ``progress(k)`` is called after each sampling step k."""
         steps, n_samples = self.check_steps(steps, n_samples)
         spacing = self.config.data.spacing if self.config.spatial_dims == 3 else None
         grid = None
@@ -87,7 +94,8 @@ class Predictor:
             image, grid = resample_to_spacing(image, geometry, spacing, "bilinear")
         x = self.prepare(image, source)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        with autocast(self.device, autocast_dtype(self.precision, self.device)):
+        with autocast(self.device, autocast_dtype(self.precision, self.device)), \
+                on_step(progress):
             samples = self.method.segment(x, n_samples, steps=steps, generator=generator)
         samples = samples.float().cpu()
         if grid is not None:
@@ -97,7 +105,9 @@ class Predictor:
     def predict_file(self, path: str | Path | Sequence[Path], out_dir: str | Path, *,
                      n_samples: int | None = None, steps: int | None = None, seed: int = 0,
                      overwrite: bool = False, dicom: bool | None = None,
-                     reference: str | Path | None = None, dicom_samples: bool = False) -> Path:
+                     reference: str | Path | None = None, dicom_samples: bool = False,
+                     progress: Callable[[int], None] | None = None,
+                     extra: dict | None = None) -> Path:
         """Segment one image and write its outputs into ``out_dir/<case>/`` (see
         ``diffuseg.outputs.write_result``). ``path`` is a file, a DICOM series folder, or the
         channel files of one case (nnU-Net's ``case_0000``, ``case_0001``, ...), in order.
@@ -115,12 +125,13 @@ class Predictor:
                 raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite "
                                 "to replace it or choose another -o")
             result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
-                                  seed=seed, source=str(paths[0]))
+                                  seed=seed, source=str(paths[0]), progress=progress)
             sampler, used_steps = self.method.sampling(steps)  # what sample() ran
             write_result(result, geometry, case_dir, source=paths[0],  # replaces the whole folder
                          extra={"run": str(self.run_dir.absolute()), "sampler": sampler,
                                 "steps": used_steps, "seed": seed,
-                                "threads": torch.get_num_threads(), "device": str(self.device)})
+                                "threads": torch.get_num_threads(), "device": str(self.device),
+                                **(extra or {})}, image=image)
             if dicom or (dicom is None and (geometry.kind == "dicom" or reference is not None)):
                 from diffuseg.io.dicom_seg import (
                     reference_for,

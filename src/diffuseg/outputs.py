@@ -56,8 +56,10 @@ def extension(geometry: Geometry) -> str:
 
 
 def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: Path,
-                 extra: dict | None = None) -> dict:
-    """Write one case folder; an existing ``case_dir`` is replaced as a whole (atomically)."""
+                 extra: dict | None = None, image: np.ndarray | None = None) -> dict:
+    """Write one case folder; an existing ``case_dir`` is replaced as a whole (atomically).
+    ``image`` (the input, ``[C, *spatial]``) adds ``preview.png`` and
+    ``uncertainty_preview.png`` (diffuseg.previews)."""
     case_dir = Path(case_dir)
     case_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = case_dir.with_name(f".{case_dir.name}.tmp-{os.getpid()}")
@@ -65,7 +67,7 @@ def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: 
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        summary = _write_files(result, geometry, tmp, source=source, extra=extra)
+        summary = _write_files(result, geometry, tmp, source=source, extra=extra, image=image)
         replace_folder(tmp, case_dir)
     finally:
         if tmp.exists():
@@ -88,7 +90,7 @@ def replace_folder(new: Path, target: Path) -> None:
 
 
 def _write_files(result: Result, geometry: Geometry, case_dir: Path, *, source: Path,
-                 extra: dict | None) -> dict:
+                 extra: dict | None, image: np.ndarray | None) -> dict:
     ext = extension(geometry)
     labels = result.sample_labels()[:, 0].numpy()  # [S, *spatial]
     files = []
@@ -105,6 +107,12 @@ def _write_files(result: Result, geometry: Geometry, case_dir: Path, *, source: 
         if name != "variance":
             values = np.clip(values / np.log(max(2, mean.shape[0])), 0.0, 1.0)
         write_probability(case_dir / f"{name}{ext}", values, geometry)
+    previews = []
+    if image is not None:
+        from diffuseg.previews import write_previews
+
+        entropy = np.clip(result.entropy[0].numpy() / np.log(max(2, mean.shape[0])), 0.0, 1.0)
+        previews = write_previews(case_dir, image, labels, result.consensus[0].numpy(), entropy)
     voxel = float(np.prod(geometry.spacing))
     summary = {
         "source": str(source),
@@ -119,6 +127,7 @@ def _write_files(result: Result, geometry: Geometry, case_dir: Path, *, source: 
         "information divided by log K (log 2 for binary), in [0, 1]",
         "files": files + [f"consensus{ext}", f"probability{ext}"]
         + [f"{n}{ext}" for n in UNCERTAINTY_MAPS],
+        "previews": previews,
         **(extra or {}),
     }
     (case_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,9 @@ import numpy as np
 
 
 class RunLog:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, tensorboard: bool = False):
         self.run_dir = run_dir
+        self.writer = tensorboard_writer(run_dir) if tensorboard else None
 
     def text(self, line: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -26,10 +26,18 @@ class RunLog:
     def metrics(self, record: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.writer is not None and "step" in record:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+            self.writer.flush()
 
     @contextlib.contextmanager
-    def progress(self, total: int, start: int, enabled: bool) -> Iterator[_Bar]:
-        bar = _Bar(total, start, enabled and sys.stderr.isatty())
+    def progress(self, total: int, start: int, enabled: bool,
+                 budget_s: float | None = None) -> Iterator[_Bar]:
+        """A training progress display (``diffuseg.progress``): step count, loss, elapsed time and
+        an ETA from the binding budget, steps or ``budget_s`` seconds of wall clock."""
+        bar = _Bar(total, start, enabled, budget_s)
         try:
             yield bar
         finally:
@@ -37,33 +45,32 @@ class RunLog:
 
 
 class _Bar:
-    """A rich progress bar on a terminal; a line every 10% otherwise (CI logs stay short)."""
+    def __init__(self, total: int, start: int, enabled: bool, budget_s: float | None):
+        from diffuseg.progress import Progress
 
-    def __init__(self, total: int, start: int, rich_bar: bool):
-        self.total, self.last_report = total, start
-        self.progress = None
-        if rich_bar:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("training"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
-                TimeRemainingColumn(),
-            )
-            self.task = self.progress.add_task("train", total=total, completed=start, loss="-")
-            self.progress.start()
+        self.progress = Progress("training", total, unit="steps", start=start,
+                                 budget_s=budget_s) if enabled else None
 
     def advance(self, step: int, loss: float) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, loss=f"{loss:.4f}")
-        elif step - self.last_report >= max(1, self.total // 10) or step == self.total:
-            print(f"step {step}/{self.total} loss {loss:.4f}", file=sys.stderr, flush=True)
-            self.last_report = step
+            self.progress.update(step, info=f"loss {loss:.4f}")
 
     def close(self) -> None:
         if self.progress is not None:
-            self.progress.stop()
+            self.progress.close()
+
+
+def tensorboard_writer(run_dir: Path):
+    """A SummaryWriter into RUN/tensorboard/ (``train.tensorboard=true``); a ConfigError naming
+    the fix when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from diffuseg.errors import ConfigError
+
+        raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install "
+                          "tensorboard, or set train.tensorboard=false") from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -18,6 +18,8 @@ Coefficients for int timesteps are host scalars, so no step waits on the device.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -121,11 +123,28 @@ def sample(name: str, denoise: Denoise, process: Process, x_T: Tensor,
                                **extra))
 
 
+_STEP_HOOK: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+    "diffuseg_step_hook", default=None)
+
+
+@contextlib.contextmanager
+def on_step(hook: Callable[[int], None] | None) -> Iterator[None]:
+    """Call ``hook(k)`` after the k-th step of every trajectory that ``last`` consumes inside the
+    block (progress of long sampling runs, e.g. ``Predictor.segment(progress=...)``)."""
+    token = _STEP_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _STEP_HOOK.reset(token)
+
+
 def last(steps: Iterable[Step]) -> Tensor:
     """The final state of a trajectory (consumes it)."""
     final = None
-    for final in steps:  # noqa: B007 - the loop variable is the result
-        pass
+    hook = _STEP_HOOK.get()
+    for k, final in enumerate(steps, 1):  # noqa: B007 - the loop variable is the result
+        if hook is not None:
+            hook(k)
     if final is None:
         raise ConfigError("last() got an empty trajectory; give at least one timestep")
     return final.x

@@ -82,7 +82,9 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
-          resume: bool = False, progress: bool = True) -> Path:
+          resume: bool = False, progress: bool = True,
+          notes: dict[str, dict] | None = None) -> Path:
+    """``notes``: extra JSON files written into a new run folder beside config.json (plan.json)."""
     config.validate()
     dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
     dataset = Dataset.open(dataset_dir)
@@ -98,6 +100,8 @@ def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
         step = load_checkpoint(run_dir / "checkpoint", method, optimizer, ema)
     else:
         save_config(config, run_dir / "config.json")
+        for name, content in (notes or {}).items():
+            (run_dir / name).write_text(json.dumps(content, indent=2) + "\n")
         shutil.copy(dataset.root / "dataset.json", run_dir / "dataset.json")
         (run_dir / "fingerprint.json").write_text(
             json.dumps(dataset_fingerprint(dataset), indent=2) + "\n")
@@ -105,7 +109,7 @@ def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
     train_set = load_examples(dataset, splits["train"], config)
     val_ids = (splits.get("val") or splits["train"])[: config.train.val_cases]
     val_set = load_examples(dataset, val_ids, config)
-    log = RunLog(run_dir)
+    log = RunLog(run_dir, tensorboard=config.train.tensorboard)
     log.text(f"{'resumed' if resume else 'started'} at step {step}: method={config.method.name} "
              f"device={device} train={len(train_set)} val={len(val_set)} cases, "
              f"{sum(p.numel() for p in method.parameters()):,} parameters")
@@ -141,7 +145,8 @@ def run_loop(method, optimizer, ema, data, val_set, log, run_dir, device, dtype,
     c = method.config.train
     t0 = time.monotonic()
     step = start
-    with log.progress(total=c.max_steps, start=start, enabled=progress) as bar:
+    budget_s = 60 * c.max_minutes if c.max_minutes else None
+    with log.progress(total=c.max_steps, start=start, enabled=progress, budget_s=budget_s) as bar:
         while step < c.max_steps:
             batch = {k: v.to(device) for k, v in next(data).items()}
             for group in optimizer.param_groups:

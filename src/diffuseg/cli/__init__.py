@@ -13,7 +13,8 @@ import importlib
 from diffuseg.cli.app import app, command, main
 
 COMMAND_MODULES = (
-    "diffuseg.cli.run",  # train, predict, demo
+    "diffuseg.cli.run",  # train, demo
+    "diffuseg.cli.predict",  # predict
     "diffuseg.cli.data",  # check, convert lidc-slices | msd | folder | dicom
     "diffuseg.cli.evaluate",  # evaluate
     "diffuseg.cli.export",  # export

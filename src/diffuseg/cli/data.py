@@ -9,15 +9,18 @@ from typing import Annotated
 import typer
 
 from diffuseg.cli.app import command
+from diffuseg.progress import Quiet, set_quiet
 
 
 @command("check")
 def check_command(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder to verify")],
+    quiet: Quiet = False,
 ) -> None:
     """Verify a dataset folder (like nnU-Net's --verify_dataset_integrity)."""
     from diffuseg.data.check import check_dataset
 
+    set_quiet(quiet)
     report = check_dataset(dataset)
     typer.echo(report.format())
     raise typer.Exit(1 if report.errors else 0)
@@ -48,9 +51,11 @@ def lidc_slices_command(
         "--split", help="The release's split.json (train/val patients)",
         show_default="split.json beside SRC")] = None,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """LIDC-IDRI slices: one case per slice, 4 raters, grouped and split by patient."""
     from diffuseg.data.importers import import_lidc_slices
+    set_quiet(quiet)
 
     summary = import_lidc_slices(src, dst, raters=raters, limit_patients=limit_patients,
                                  split=split, overwrite=overwrite)
@@ -65,9 +70,11 @@ def msd_command(
         "--limit-cases", help="Keep the first N training cases (quick runs)",
         show_default="all")] = None,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Medical Segmentation Decathlon task: one file per channel, labels and affines kept."""
     from diffuseg.data.importers import import_msd
+    set_quiet(quiet)
 
     typer.echo(import_msd(src, dst, limit_cases=limit_cases, overwrite=overwrite).format())
 
@@ -98,9 +105,11 @@ def folder_command(
         "--file-ending", help="Output ending (.png, .tif, .nii.gz)",
         show_default=".png for raster images, .nii.gz for NIfTI")] = None,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """Images and masks matched by file name, one mask suffix per rater (CHASE_DB1, PH2)."""
     from diffuseg.data.importers import import_folder
+    set_quiet(quiet)
 
     summary = import_folder(src, dst, image_glob=image_glob,
                             mask_suffixes=tuple(mask_suffix or ("_mask",)), mask_dir=mask_dir,
@@ -124,9 +133,11 @@ def dicom_command(
         show_default="none")] = None,
     labels: Labels = "background,foreground",
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
 ) -> None:
     """DICOM studies: an image series and mask series on its grid -> one 3D NIfTI case each."""
     from diffuseg.data.importers import import_dicom
+    set_quiet(quiet)
 
     summary = import_dicom(src, dst, image=image, masks=mask, channels=channel or (),
                            labels=_labels(labels), overwrite=overwrite)

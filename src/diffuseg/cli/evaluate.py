@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from diffuseg.cli.app import command, warn
+from diffuseg.progress import Quiet, set_quiet
 
 
 @command("evaluate")
@@ -31,12 +32,14 @@ def evaluate_command(
     strict: Annotated[bool, typer.Option(
         "--strict", help="Refuse (exit 2) when a scored case was in the run's training split, "
         "or when that cannot be checked")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Score predictions against the dataset's raters: per-case and mean metrics in
     summary.json (nnU-Net's shape) and an HTML report with overlays. Warns loudly when a scored
     case was in the run's training split."""
     from diffuseg.evaluation import evaluate
 
+    set_quiet(quiet)
     out_dir = output if output is not None else predictions
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

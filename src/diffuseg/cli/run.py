@@ -1,5 +1,5 @@
-"""``diffuseg train``, ``predict`` and ``demo``: thin layers over ``diffuseg.api`` and
-``diffuseg.inference``.
+"""``diffuseg train`` and ``demo``: thin layers over ``diffuseg.api`` (``predict`` is in
+``diffuseg.cli.predict``).
 
 Names: ``train --max-steps`` counts optimiser steps (``train.max_steps``); ``predict --steps``
 counts sampler steps. ``train --steps`` is a hidden, deprecated alias of ``--max-steps``.
@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from diffuseg.cli.app import command, warn
-from diffuseg.errors import ConfigError, DiffusegError
+from diffuseg.errors import ConfigError
+from diffuseg.progress import Quiet, log, set_quiet
 
 Overrides = Annotated[list[str] | None, typer.Option(
     "--set", help="Config override section.key=value (repeatable), e.g. train.max_steps=500",
@@ -47,9 +48,15 @@ def train_command(
         "--resume", "--continue", help="Continue the run in -o (same dataset; its config.json "
         "and splits.json are kept, --set overrides apply on top)")] = False,
     c_flag: Annotated[bool, typer.Option("--c", hidden=True)] = False,
+    plan: Annotated[str, typer.Option(
+        "--plan", help="Plan for the data and this machine: auto, cpu, gpu, quick or none "
+        "(plan < --config < --set; written to plan.json)")] = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """Train a method on a dataset folder; writes a self-describing run folder."""
-    from diffuseg.api import build_config, train_run
+    from diffuseg.api import build_config, plan_for, train_run
+
+    set_quiet(quiet)
 
     if c_flag:
         raise ConfigError("--c is not an option of 'diffuseg train' (it read too much like -c, "
@@ -64,63 +71,21 @@ def train_command(
                        ("train.max_minutes", minutes), ("train.device", device)):
         if value is not None:
             extra.append(f"{key}={value}")
+    run_plan = None
     if resume:
         if config is not None:
             raise ConfigError(f"--resume continues with '{output / 'config.json'}'; drop -c "
                               f"{config} (use --set for changes)")
         run_config = build_config(None, extra, dataset=None, base=output / "config.json")
     else:
-        run_config = build_config(config, extra, dataset=dataset)
-    run = train_run(run_config, dataset, output, resume=resume)
+        run_plan = plan_for(dataset, plan)
+        run_config = build_config(config, extra, dataset=dataset, plan=run_plan)
+        if run_plan is not None:
+            log(f"plan '{plan}' for {dataset} on this machine: about "
+                f"{run_plan.estimate_seconds_per_step} s per step (reasons: {output}/plan.json)")
+    run = train_run(run_config, dataset, output, resume=resume, plan=run_plan,
+                    progress=not quiet)
     typer.echo(f"run folder: {run}")
-
-
-@command("predict")
-def predict_command(
-    run: Annotated[Path, typer.Argument(help="Run folder written by 'diffuseg train'")],
-    input: Annotated[Path, typer.Option(
-        "-i", "--input", help="Image file, folder, or DICOM series")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder")],
-    samples: Annotated[int | None, typer.Option(
-        "--samples", "-n", help="Masks to draw",
-        show_default="the run's sample.n_samples")] = None,
-    steps: Annotated[int | None, typer.Option(
-        "--steps", help="Sampler steps per mask (not training steps)",
-        show_default="the run's sample.steps or the method's own")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
-    device: Annotated[str, typer.Option(
-        "-device", "--device", help="auto, cpu, cuda or cuda:N")] = "auto",
-    overwrite: Annotated[bool, typer.Option(
-        help="Replace existing case folders (each one atomically)")] = False,
-    format: Annotated[str, typer.Option("--format", help="auto (DICOM objects for a DICOM "
-                                        "input) or dicom (also for NIfTI, needs --reference)")
-                      ] = "auto",
-    reference: Annotated[Path | None, typer.Option(
-        "--reference", help="DICOM series folder a NIfTI input was converted from",
-        show_default="none")] = None,
-    dicom_samples: Annotated[bool, typer.Option(
-        "--dicom-samples", help="Also write every sample as a segment of seg_samples.dcm")
-    ] = False,
-) -> None:
-    """Draw samples; write them, the consensus and uncertainty maps in the input's geometry."""
-    from diffuseg.inference import Predictor, list_inputs
-    from diffuseg.outputs import lock_output
-
-    if steps is not None and steps < 1:
-        raise DiffusegError(f"--steps {steps} must be at least 1 (e.g. --steps 10)")
-    if samples is not None and samples < 1:
-        raise DiffusegError(f"--samples {samples} must be at least 1 (e.g. --samples 16)")
-    if format not in ("auto", "dicom"):
-        raise DiffusegError(f"--format {format} is unknown; use auto or dicom")
-    inputs = list_inputs(input)
-    predictor = Predictor.from_run(run, device=device)
-    with lock_output(output):
-        for path in inputs:
-            folder = predictor.predict_file(
-                path, output, n_samples=samples, steps=steps, seed=seed, overwrite=overwrite,
-                dicom=True if format == "dicom" else None, reference=reference,
-                dicom_samples=dicom_samples)
-            typer.echo(f"{path[0].name}: {folder}")
 
 
 @command("demo")
@@ -128,8 +93,9 @@ def demo_command(
     output: Annotated[Path, typer.Option(
         "-o", "--output", help="Where to write everything")] = Path("demo_output"),
     max_steps: Annotated[int, typer.Option(
-        "--max-steps", "--steps", help="Training steps (about 5 min on 2 idle cores)")] = 600,
-    minutes: Annotated[float, typer.Option(help="Cap on training minutes")] = 15.0,
+        "--max-steps", "--steps", help="Training steps (capped by --minutes)")] = 600,
+    minutes: Annotated[float, typer.Option(
+        help="Cap on training minutes (the whole demo stays near 5 minutes)")] = 3.0,
     device: Annotated[str, typer.Option(
         "-device", "--device", help="auto, cpu, cuda or cuda:N")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder")] = False,

@@ -277,6 +277,9 @@ class Dataset:
     def open(cls, root: str | Path) -> Dataset:
         """List the cases; raises DataError on the first problem that stops loading."""
         root = Path(root)
+        if root.is_file():
+            raise DataError(f"'{root}' is a file but a dataset folder (holding dataset.json and "
+                            "imagesTr/) is expected; give the folder")
         if not root.is_dir():
             raise DataError(f"dataset folder '{root}' does not exist; check the path")
         info = DatasetInfo.load(root / "dataset.json")
@@ -305,7 +308,8 @@ class Dataset:
 
 def write_dataset(root: str | Path,
                   cases: Iterable[tuple[str, np.ndarray, np.ndarray, Geometry]],
-                  info: DatasetInfo, *, overwrite: bool = False) -> Path:
+                  info: DatasetInfo, *, overwrite: bool = False, total: int | None = None
+                  ) -> Path:
     """Write ``(case_id, image [C,*sp], raters [R,*sp], geometry)`` items and dataset.json
     (numTraining counted). An existing non-empty folder is refused unless ``overwrite``, which
     removes only what this function writes (imagesTr, labelsTr, dataset.json, splits.json)."""
@@ -313,13 +317,16 @@ def write_dataset(root: str | Path,
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
             raise DataError(f"'{root}' exists and is not empty; choose a new folder or pass "
-                            "overwrite=True (CLI: --overwrite)")
+                            "--overwrite (Python: overwrite=True)")
         for name in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             shutil.rmtree(root / name, ignore_errors=True)
         for name in ("dataset.json", "splits.json"):
             (root / name).unlink(missing_ok=True)
+    from diffuseg.progress import track
+
     seen: set[str] = set()
-    for case_id, image, raters, geometry in cases:
+    for case_id, image, raters, geometry in track(cases, f"convert -> {root.name}", total=total,
+                                                  unit="cases", name=lambda item: item[0]):
         _check_item(case_id, np.asarray(image), np.asarray(raters), info, seen)
         for c in range(image.shape[0]):
             write_image(root / "imagesTr" / f"{case_id}_{c:04d}{info.file_ending}",

@@ -36,8 +36,10 @@ def load_examples(dataset, case_ids: list[str], config: RunConfig) -> list[Examp
     if missing:
         raise DataError(f"splits.json names cases that are not in the dataset: {missing[:5]}; "
                         "fix splits.json or delete it to regenerate")
+    from diffuseg.progress import track
+
     examples = []
-    for case_id in case_ids:
+    for case_id in track(case_ids, "loading", unit="cases"):
         data = by_id[case_id].load()
         image, raters = data.image, data.raters
         if config.data.spacing is not None and config.spatial_dims == 3:

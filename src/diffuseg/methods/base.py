@@ -204,7 +204,10 @@ def register(name: str) -> Callable[[type], type]:
 
 def build_method(config: RunConfig, **kwargs: Any) -> Method:
     if config.method.name not in METHODS:
-        raise ConfigError(
-            f"method.name='{config.method.name}' is unknown; choose one of {sorted(METHODS)}"
-        )
+        import difflib
+
+        close = difflib.get_close_matches(config.method.name, sorted(METHODS), n=1, cutoff=0.4)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"method.name='{config.method.name}' is unknown; {hint}choose one of "
+                          f"{sorted(METHODS)}")
     return METHODS[config.method.name](config, **kwargs)

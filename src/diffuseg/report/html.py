@@ -11,7 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from diffuseg.report.plots import metric_boxplots, reliability_diagram
+from diffuseg.report.names import METRIC_KEY, available_samples, pretty, split_name, supported
+from diffuseg.report.plots import UNCERTAINTY_NAME, metric_boxplots, reliability_diagram
 
 N_WORST = 10
 STYLE = """
@@ -31,20 +32,44 @@ dt { font-weight: 600; } dd { margin: 0; }
 
 
 def build_report(summary: Mapping[str, Any], overlays: Mapping[str, bytes], *,
-                 title: str = "diffuseg evaluation") -> str:
+                 title: str = "diffuseg evaluation",
+                 label_names: Mapping[int, str] | None = None) -> str:
     """The whole page from a summary (``diffuseg.evaluation.build_summary``) and per-case overlay
-    PNGs keyed by case id (cases without one are listed but not pictured)."""
-    per_case = list(summary.get("per_case", []))
+    PNGs keyed by case id (cases without one are listed but not pictured). Metrics are shown with
+    ``label_names`` (value -> name, from dataset.json), units and a plain-language key; metrics
+    naming more samples than the cases have (GED100 with 16 samples) are left out."""
+    per_case = sorted(summary.get("per_case", []), key=_badness)
+    available = available_samples(summary)
+    mean = {k: v for k, v in summary.get("mean", {}).items() if supported(k, available)}
     anchors = case_anchors([c["case"] for c in per_case])
+    names = dict(label_names or {})
     body = [
         header(summary, title),
+        metric_key(mean),
         conventions(summary.get("conventions", {})),
-        mean_table(summary.get("mean", {})),
-        worst_table(per_case, anchors, overlays),
-        figures(summary, per_case),
-        case_sections(per_case, overlays, anchors),
+        mean_table(mean, names),
+        worst_table(per_case, anchors, overlays, names=names, available=available),
+        figures({**summary, "mean": mean, "label_names": names}, per_case),
+        case_sections(per_case, overlays, anchors, names, available),
     ]
     return page(title, "\n".join(body))
+
+
+def _badness(case: Mapping[str, Any]) -> tuple[bool, float]:
+    """Worst first: lowest consensus Dice (cases without a Dice last)."""
+    return (case.get("dice") is None, case.get("dice") or 0.0)
+
+
+def metric_key(mean: Mapping[str, Any]) -> str:
+    """What each metric in the report means, in plain words."""
+    bases = list(dict.fromkeys(split_name(name)[0] for name in [*mean, "n_samples"]))
+    items = "".join(f"<dt>{esc(pretty(b))}</dt><dd>{esc(METRIC_KEY[b][2])}</dd>"
+                    for b in bases if b in METRIC_KEY)
+    items += (f"<dt>uncertainty panel</dt><dd>{esc(UNCERTAINTY_NAME)}: dark = the samples "
+              "agree, bright = they disagree; the same colours in every case</dd>"
+              "<dt>contours</dt><dd>outlines only, never fills: raters in their own colours, "
+              "every sample as a thin yellow line, the consensus as a thick red line</dd>")
+    return f"<h2>What the numbers mean</h2>\n<dl>{items}</dl>"
 
 
 def page(title: str, body: str) -> str:
@@ -94,10 +119,12 @@ def header(summary: Mapping[str, Any], title: str) -> str:
     return f"<h1>{esc(title)}</h1>\n<dl>{items}</dl>"
 
 
-def mean_table(mean: Mapping[str, Mapping[str, Any]]) -> str:
+def mean_table(mean: Mapping[str, Mapping[str, Any]],
+               label_names: Mapping[int, str] | None = None) -> str:
     """metric | mean ± std | n | NaN."""
     rows = "".join(
-        f"<tr><td>{esc(name)}</td><td>{fmt(s.get('mean'))} &plusmn; {fmt(s.get('std'))}</td>"
+        f"<tr><td>{esc(pretty(name, label_names))} <small>{esc(name)}</small></td>"
+        f"<td>{fmt(s.get('mean'))} &plusmn; {fmt(s.get('std'))}</td>"
         f"<td>{fmt(s.get('n'))}</td><td>{fmt(s.get('n_nan'))}</td></tr>"
         for name, s in mean.items())
     return ("<h2>Mean over cases</h2>\n<table><tr><th>metric</th><th>mean &plusmn; std</th>"
@@ -108,11 +135,13 @@ WORST_COLUMNS = ("dice", "iou", "hd95", "ged_16", "hm_iou_16", "ece")
 
 
 def worst_table(per_case: Sequence[Mapping[str, Any]], anchors: Mapping[str, str],
-                overlays: Mapping[str, bytes], n: int = N_WORST) -> str:
+                overlays: Mapping[str, bytes], n: int = N_WORST, *,
+                names: Mapping[int, str] | None = None, available: int | None = None) -> str:
     """The n cases of lowest consensus Dice, each linked to its overlay."""
-    ranked = sorted(per_case, key=lambda c: (c.get("dice") is None, c.get("dice") or 0.0))[:n]
-    columns = [c for c in WORST_COLUMNS if any(c in case for case in per_case)]
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    ranked = sorted(per_case, key=_badness)[:n]
+    columns = [c for c in WORST_COLUMNS if any(c in case for case in per_case)
+               and supported(c, available)]
+    head = "".join(f"<th>{esc(pretty(c, names))}</th>" for c in columns)
     rows = []
     for rank, case in enumerate(ranked, 1):
         cid = case["case"]
@@ -127,7 +156,9 @@ def worst_table(per_case: Sequence[Mapping[str, Any]], anchors: Mapping[str, str
 def figures(summary: Mapping[str, Any], per_case: Sequence[Mapping[str, Any]]) -> str:
     """Box plots of every metric in the mean table, and the pooled reliability diagram."""
     parts = []
-    boxes = metric_boxplots(per_case, list(summary.get("mean", {})))
+    names = summary.get("label_names")
+    boxes = metric_boxplots(per_case, list(summary.get("mean", {})),
+                            titles={m: pretty(m, names) for m in summary.get("mean", {})})
     if boxes is not None:
         parts.append(img_tag(boxes, "metric distributions over cases"))
     curve = summary.get("reliability")
@@ -137,12 +168,13 @@ def figures(summary: Mapping[str, Any], per_case: Sequence[Mapping[str, Any]]) -
 
 
 def case_sections(per_case: Sequence[Mapping[str, Any]], overlays: Mapping[str, bytes],
-                  anchors: Mapping[str, str]) -> str:
-    shown = [c for c in per_case if c["case"] in overlays]
-    note = "" if len(shown) == len(per_case) else (
-        f"<p>Showing the {len(shown)} worst of {len(per_case)} cases by consensus Dice.</p>")
-    sections = "\n".join(case_section(c, overlays[c["case"]], anchors[c["case"]])
-                         for c in shown)
+                  anchors: Mapping[str, str], names: Mapping[int, str] | None = None,
+                  available: int | None = None) -> str:
+    shown = sorted((c for c in per_case if c["case"] in overlays), key=_badness)
+    note = (f"<p>Worst first (lowest consensus Dice); showing {len(shown)} of {len(per_case)} "
+            "cases.</p>")
+    sections = "\n".join(case_section(c, overlays[c["case"]], anchors[c["case"]], names,
+                                      available) for c in shown)
     return f'<div id="cases">\n<h2>Cases</h2>\n{note}\n{sections}\n</div>'
 
 
@@ -150,10 +182,12 @@ CASE_METRICS = ("dice", "hd95", "assd", "ged_16", "ged_100", "hm_iou_16", "ci_16
                 "s_ncc", "uncertainty_error_overlap", "n_samples")
 
 
-def case_section(case: Mapping[str, Any], png: bytes, anchor: str) -> str:
+def case_section(case: Mapping[str, Any], png: bytes, anchor: str,
+                 names: Mapping[int, str] | None = None, available: int | None = None) -> str:
     """The overlay figure of one case with a line of its main metrics."""
     cid = case["case"]
-    values = " &middot; ".join(f"{esc(k)} {fmt(case[k])}" for k in CASE_METRICS if k in case)
+    values = " &middot; ".join(f"{esc(pretty(k, names))} {fmt(case[k])}" for k in CASE_METRICS
+                               if k in case and supported(k, available))
     return (f'<section class="case" id="{esc(anchor)}">\n<h3>{esc(cid)}</h3>\n'
             f'<p class="metrics">{values}</p>\n{img_tag(png, f"overlays of {cid}")}\n</section>')
 

@@ -13,14 +13,10 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 DPI = 80
-MASK_COLOURS = ListedColormap(
-    ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"])
-MASK_ALPHA = 0.5
 
 
 def to_png(fig: Figure, dpi: int = DPI, tight: bool = True) -> bytes:
@@ -54,13 +50,11 @@ def display_image(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return scaled, (None if scaled.ndim == 3 else "gray")
 
 
-def _show_mask(ax: Axes, picture: np.ndarray, cmap: str | None, mask: np.ndarray,
-               title: str) -> None:
-    ax.imshow(picture, cmap=cmap, interpolation="nearest")
-    labels = np.ma.masked_equal(np.asarray(mask), 0)
-    ax.imshow(labels - 1, cmap=MASK_COLOURS, vmin=0, vmax=MASK_COLOURS.N - 1, alpha=MASK_ALPHA,
-              interpolation="nearest")
-    _finish(ax, title)
+RATER_COLOURS = ("#00e5ff", "#ff4fd8", "#7CFC00", "#ff8c00", "#b39ddb", "#ffffff")
+SAMPLE_COLOUR, CONSENSUS_COLOUR = "#ffd400", "#ff2d2d"
+# One fixed scale for every case: the variance of a probability lies in [0, 1/4] (p = 1/2).
+UNCERTAINTY_RANGE = (0.0, 0.25)
+UNCERTAINTY_NAME = "variance of the samples (fixed 0-0.25 scale)"
 
 
 def _finish(ax: Axes, title: str) -> None:
@@ -69,47 +63,67 @@ def _finish(ax: Axes, title: str) -> None:
     ax.set_yticks([])
 
 
+def _contour(ax: Axes, mask: np.ndarray, colour: str, width: float, alpha: float = 1.0) -> None:
+    """The outline of every label of a label map (contour lines, never a fill)."""
+    mask = np.asarray(mask)
+    for label in np.unique(mask[mask > 0]):
+        ax.contour(mask == label, levels=[0.5], colors=[colour], linewidths=width, alpha=alpha)
+
+
+def representative_slices(masks: np.ndarray, uncertainty: np.ndarray, n: int = 3) -> list[int]:
+    """3D: the slices (last axis) with the most foreground, the most uncertainty, and the
+    centre; unique and sorted."""
+    unc = np.asarray(uncertainty, dtype=np.float64)
+    per_slice = unc.sum(axis=tuple(range(unc.ndim - 1)))
+    picks = [most_foreground_slice(masks), int(np.argmax(per_slice)), unc.shape[-1] // 2]
+    return sorted(dict.fromkeys(picks))[:n]
+
+
 def overlay_figure(image: np.ndarray, raters: np.ndarray, samples: np.ndarray,
                    consensus: np.ndarray, uncertainty: np.ndarray, *, title: str = "",
-                   n_samples: int = 4, max_raters: int = 6) -> bytes:
-    """One row: the image, each rater's mask, the first ``n_samples`` samples and the consensus
-    over the image, then the uncertainty heatmap. Arrays are ``[C, *sp]``, ``[R, *sp]``,
-    ``[S, *sp]``, ``[*sp]``, ``[*sp]``; 3D volumes show the axial (last-axis) slice with the most
-    foreground in the raters and the consensus."""
-    consensus, origin = np.asarray(consensus), "upper"
+                   n_samples: int | None = None, max_raters: int = 6) -> bytes:
+    """Per view, four panels: the image; the raters' contours (one colour each); every sample's
+    contour (thin) and the consensus (thick) in one view; the uncertainty (``UNCERTAINTY_RANGE``,
+    the same colour scale for every case) with a colour bar. Arrays are ``[C, *sp]``,
+    ``[R, *sp]``, ``[S, *sp]``, ``[*sp]``, ``[*sp]``; a 3D volume gives one row per
+    representative slice (``representative_slices``)."""
+    consensus = np.asarray(consensus)
+    samples = np.asarray(samples)[:n_samples] if n_samples else np.asarray(samples)
+    raters = np.asarray(raters)[:max_raters]
+    views = [("", image, raters, samples, consensus, np.asarray(uncertainty))]
     if consensus.ndim == 3:
-        k = most_foreground_slice(np.concatenate([raters, consensus[None]]))
-        title = f"{title} (slice {k} of {consensus.shape[-1]})".strip()
-        # x to the right, y upwards: the usual view of a RAS axial slice
-        image, raters, samples = (np.swapaxes(a[..., k], -1, -2) for a in (image, raters, samples))
-        consensus, uncertainty = (np.asarray(a)[..., k].T for a in (consensus, uncertainty))
-        origin = "lower"
-    panels = _panels(raters[:max_raters], samples[:n_samples], consensus, len(raters))
-    fig = Figure(figsize=(1.6 * (len(panels) + 2), 2.0))
-    axes = fig.subplots(1, len(panels) + 2, squeeze=False)[0]
-    picture, cmap = display_image(image)
-    axes[0].imshow(picture, cmap=cmap, interpolation="nearest")
-    _finish(axes[0], "image")
-    for ax, (name, mask) in zip(axes[1:-1], panels, strict=True):
-        _show_mask(ax, picture, cmap, mask, name)
-    heat = axes[-1].imshow(np.asarray(uncertainty), cmap="magma", interpolation="nearest")
-    fig.colorbar(heat, ax=axes[-1], fraction=0.046, pad=0.04)
-    _finish(axes[-1], "variance")
-    if origin == "lower":
-        for ax in axes:
-            ax.invert_yaxis()
+        slices = representative_slices(np.concatenate([raters, consensus[None]]), uncertainty)
+        views = [(f"slice {k} of {consensus.shape[-1]}",
+                  *(np.swapaxes(np.asarray(a)[..., k], -1, -2)
+                    for a in (image, raters, samples, consensus[None], np.asarray(
+                        uncertainty)[None])))
+                 for k in slices]
+        views = [(t, i, r, s, c[0], u[0]) for t, i, r, s, c, u in views]
+    fig = Figure(figsize=(8.4, 2.3 * len(views)))
+    axes = fig.subplots(len(views), 4, squeeze=False)
+    for row, (label, img, rat, samp, cons, unc) in zip(axes, views, strict=True):
+        picture, cmap = display_image(img)
+        for ax in row[:3]:
+            ax.imshow(picture, cmap=cmap, interpolation="nearest")
+        _finish(row[0], f"image {label}".strip())
+        for k, mask in enumerate(rat):
+            _contour(row[1], mask, RATER_COLOURS[k % len(RATER_COLOURS)], 1.2)
+        _finish(row[1], f"{len(rat)} rater(s)")
+        for mask in samp:
+            _contour(row[2], mask, SAMPLE_COLOUR, 0.6, 0.7)
+        _contour(row[2], cons, CONSENSUS_COLOUR, 2.0)
+        _finish(row[2], f"{len(samp)} samples, consensus thick")
+        row[3].imshow(picture, cmap=cmap, interpolation="nearest", alpha=0.4)
+        heat = row[3].imshow(unc, cmap="magma", vmin=UNCERTAINTY_RANGE[0],
+                             vmax=UNCERTAINTY_RANGE[1], alpha=0.8, interpolation="nearest")
+        fig.colorbar(heat, ax=row[3], fraction=0.046, pad=0.04)
+        _finish(row[3], "uncertainty")
+        if consensus.ndim == 3:
+            for ax in row:
+                ax.invert_yaxis()  # x to the right, y upwards: a RAS axial slice
     if title:
         fig.suptitle(title, fontsize=10)
     return to_png(fig)
-
-
-def _panels(raters: np.ndarray, samples: np.ndarray, consensus: np.ndarray,
-            n_raters: int) -> list[tuple[str, np.ndarray]]:
-    shown = [(f"rater {k}", m) for k, m in enumerate(raters)]
-    if n_raters > len(raters):
-        shown[-1] = (f"rater {len(raters) - 1} (of {n_raters})", raters[-1])
-    shown += [(f"sample {s}", m) for s, m in enumerate(samples)]
-    return [*shown, ("consensus", consensus)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,13 +131,13 @@ def _panels(raters: np.ndarray, samples: np.ndarray, consensus: np.ndarray,
 
 
 def metric_boxplots(per_case: Sequence[Mapping[str, Any]], metrics: Sequence[str],
-                    columns: int = 5) -> bytes | None:
+                    columns: int = 5, titles: Mapping[str, str] | None = None) -> bytes | None:
     """One box plot (with the cases as dots) per metric over the cases; None/NaN left out.
     Returns None when no metric has a value."""
     series = {m: _finite([c.get(m) for c in per_case]) for m in metrics}
     series = {m: v for m, v in series.items() if v}
-    if not series:
-        return None
+    if not series or max(len(v) for v in series.values()) < 2:
+        return None  # a box plot of one case says nothing
     rows = math.ceil(len(series) / columns)
     fig = Figure(figsize=(2.3 * min(columns, len(series)), 2.4 * rows))
     axes = fig.subplots(rows, min(columns, len(series)), squeeze=False).ravel()
@@ -131,7 +145,7 @@ def metric_boxplots(per_case: Sequence[Mapping[str, Any]], metrics: Sequence[str
         ax.boxplot(values, widths=0.5, showmeans=True)
         offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
         ax.plot(1 + np.asarray(offsets), values, ".", color="#555555", alpha=0.6, markersize=4)
-        ax.set_title(f"{name} (n={len(values)})", fontsize=9)
+        ax.set_title(f"{(titles or {}).get(name, name)} (n={len(values)})", fontsize=9)
         ax.set_xticks([])
         ax.yaxis.set_major_locator(MaxNLocator(4))
         ax.tick_params(labelsize=8)

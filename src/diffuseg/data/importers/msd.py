@@ -104,6 +104,6 @@ def import_msd(src: str | Path, dst: str | Path, *, limit_cases: int | None = No
     pairs = msd_pairs(src, data)[:limit_cases]
     if not pairs:
         raise DataError(f"'{src}' lists no training cases; pass an MSD task folder")
-    write_dataset(dst, msd_cases(pairs, info), info, overwrite=overwrite)
+    write_dataset(dst, msd_cases(pairs, info), info, overwrite=overwrite, total=len(pairs))
     notes = [] if limit_cases is None else [f"first {len(pairs)} cases only (--limit-cases)"]
     return finish(dst, {}, None, notes)

@@ -1,0 +1,166 @@
+"""Predicting many cases: a dataset's split, a folder, or a DICOM study, resumably.
+
+``select_cases`` turns the user's choice into ``(case, channel files)`` pairs:
+
+- ``--dataset D --split test``: the cases the RUN folder's ``splits.json`` puts in that split
+  (the run's own record is the only source of truth: the split it was trained with), read from
+  ``D/imagesTr``; ``--split imagesTs`` (or ``-i D/imagesTs``) takes the unlabelled test folder;
+- ``-i FOLDER``: every image in it; ``-i STUDY`` (a folder of DICOM series folders): its one image
+  series (mask/segmentation series are skipped; several image series are refused with a list).
+
+``predict_cases`` skips cases whose ``result.json`` is complete (resuming where a previous call
+stopped), records in each result.json which run and split produced it, and shows progress per
+case and per sampling step.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from diffuseg.errors import DataError
+from diffuseg.inference import case_name, list_inputs
+from diffuseg.progress import Progress
+
+SPLITS = ("train", "val", "test", "imagesTs")
+MASK_WORDS = ("mask", "seg", "label", "roi", "rtstruct")
+
+
+def run_splits(run: Path) -> dict[str, list[str]]:
+    path = Path(run) / "splits.json"
+    if not path.is_file():
+        raise DataError(f"run folder '{run}' has no splits.json; predict with -i FOLDER instead "
+                        "of --split")
+    return json.loads(path.read_text())
+
+
+def select_cases(run: Path, *, input: Path | None, dataset: Path | None, split: str | None,
+                 series: str | None = None) -> tuple[list[list[Path]], str | None]:
+    """The channel files of each case to predict, and the split they came from (or None)."""
+    if split is not None and split not in SPLITS:
+        import difflib
+
+        close = difflib.get_close_matches(split, SPLITS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise DataError(f"--split {split!r} is unknown; {hint}use one of {list(SPLITS)}")
+    if split is not None:
+        if dataset is None:
+            raise DataError("--split needs --dataset DATASET (the dataset folder the run was "
+                            "trained on)")
+        _folder(dataset, "--dataset")
+        if split == "imagesTs":
+            return list_inputs(_folder(dataset / "imagesTs", "--dataset")), "imagesTs"
+        ids = run_splits(run).get(split, [])
+        if not ids:
+            raise DataError(f"the run's splits.json has no '{split}' cases; choose another split")
+        by_case = {case_name(paths[0]): paths
+                   for paths in list_inputs(_folder(dataset / "imagesTr", "--dataset"))}
+        missing = [c for c in ids if c not in by_case]
+        if missing:
+            raise DataError(f"{len(missing)} '{split}' case(s) of the run are not in "
+                            f"'{dataset}/imagesTr' (e.g. {missing[0]}); is it the dataset the run "
+                            "was trained on?")
+        return [by_case[c] for c in ids], split
+    if input is None:
+        raise DataError("say what to predict: -i FILE_OR_FOLDER, or --dataset DATASET --split "
+                        "test")
+    if dataset is not None:
+        raise DataError("--dataset goes with --split; give either -i or --dataset/--split")
+    study = study_series(input, series)
+    if study is not None:
+        return [[study]], None
+    return list_inputs(input), ("imagesTs" if Path(input).name == "imagesTs" else None)
+
+
+def _folder(path: Path, flag: str) -> Path:
+    if path.is_file():
+        raise DataError(f"'{path}' is a file but {flag} expects a folder")
+    if not path.is_dir():
+        raise DataError(f"'{path}' does not exist; check {flag}")
+    return path
+
+
+def _looks_like_mask(folder: Path) -> bool:
+    import pydicom
+
+    if any(word in folder.name.lower() for word in MASK_WORDS):
+        return True
+    for file in sorted(folder.iterdir())[:1]:
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not DICOM: not a mask series either
+            return False
+        return str(ds.get("Modality", "")) in ("SEG", "RTSTRUCT")
+    return False
+
+
+def study_series(path: Path, series: str | None = None) -> Path | None:
+    """A DICOM study folder (no files, one sub-folder per series) -> its image series folder;
+    None when ``path`` is not such a folder."""
+    path = Path(path)
+    if not path.is_dir() or any(p.is_file() and not p.name.startswith(".")
+                                for p in path.iterdir()):
+        return None
+    folders = sorted(p for p in path.iterdir() if p.is_dir())
+    if not folders:
+        return None
+    if series is not None:
+        chosen = [f for f in folders if series.lower() in f.name.lower()]
+        if len(chosen) != 1:
+            raise DataError(f"--series {series!r} matches {len(chosen)} of the series in "
+                            f"'{path}': {', '.join(f.name for f in folders)}")
+        return chosen[0]
+    images = [f for f in folders if not _looks_like_mask(f)]
+    if len(images) == 1:
+        return images[0]
+    masks = [f.name for f in folders if f not in images]
+    skipped = f" (skipped as masks: {', '.join(masks)})" if masks else ""
+    raise DataError(f"study folder '{path}' holds {len(images)} image series: "
+                    f"{', '.join(f.name for f in images)}{skipped}; pick one with --series NAME "
+                    "or -i STUDY/SERIES")
+
+
+def is_complete(case_dir: Path) -> bool:
+    """A case is done when its result.json (written last) parses and lists files that exist."""
+    try:
+        result = json.loads((case_dir / "result.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return all((case_dir / name).is_file() for name in result.get("files", []))
+
+
+def predict_cases(predictor, cases: Sequence[Sequence[Path]], out_dir: Path, *,
+                  split: str | None = None, dataset: Path | None = None,
+                  n_samples: int | None = None, steps: int | None = None, seed: int = 0,
+                  overwrite: bool = False, **file_options) -> list[tuple[str, Path, bool]]:
+    """Predict each case into ``out_dir/<case>/`` (one writer at a time: ``lock_output``);
+    ``file_options`` go to ``Predictor.predict_file`` (e.g. the DICOM outputs). Returns (case,
+    folder, skipped) per case."""
+    from diffuseg.outputs import lock_output
+
+    out_dir = Path(out_dir)
+    done: list[tuple[str, Path, bool]] = []
+    n_steps = steps or predictor.config.sample.steps
+    with lock_output(out_dir), Progress("predict", len(cases), unit="cases") as bar:
+        for paths in cases:
+            name = case_name(Path(paths[0]))
+            case_dir = out_dir / name
+            if not overwrite and is_complete(case_dir):
+                done.append((name, case_dir, True))
+                bar.advance(info=f"{name} (done before, skipped)")
+                continue
+            if case_dir.exists() and not overwrite:
+                shutil.rmtree(case_dir)  # an interrupted case: predict it again
+            extra = {"split": split, "dataset": str(dataset) if dataset else None}
+
+            def on_step(k: int, name: str = name) -> None:
+                bar.update(bar.completed, info=f"{name}: sampling step {k}/{n_steps}")
+
+            folder = predictor.predict_file(list(paths), out_dir, n_samples=n_samples,
+                                            steps=steps, seed=seed, overwrite=True,
+                                            progress=on_step, extra=extra, **file_options)
+            done.append((name, folder, False))
+            bar.advance(info=name)
+    return done
