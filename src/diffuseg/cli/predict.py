@@ -21,7 +21,8 @@ def predict_command(
         "-i", "--input", help="Image file, folder of images, DICOM series or study folder",
         show_default="none: use --dataset and --split")] = None,
     dataset: Annotated[Path | None, typer.Option(
-        "-d", "--dataset", help="Dataset folder to take --split from")] = None,
+        "-d", "--dataset", help="Dataset folder to take --split from",
+        show_default="none")] = None,
     split: Annotated[str | None, typer.Option(
         "--split", help="train, val or test (from RUN/splits.json), or imagesTs",
         show_default="none")] = None,
