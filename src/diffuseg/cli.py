@@ -141,8 +141,8 @@ def main() -> None:
     except DiffusegError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+    except KeyboardInterrupt as err:
+        typer.echo(f"interrupted{': ' + str(err) if str(err) else ''}", err=True)
         sys.exit(130)
 
 

@@ -14,3 +14,11 @@ class DataError(DiffusegError):
 
 class ConfigError(DiffusegError):
     """A configuration key or value that does not exist or is out of range."""
+
+
+class TrainingDiverged(DiffusegError):
+    """A non-finite loss, gradient or weight; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during training, after a resumable checkpoint was written."""

@@ -13,23 +13,38 @@ from pathlib import Path
 
 import numpy as np
 
+from diffuseg.errors import DataError
+from diffuseg.runfolder import write_atomic, write_text_atomic
+
 
 class RunLog:
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    """Appends to the run folder's logs; a no-op on torchrun ranks other than 0."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, show_progress: bool = True):
+        self.run_dir, self.enabled, self.show_progress = run_dir, enabled, show_progress
 
     def text(self, line: str) -> None:
+        if not self.enabled:
+            return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open(self.run_dir / "training_log.txt", "a") as f:
             f.write(f"{stamp}  {line}\n")
 
+    def progress_line(self, line: str) -> None:
+        """A transient progress line on stderr (rank 0 only); not kept in the log file."""
+        if self.enabled and self.show_progress:
+            print(line, file=sys.stderr, flush=True)
+
     def metrics(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     @contextlib.contextmanager
     def progress(self, total: int, start: int, enabled: bool) -> Iterator[_Bar]:
-        bar = _Bar(total, start, enabled and sys.stderr.isatty())
+        enabled = enabled and self.enabled
+        bar = _Bar(total, start, enabled and sys.stderr.isatty(), enabled)
         try:
             yield bar
         finally:
@@ -39,8 +54,8 @@ class RunLog:
 class _Bar:
     """A rich progress bar on a terminal; a line every 10% otherwise (CI logs stay short)."""
 
-    def __init__(self, total: int, start: int, rich_bar: bool):
-        self.total, self.last_report = total, start
+    def __init__(self, total: int, start: int, rich_bar: bool, lines: bool = True):
+        self.total, self.last_report, self.lines = total, start, lines
         self.progress = None
         if rich_bar:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -57,6 +72,8 @@ class _Bar:
     def advance(self, step: int, loss: float) -> None:
         if self.progress is not None:
             self.progress.update(self.task, completed=step, loss=f"{loss:.4f}")
+        elif not self.lines:
+            return
         elif step - self.last_report >= max(1, self.total // 10) or step == self.total:
             print(f"step {step}/{self.total} loss {loss:.4f}", file=sys.stderr, flush=True)
             self.last_report = step
@@ -67,10 +84,28 @@ class _Bar:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of ``metrics.jsonl``; a line torn by a kill (not valid JSON) is skipped."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep the records up to ``step`` (a resumed run replays the steps after its checkpoint, and
+    must not log them twice); drops a torn last line too."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return
+    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def plot_progress(run_dir: Path) -> None:
@@ -104,10 +139,8 @@ def plot_progress(run_dir: Path) -> None:
         ax.legend(loc="upper right")
     ax.set_title(f"{run_dir.name}: progress")
     fig.tight_layout()
-    tmp = run_dir / "progress.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    write_atomic(run_dir / "progress.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
-    tmp.replace(run_dir / "progress.png")
 
 
 def dataset_fingerprint(dataset) -> dict:
@@ -124,3 +157,18 @@ def dataset_fingerprint(dataset) -> dict:
         "n_files": len(files),
         "n_cases": len(dataset.cases),
     }
+
+
+def check_same_dataset(run_dir: Path, fingerprint: dict) -> None:
+    """Refuse to resume a run on other data than it was trained on (fingerprint.json)."""
+    path = run_dir / "fingerprint.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # killed before the fingerprint was written: nothing to compare with
+    keys = ("dataset_json_sha256", "files_sha256")
+    if any(saved.get(k) != fingerprint[k] for k in keys):
+        raise DataError(f"dataset '{fingerprint['dataset']}' is not the one run '{run_dir}' was "
+                        f"trained on ({path}: {saved.get('n_files')} files from "
+                        f"'{saved.get('dataset')}', now {fingerprint['n_files']} files); resume "
+                        "with the original dataset, or start a new run folder")

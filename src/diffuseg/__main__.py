@@ -1,0 +1,3 @@
+from diffuseg.cli import main
+
+main()
