@@ -114,10 +114,7 @@ def load_checkpoint(folder: Path, networks: dict, optimizer, device) -> tuple[di
     """Restore networks, optimizer and every RNG; return (state, EMA shadow)."""
     load_networks(networks, load_state(folder / "model.safetensors"), folder)
     ema = {k: v.to(device) for k, v in load_state(folder / "ema.safetensors").items()}
-    try:
-        load_optimizer(optimizer, folder)
-    except Exception as err:  # safetensors, JSON and torch raise several types for a bad file
-        raise _corrupt(folder / "optimizer.safetensors", err) from None
+    load_optimizer(optimizer, folder)
     path = folder / "state.json"
     try:
         state = json.loads(path.read_text())

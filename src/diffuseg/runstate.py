@@ -44,6 +44,10 @@ def resume_run(run_dir: Path, config: RunConfig, dataset, splits: dict, log: Run
     run restarts from step 0 in its folder)."""
     check_same_dataset(run_dir, dataset_fingerprint(dataset))
     step = recover_checkpoint(run_dir)
+    if step is None and (run_dir / "checkpoint").is_dir():
+        raise DataError(f"checkpoint folder '{run_dir / 'checkpoint'}' is incomplete (its "
+                        "COMPLETE marker is missing or does not match its files); start over in "
+                        "a new run folder, or put back an older copy of the checkpoint folder")
     changes = config_changes(run_dir / "config.json", to_dict(config))
     if step is None:
         describe_run(run_dir, config, dataset, splits)

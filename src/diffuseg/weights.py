@@ -64,13 +64,21 @@ def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    meta = json.loads((folder / "optimizer.json").read_text())
-    state: dict[int, dict] = {}
-    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    """The inverse of ``save_optimizer``; an unreadable file is a DataError naming it."""
+    path = folder / "optimizer.safetensors"
+    try:
+        tensors = load_file(str(path))
+        path = folder / "optimizer.json"
+        meta = json.loads(path.read_text())
+        state: dict[int, dict] = {}
+        for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except Exception as err:  # safetensors, JSON and torch raise several types for a bad file
+        raise DataError(f"checkpoint file '{path}' is unreadable ({type(err).__name__}: "
+                        f"{str(err)[:120]}); start over in a new run folder, or put back an "
+                        "older copy of the checkpoint folder and resume") from None
 
 
 def replace_folder_atomically(tmp: Path, final: Path) -> None:
