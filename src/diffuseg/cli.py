@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from diffuseg.errors import DiffusegError
+from diffuseg.errors import DiffusegError, TrainingInterrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -138,11 +138,14 @@ app.add_typer(convert_app, name="convert")
 def main() -> None:
     try:
         app()
+    except TrainingInterrupted as err:
+        typer.echo(str(err), err=True)
+        sys.exit(130)
     except DiffusegError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt as err:
-        typer.echo(f"interrupted{': ' + str(err) if str(err) else ''}", err=True)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
         sys.exit(130)
 
 

@@ -20,5 +20,6 @@ class TrainingDiverged(DiffusegError):
     """A non-finite loss, gradient or weight; the last good checkpoint is kept."""
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM during training, after a resumable checkpoint was written."""
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM during training, after a resumable checkpoint was written (the CLI
+    prints the message and exits 130, like an interrupted shell command)."""

@@ -79,4 +79,5 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def holds_files(run_dir: Path) -> bool:
-    return run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
+    """Whether a folder holds anything but the lock and hidden temporary files."""
+    return run_dir.exists() and any(not p.name.startswith(".") for p in run_dir.iterdir())

@@ -157,11 +157,12 @@ def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget) -> Pa
              "parameters")
     run = Run(config, method, optimizer, ema, log, run_dir, device,
               autocast_dtype(c.precision, device), ctx, budget, micro, val_set, skipped)
-    if step == 0:
-        run.checkpoint(0)  # a run killed before its first interval resumes from here
     with StopSignals() as signals:
+        if step == 0:
+            run.checkpoint(0)  # a run killed before its first interval resumes from here
         step = run_loop(run, train_set, step, signals, progress)
-    if signals.requested:
+    if run.interrupted or signals.requested:
+        run.checkpoint(step)
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved, resume with "
                                   f"'diffuseg train ... -o {run_dir} --resume'")
     run.finish(step)
@@ -212,6 +213,7 @@ class Run:
     val_set: list
     skipped: int = 0
     saved_step: int = -1
+    interrupted: bool = False
 
     def checkpoint(self, step: int) -> None:
         """Rank 0 writes; weights are never saved non-finite."""
@@ -259,7 +261,8 @@ def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: boo
                 group["lr"] = lr
             micro = [batch_at(train_set, run.config, c.seed, step, range(p * size, (p + 1) * size))
                      for p in parts]
-            loss, terms, grad_norm, stop = train_step(run, micro, parts, step)
+            loss, terms, grad_norm, votes = train_step(run, micro, parts, step, signals.requested)
+            stop, run.interrupted = votes[0] or votes[1], votes[1]
             finite = math.isfinite(loss) and math.isfinite(grad_norm)
             if finite:
                 run.optimizer.step()
@@ -270,7 +273,6 @@ def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: boo
                 run.ema.update(run.method, step)
             bar.advance(step, loss)
             run.budget.step_seconds = time.monotonic() - t0
-            stop = stop or signals.requested
             if step % 20 == 0 or step == c.max_steps or stop or not finite:
                 run.log.metrics({"step": step, "lr": lr, "seconds": round(run.budget.elapsed(), 2),
                                  **terms, "loss": loss, "skipped": run.skipped})
@@ -280,16 +282,17 @@ def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: boo
                 run.validate(step, run.budget.val_limit())
             if stop:
                 break
-    if run.budget.out_of_time():
+    if step < c.max_steps and not run.interrupted:
         run.log.text(f"stopped at step {step}: train.max_minutes={c.max_minutes} reached "
                      "(time kept for the final save and validation)")
     return step
 
 
-def train_step(run: Run, micro: list[dict], parts: range, step: int
-               ) -> tuple[float, dict, float, bool]:
+def train_step(run: Run, micro: list[dict], parts: range, step: int, signalled: bool
+               ) -> tuple[float, dict, float, tuple[bool, bool]]:
     """Forward and backward over this rank's parts of the batch, gradients summed over ranks.
-    Returns (global loss, this rank's loss terms, gradient norm, whether any rank must stop)."""
+    Returns (global loss, this rank's loss terms, gradient norm, (out of time, signalled) on any
+    rank: all ranks stop after the same step)."""
     run.method.train()
     run.optimizer.zero_grad(set_to_none=True)
     local, terms = torch.zeros(3, dtype=torch.float64), {}
@@ -307,9 +310,10 @@ def train_step(run: Run, micro: list[dict], parts: range, step: int
     parameters = run.method.parameters()
     sum_gradients(parameters, run.ctx)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, run.config.train.grad_clip))
-    local[1] = float(run.budget.out_of_time())
-    all_reduce_sum(local, run.ctx)  # [global loss, stop votes, unused]
-    return float(local[0]), {k: round(v, 6) for k, v in terms.items()}, grad_norm, local[1] > 0
+    local[1], local[2] = float(run.budget.out_of_time()), float(signalled)
+    all_reduce_sum(local, run.ctx)  # [global loss, out-of-time votes, signal votes]
+    return (float(local[0]), {k: round(v, 6) for k, v in terms.items()}, grad_norm,
+            (bool(local[1] > 0), bool(local[2] > 0)))
 
 
 def part_seed(seed: int, step: int, part: int) -> int:
