@@ -211,3 +211,10 @@ def test_the_budget_survives_a_resume(tmp_path, phantom, monkeypatch):
     (folder / MARKER).write_text(json.dumps(marker))
     train(resumed_config(run), phantom, run, resume=True, progress=False)
     assert "stopped at step 3: train.max_minutes=1" in (run / "training_log.txt").read_text()
+
+
+def test_a_failed_start_leaves_no_empty_run_folder(tmp_path, phantom):
+    with pytest.raises(DataError):
+        train(config(phantom, "train.max_steps=1"), tmp_path / "no_dataset", tmp_path / "run",
+              progress=False)
+    assert not (tmp_path / "run").exists()

@@ -235,4 +235,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    from diffuseg.runfolder import write_json_atomic
+
+    write_json_atomic(Path(path), to_dict(config))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from diffuseg.distributed import (
 )
 from diffuseg.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from diffuseg.methods import Method, build_method
-from diffuseg.runfolder import run_lock, save_tensors_atomic
+from diffuseg.runfolder import holds_files, run_lock, save_tensors_atomic
 from diffuseg.runlog import RunLog, plot_progress
 from diffuseg.runstate import Budget, StopSignals, describe_run, prepare_run_dir, resume_run
 from diffuseg.weights import load_networks, save_networks, state_of
@@ -107,12 +108,17 @@ def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
     budget = Budget(config.train.max_minutes, config.train.val_minutes)  # the clock starts now
     config.validate()
     ctx = init_distributed(config.train.device)
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
     try:
         micro = micro_batches_of(config, ctx)
-        run_dir = Path(run_dir)
         with (run_lock_for(run_dir, resume) if ctx.is_main else contextlib.nullcontext()):
             return _train(config, Dataset.open(Path(dataset_dir)), run_dir, resume, progress,
                           ctx, micro, budget)
+    except BaseException:
+        if created and ctx.is_main and run_dir.is_dir() and not holds_files(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves no empty folder
+        raise
     finally:
         shutdown(ctx)
 
