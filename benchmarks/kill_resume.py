@@ -4,13 +4,14 @@ bit where an uninterrupted run ends.
     PYTHONPATH=src python benchmarks/kill_resume.py --kills 20
 
 Each cycle starts ``diffuseg train`` (the first time) or ``diffuseg train --resume``, waits a
-random time (one kill in five lands during start-up, the others after the "started"/"resumed" log
-line), and sends SIGKILL. Checkpoints are written every 2 steps, and
-``DIFFUSEG_TEST_CHECKPOINT_PAUSE`` makes each checkpoint swap sleep between its two renames, so
-that many kills land inside a checkpoint write. After every kill we check that no completed
-checkpoint was lost (the recovered step is at least the newest complete one seen just before the
-kill) and that at most one checkpoint interval of reported progress is lost. Prints the figures:
-kills, kills inside a checkpoint swap, resumes OK, identical weights.
+random time (one kill in four lands during start-up: imports, data loading, the step-0
+checkpoint; the others after the "started"/"resumed" log line), and sends SIGKILL. Checkpoints
+are written every 2 steps, and ``DIFFUSEG_TEST_CHECKPOINT_PAUSE`` makes each checkpoint swap
+sleep between its two renames, so that many kills land inside a checkpoint write. After every
+kill we check that no completed checkpoint was lost (the recovered step is at least the newest
+complete one seen just before the kill) and that at most one checkpoint interval of reported
+progress is lost. Prints the figures: kills, kills inside a checkpoint write, resumes OK,
+identical weights.
 """
 
 from __future__ import annotations
@@ -69,19 +70,21 @@ def reported_step(stderr: str) -> int:
 
 
 def one_cycle(rng: random.Random, data: Path, run: Path, steps: int, env: dict, first: bool,
-              window: float) -> dict:
-    """Start (or resume), kill at a random moment; returns what happened."""
-    before = starts(run)
+              window: float, during_startup: bool, startup: float) -> dict:
+    """Start (or resume), kill at a random moment (during start-up: within the measured
+    ``startup`` seconds, which cover imports, data loading and the step-0 checkpoint); returns
+    what happened."""
+    before, t0 = starts(run), time.monotonic()
     err = tempfile.TemporaryFile()
     proc = subprocess.Popen(command(data, run, steps, not first), env=env, stderr=err,
                             stdout=subprocess.DEVNULL)
-    during_startup = rng.random() < 0.2
     if during_startup:
-        time.sleep(rng.uniform(0.5, 4.0))
+        time.sleep(rng.uniform(0.2, 1.2 * startup))
     else:
         deadline = time.monotonic() + 300
         while starts(run) == before and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        startup = time.monotonic() - t0
         time.sleep(rng.uniform(0, window))
     seen = newest_complete(run)
     if proc.poll() is not None:
@@ -98,7 +101,8 @@ def one_cycle(rng: random.Random, data: Path, run: Path, steps: int, env: dict, 
 
     recovered = recover_checkpoint(run) if run.exists() else None
     recovered = -1 if recovered is None else recovered
-    return {"killed": True, "startup": during_startup, "between_renames": swap,
+    return {"killed": True, "startup": during_startup, "startup_seconds": startup,
+            "between_renames": swap,
             "while_writing": writing, "seen": seen, "recovered": recovered,
             "reported": reported, "lost_ok": recovered >= seen and reported - recovered <= 2}
 
@@ -126,9 +130,12 @@ def run_benchmark(kills: int, steps: int, workdir: Path, seed: int = 0, pause: f
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run, rng, env = workdir / "run", random.Random(seed), environment(pause)
     cycles: list[dict] = []
+    startup = 5.0
     while sum(c.get("killed", False) for c in cycles) < kills:
         first = not run.exists() or not (run / "config.json").exists()
-        cycle = one_cycle(rng, data, run, steps, env, first, window)
+        cycle = one_cycle(rng, data, run, steps, env, first, window,
+                          during_startup=len(cycles) % 4 == 1, startup=startup)
+        startup = cycle.get("startup_seconds", startup)
         cycles.append(cycle)
         if "killed" not in cycle:
             break  # finished (or failed) before the kill landed
@@ -138,8 +145,8 @@ def run_benchmark(kills: int, steps: int, workdir: Path, seed: int = 0, pause: f
     return {
         "kills": len(killed),
         "kills_during_startup": sum(c["startup"] for c in killed),
-        "kills_between_renames": sum(c["between_renames"] for c in killed),
-        "kills_while_writing_checkpoint": sum(c["while_writing"] for c in killed),
+        "kills_inside_checkpoint_write": sum(c["while_writing"] for c in killed),
+        "of_which_between_renames": sum(c["between_renames"] for c in killed),
         "resumes_ok": sum(c["lost_ok"] for c in killed) + int(last.returncode == 0),
         "resumes": len(killed) + 1,
         "final_exit": last.returncode,
