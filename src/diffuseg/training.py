@@ -13,7 +13,7 @@ import contextlib
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -144,25 +144,14 @@ def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget) -> Pa
         else:
             resume_run(run_dir, config, dataset, splits, log)
     barrier(ctx)
-    torch.manual_seed(c.seed)  # network initialisation only
-    method = build_method(config).to(device)
-    optimizer = torch.optim.AdamW(method.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-    ema = EMA(method, c.ema_decay)
-    step, skipped = 0, 0
-    if complete_step(run_dir / "checkpoint") is not None:
-        state, ema.shadow = load_checkpoint(run_dir / "checkpoint", method.networks(), optimizer,
-                                            device)
-        step, skipped = int(state["step"]), int(state.get("skipped", 0))
-        budget.prior = float(state.get("elapsed_seconds", 0.0))
+    run, step = build_run(config, run_dir, device, log, ctx, micro, budget)
     train_set = load_examples(dataset, splits["train"], config)
     val_ids = (splits.get("val") or splits["train"])[: c.val_cases]
-    val_set = load_examples(dataset, val_ids, config) if ctx.is_main else []
+    run.val_set = load_examples(dataset, val_ids, config) if ctx.is_main else []
     log.text(f"{'resumed' if step else 'started'} at step {step}: method={config.method.name} "
              f"device={device} world_size={ctx.world} train={len(train_set)} "
-             f"val={len(val_set)} cases, {sum(p.numel() for p in method.parameters()):,} "
-             "parameters")
-    run = Run(config, method, optimizer, ema, log, run_dir, device,
-              autocast_dtype(c.precision, device), ctx, budget, micro, val_set, skipped)
+             f"val={len(run.val_set)} cases, "
+             f"{sum(p.numel() for p in run.method.parameters()):,} parameters")
     with StopSignals() as signals:
         if step == 0:
             run.checkpoint(0)  # a run killed before its first interval resumes from here
@@ -173,6 +162,23 @@ def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget) -> Pa
                                   f"'diffuseg train ... -o {run_dir} --resume'")
     run.finish(step)
     return run_dir
+
+
+def build_run(config, run_dir, device, log, ctx, micro, budget) -> tuple[Run, int]:
+    """Method, optimiser and EMA, restored from ``run_dir/checkpoint`` when there is one."""
+    c = config.train
+    torch.manual_seed(c.seed)  # network initialisation only
+    method = build_method(config).to(device)
+    optimizer = torch.optim.AdamW(method.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    run = Run(config, method, optimizer, EMA(method, c.ema_decay), log, run_dir, device,
+              autocast_dtype(c.precision, device), ctx, budget, micro)
+    if complete_step(run_dir / "checkpoint") is None:
+        return run, 0
+    state, run.ema.shadow = load_checkpoint(run_dir / "checkpoint", method.networks(), optimizer,
+                                            device)
+    run.skipped = int(state.get("skipped", 0))
+    budget.prior = float(state.get("elapsed_seconds", 0.0))
+    return run, int(state["step"])
 
 
 def micro_batches_of(config: RunConfig, ctx: Dist) -> int:
@@ -186,6 +192,7 @@ def micro_batches_of(config: RunConfig, ctx: Dist) -> int:
                           f"processes ({ctx.world}) and divide train.batch_size={c.batch_size}; "
                           f"e.g. train.micro_batches={ctx.world} with a batch size divisible by it")
     return micro
+
 
 def learning_rate(step: int, time_fraction: float | None, config: RunConfig) -> float:
     """Linear warm-up, then cosine decay to 10% of lr. Progress is the larger of the step fraction
@@ -216,7 +223,7 @@ class Run:
     ctx: Dist
     budget: Budget
     micro: int
-    val_set: list
+    val_set: list = field(default_factory=list)
     skipped: int = 0
     saved_step: int = -1
     interrupted: bool = False
