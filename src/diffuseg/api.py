@@ -61,11 +61,6 @@ def train_run(config: RunConfig, dataset: Path, output: Path, *, resume: bool = 
 
     from diffuseg.training import train
 
-    if resume:
-        from diffuseg.data import Dataset
-        from diffuseg.run_folder import check_same_dataset
-
-        check_same_dataset(output, Dataset.open(dataset))
     existed = Path(output).exists()
     notes = {"plan.json": plan.to_dict()} if plan is not None and not resume else None
     try:

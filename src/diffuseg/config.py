@@ -63,7 +63,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = 2000  # optimiser steps
-    max_minutes: float | None = None  # wall-clock budget; stops early when reached
+    max_minutes: float | None = None  # wall-clock budget of the whole command, validation and
+    # the final save included; continues across --resume (docs/training.md)
     batch_size: int = 8
     lr: float = 2e-4  # AdamW learning rate
     weight_decay: float = 1e-4
@@ -79,6 +80,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     tensorboard: bool = False  # also log metrics to RUN/tensorboard/ (needs tensorboard)
+    skip_nonfinite: bool = False  # skip (and count) steps with a non-finite loss/gradient
+    # instead of stopping with an error
+    val_minutes: float | None = None  # time cap per validation; None: 10% of max_minutes
+    micro_batches: int | None = None  # split of train.batch_size into gradient-accumulated
+    # parts, spread over torchrun ranks; None: one per rank
 
 
 @dataclass
@@ -294,4 +300,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    from diffuseg.atomic import write_json_atomic
+
+    write_json_atomic(Path(path), to_dict(config))

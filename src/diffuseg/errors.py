@@ -14,3 +14,12 @@ class DataError(DiffusegError):
 
 class ConfigError(DiffusegError):
     """A configuration key or value that does not exist or is out of range."""
+
+
+class TrainingDiverged(DiffusegError):
+    """A non-finite loss, gradient or weight; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM during training, after a resumable checkpoint was written (the CLI
+    prints the message and exits 130, like an interrupted shell command)."""

@@ -6,24 +6,39 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from diffuseg.atomic import write_atomic, write_text_atomic
+
 
 class RunLog:
-    def __init__(self, run_dir: Path, tensorboard: bool = False):
-        self.run_dir = run_dir
-        self.writer = tensorboard_writer(run_dir) if tensorboard else None
+    """Appends to the run folder's logs; a no-op on torchrun ranks other than 0."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, show_progress: bool = True,
+                 tensorboard: bool = False):
+        self.run_dir, self.enabled, self.show_progress = run_dir, enabled, show_progress
+        self.writer = tensorboard_writer(run_dir) if tensorboard and enabled else None
 
     def text(self, line: str) -> None:
+        if not self.enabled:
+            return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open(self.run_dir / "training_log.txt", "a") as f:
             f.write(f"{stamp}  {line}\n")
 
+    def progress_line(self, line: str) -> None:
+        """A transient progress line on stderr (rank 0 only); not kept in the log file."""
+        if self.enabled and self.show_progress:
+            print(line, file=sys.stderr, flush=True)
+
     def metrics(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None and "step" in record:
@@ -37,7 +52,7 @@ class RunLog:
                  budget_s: float | None = None) -> Iterator[_Bar]:
         """A training progress display (``diffuseg.progress``): step count, loss, elapsed time and
         an ETA from the binding budget, steps or ``budget_s`` seconds of wall clock."""
-        bar = _Bar(total, start, enabled, budget_s)
+        bar = _Bar(total, start, enabled and self.enabled, budget_s)
         try:
             yield bar
         finally:
@@ -74,10 +89,28 @@ def tensorboard_writer(run_dir: Path):
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of ``metrics.jsonl``; a line torn by a kill (not valid JSON) is skipped."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep the records up to ``step`` (a resumed run replays the steps after its checkpoint, and
+    must not log them twice); drops a torn last line too."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return
+    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def plot_progress(run_dir: Path) -> None:
@@ -111,10 +144,8 @@ def plot_progress(run_dir: Path) -> None:
         ax.legend(loc="upper right")
     ax.set_title(f"{run_dir.name}: progress")
     fig.tight_layout()
-    tmp = run_dir / "progress.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    write_atomic(run_dir / "progress.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
-    tmp.replace(run_dir / "progress.png")
 
 
 def dataset_fingerprint(dataset) -> dict:

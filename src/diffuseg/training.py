@@ -2,47 +2,52 @@
 
 ``train(config, dataset_dir, run_dir)`` writes a self-describing run folder (see
 docs/architecture.md): the config, the dataset's description and fingerprint, safetensors weights
-(raw and EMA), a plain-text log, ``metrics.jsonl`` and ``progress.png``, with an atomic checkpoint
-every ``train.checkpoint_every`` steps so that ``resume=True`` continues where it stopped.
+(raw and EMA), a plain-text log, ``metrics.jsonl`` and ``progress.png``, with a checkpoint at step
+0 and every ``train.checkpoint_every`` steps so that ``resume=True`` continues where it stopped,
+bit for bit (docs/training.md: checkpoints, budgets, signals, torchrun).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from diffuseg.config import RunConfig, save_config
+from diffuseg.atomic import holds_files, run_lock, save_tensors_atomic, write_json_atomic
+from diffuseg.checkpoint import complete_step, load_checkpoint, save_checkpoint
+from diffuseg.config import RunConfig
 from diffuseg.consensus import majority
 from diffuseg.data import Dataset
-from diffuseg.data.loader import batches, load_examples
+from diffuseg.data.loader import batch_at, load_examples
+from diffuseg.distributed import (
+    Dist,
+    all_reduce_sum,
+    barrier,
+    device_name_for,
+    init_distributed,
+    shutdown,
+    sum_gradients,
+)
 from diffuseg.ensemble import summarise
-from diffuseg.errors import DataError
+from diffuseg.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from diffuseg.methods import Method, build_method
 from diffuseg.metrics import dice
 from diffuseg.run_folder import splits_for_run
-from diffuseg.runlog import RunLog, dataset_fingerprint, plot_progress
+from diffuseg.runlog import RunLog, plot_progress
+from diffuseg.runstate import Budget, StopSignals, describe_run, prepare_run_dir, resume_run
 from diffuseg.runtime import (  # re-exported: diffuseg.training.resolve_device, ...
     autocast,
     autocast_dtype,
     cpu_has_native_bf16,
     resolve_device,
 )
-from diffuseg.weights import (
-    load_networks,
-    load_optimizer,
-    load_state,
-    replace_folder_atomically,
-    save_networks,
-    save_optimizer,
-    state_of,
-)
+from diffuseg.weights import load_networks, save_networks, state_of
 
 
 class EMA:
@@ -69,161 +74,316 @@ def state_of_live(method: Method) -> dict[str, torch.Tensor]:
             for k, v in net.state_dict().items()}
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / "checkpoint").is_dir():
-            raise DataError(f"cannot resume: '{run_dir}' holds no checkpoint/; "
-                            "start a new run without --resume")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise DataError(f"run folder '{run_dir}' already holds files; pass --resume to continue "
-                        "it, or choose another output folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
 def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
           resume: bool = False, progress: bool = True,
           notes: dict[str, dict] | None = None) -> Path:
-    """``notes``: extra JSON files written into a new run folder beside config.json (plan.json)."""
+    """Train (or, with ``resume``, continue) a run; under torchrun, every rank calls this.
+    ``notes``: extra JSON files written into a new run folder beside config.json (plan.json)."""
+    budget = Budget(config.train.max_minutes, config.train.val_minutes)  # the clock starts now
     config.validate()
-    dataset_dir, run_dir = Path(dataset_dir), Path(run_dir)
-    dataset = Dataset.open(dataset_dir)
-    prepare_run_dir(run_dir, resume)
-    device = resolve_device(config.train.device)
-    torch.manual_seed(config.train.seed)  # network initialisation only
-    method = build_method(config).to(device)
-    optimizer = torch.optim.AdamW(method.parameters(), lr=config.train.lr,
-                                  weight_decay=config.train.weight_decay)
-    ema = EMA(method, config.train.ema_decay)
-    step = 0
+    ctx = init_distributed(config.train.device)
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    try:
+        micro = micro_batches_of(config, ctx)
+        with (run_lock_for(run_dir, resume) if ctx.is_main else contextlib.nullcontext()):
+            return _train(config, Dataset.open(Path(dataset_dir)), run_dir, resume, progress,
+                          ctx, micro, budget, notes or {})
+    except BaseException:
+        if created and ctx.is_main and run_dir.is_dir() and not holds_files(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves no empty folder
+        raise
+    finally:
+        shutdown(ctx)
+
+
+def run_lock_for(run_dir: Path, resume: bool):
+    """Lock first, then check the folder, so a second writer is told who holds it."""
     if resume:
-        step = load_checkpoint(run_dir / "checkpoint", method, optimizer, ema)
+        prepare_run_dir(run_dir, resume=True)
     else:
-        save_config(config, run_dir / "config.json")
-        for name, content in (notes or {}).items():
-            (run_dir / name).write_text(json.dumps(content, indent=2) + "\n")
-        shutil.copy(dataset.root / "dataset.json", run_dir / "dataset.json")
-        (run_dir / "fingerprint.json").write_text(
-            json.dumps(dataset_fingerprint(dataset), indent=2) + "\n")
-    splits = splits_for_run(run_dir, dataset, config.train.seed, resume=resume)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_lock(run_dir)
+
+
+def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget, notes) -> Path:
+    c = config.train
+    device = resolve_device(device_name_for(ctx, c.device))
+    log = RunLog(run_dir, enabled=ctx.is_main, show_progress=progress,
+                 tensorboard=c.tensorboard)
+    if ctx.is_main:  # a new run describes itself; a resumed one recovers its checkpoint
+        if not resume:
+            prepare_run_dir(run_dir, resume=False)  # re-checked under the lock
+        splits = splits_for_run(run_dir, dataset, c.seed, resume=resume)  # the run's own folds
+        if not resume:
+            describe_run(run_dir, config, dataset)
+            for name, content in notes.items():
+                write_json_atomic(run_dir / name, content)
+        else:
+            resume_run(run_dir, config, dataset, splits, log)
+    barrier(ctx)
+    if not ctx.is_main:
+        splits = splits_for_run(run_dir, dataset, c.seed, resume=True)
+    run, step = build_run(config, run_dir, device, log, ctx, micro, budget)
     train_set = load_examples(dataset, splits["train"], config)
-    val_ids = (splits.get("val") or splits["train"])[: config.train.val_cases]
-    val_set = load_examples(dataset, val_ids, config)
-    log = RunLog(run_dir, tensorboard=config.train.tensorboard)
-    log.text(f"{'resumed' if resume else 'started'} at step {step}: method={config.method.name} "
-             f"device={device} train={len(train_set)} val={len(val_set)} cases, "
-             f"{sum(p.numel() for p in method.parameters()):,} parameters")
+    val_ids = (splits.get("val") or splits["train"])[: c.val_cases]
+    run.val_set = load_examples(dataset, val_ids, config) if ctx.is_main else []
     from diffuseg.synthesis.mixing import load_synthetic
 
-    synthetic = load_synthetic(config, splits, n_raters=len(train_set[0].raters))
-    if synthetic:
-        log.text(f"mixing {len(synthetic)} synthetic cases from {config.data.synthetic} "
+    run.synthetic = load_synthetic(config, splits, n_raters=len(train_set[0].raters))
+    if run.synthetic:
+        log.text(f"mixing {len(run.synthetic)} synthetic cases from {config.data.synthetic} "
                  f"(ratio {config.data.synthetic_ratio})")
-    data = batches(train_set, config, seed=config.train.seed + step, synthetic=synthetic)
-    dtype = autocast_dtype(config.train.precision, device)
-    generator = torch.Generator(device=device).manual_seed(config.train.seed + 7919 * step)
-    run_loop(method, optimizer, ema, data, val_set, log, run_dir, device, dtype, generator,
-             start=step, progress=progress)
+    log.text(f"{'resumed' if step else 'started'} at step {step}: method={config.method.name} "
+             f"device={device} world_size={ctx.world} train={len(train_set)} "
+             f"val={len(run.val_set)} cases, "
+             f"{sum(p.numel() for p in run.method.parameters()):,} parameters")
+    with StopSignals() as signals:
+        if step == 0:
+            run.checkpoint(0)  # a run killed before its first interval resumes from here
+        step = run_loop(run, train_set, step, signals, progress)
+    if run.interrupted or signals.requested:
+        run.checkpoint(step)
+        raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved, resume with "
+                                  f"'diffuseg train ... -o {run_dir} --resume'")
+    run.finish(step)
     return run_dir
 
 
-def learning_rate(step: int, elapsed: float, config: RunConfig) -> float:
+def build_run(config, run_dir, device, log, ctx, micro, budget) -> tuple[Run, int]:
+    """Method, optimiser and EMA, restored from ``run_dir/checkpoint`` when there is one."""
+    c = config.train
+    torch.manual_seed(c.seed)  # network initialisation only
+    method = build_method(config).to(device)
+    optimizer = torch.optim.AdamW(method.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    run = Run(config, method, optimizer, EMA(method, c.ema_decay), log, run_dir, device,
+              autocast_dtype(c.precision, device), ctx, budget, micro)
+    if complete_step(run_dir / "checkpoint") is None:
+        return run, 0
+    state, run.ema.shadow = load_checkpoint(run_dir / "checkpoint", method.networks(), optimizer,
+                                            device)
+    run.skipped = int(state.get("skipped", 0))
+    budget.prior = float(state.get("elapsed_seconds", 0.0))
+    return run, int(state["step"])
+
+
+def micro_batches_of(config: RunConfig, ctx: Dist) -> int:
+    """The global batch (train.batch_size) is cut into this many equal parts, spread round-robin
+    over the ranks; each part's noise comes from its own seed, so the same ``micro_batches``
+    gives the same training on any number of processes."""
+    c = config.train
+    micro = c.micro_batches or ctx.world
+    if micro < 1 or micro % ctx.world or c.batch_size % micro:
+        raise ConfigError(f"train.micro_batches={micro} must be a multiple of the number of "
+                          f"processes ({ctx.world}) and divide train.batch_size={c.batch_size}; "
+                          f"e.g. train.micro_batches={ctx.world} with a batch size divisible by it")
+    return micro
+
+
+def learning_rate(step: int, time_fraction: float | None, config: RunConfig) -> float:
     """Linear warm-up, then cosine decay to 10% of lr. Progress is the larger of the step fraction
-    and the fraction of the wall-clock budget, so a time-limited run still anneals."""
+    and the fraction of the wall-clock budget spent (across resumes), so a time-limited run still
+    anneals."""
     c = config.train
     if step < c.warmup_steps:
         return c.lr * (step + 1) / c.warmup_steps
     frac = (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
-    if c.max_minutes:
-        frac = max(frac, elapsed / (60 * c.max_minutes))
+    if time_fraction is not None:
+        frac = max(frac, time_fraction)
     frac = min(1.0, frac)
     return c.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def run_loop(method, optimizer, ema, data, val_set, log, run_dir, device, dtype, generator,
-             *, start: int, progress: bool) -> None:
-    c = method.config.train
-    t0 = time.monotonic()
-    step = start
+@dataclass
+class Run:
+    """Everything the loop touches, so that its functions stay short."""
+
+    config: RunConfig
+    method: Method
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    log: RunLog
+    run_dir: Path
+    device: torch.device
+    dtype: torch.dtype | None
+    ctx: Dist
+    budget: Budget
+    micro: int
+    val_set: list = field(default_factory=list)
+    synthetic: list = field(default_factory=list)  # data.synthetic examples (training only)
+    skipped: int = 0
+    saved_step: int = -1
+    interrupted: bool = False
+
+    def checkpoint(self, step: int) -> None:
+        """Rank 0 writes; weights are never saved non-finite."""
+        if not self.ctx.is_main or step == self.saved_step:
+            return
+        check_finite_weights(self.method, step)
+        t0 = time.monotonic()
+        save_checkpoint(self.run_dir, self.method.networks(), self.optimizer, self.ema.shadow,
+                        {"step": step, "skipped": self.skipped,
+                         "elapsed_seconds": self.budget.elapsed()})
+        self.budget.save_seconds = max(self.budget.save_seconds, time.monotonic() - t0)
+        self.saved_step = step
+
+    def validate(self, step: int, seconds: float) -> None:
+        if not self.ctx.is_main:
+            return
+        t0 = time.monotonic()
+        validate(self.method, self.ema, self.val_set, self.log, step, self.device, self.dtype,
+                 seconds)
+        self.budget.val_seconds = time.monotonic() - t0
+        plot_progress(self.run_dir)
+
+    def finish(self, step: int) -> None:
+        """Checkpoint and final weights first, then a final validation in the time left."""
+        self.checkpoint(step)
+        if self.ctx.is_main:
+            save_networks(self.method.networks(), self.run_dir / "model.safetensors")
+            save_tensors_atomic({k: v.contiguous() for k, v in self.ema.shadow.items()},
+                                self.run_dir / "ema.safetensors")
+        left = self.budget.remaining() - self.budget.save_seconds
+        self.validate(step, min(self.budget.val_limit(), left))
+        self.log.text(f"finished at step {step} after {self.budget.elapsed():.1f} s "
+                      f"({self.skipped} non-finite steps skipped)")
+
+
+def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: bool) -> int:
+    c = run.config.train
+    parts = range(run.ctx.rank, run.micro, run.ctx.world)  # this rank's parts of each batch
+    size = c.batch_size // run.micro
     budget_s = 60 * c.max_minutes if c.max_minutes else None
-    with log.progress(total=c.max_steps, start=start, enabled=progress, budget_s=budget_s) as bar:
+    with run.log.progress(total=c.max_steps, start=step, enabled=progress,
+                          budget_s=budget_s) as bar:
         while step < c.max_steps:
-            batch = {k: v.to(device) for k, v in next(data).items()}
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, time.monotonic() - t0, method.config)
-            method.train()
-            with autocast(device, dtype):
-                terms = method.loss(batch, generator=generator)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(method.parameters(), c.grad_clip)
-            optimizer.step()
+            t0 = time.monotonic()
+            lr = learning_rate(step, run.budget.fraction(), run.config)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            micro = [batch_at(train_set, run.config, c.seed, step,
+                              range(p * size, (p + 1) * size), run.synthetic) for p in parts]
+            loss, terms, grad_norm, votes = train_step(run, micro, parts, step, signals.requested)
+            stop, run.interrupted = votes[0] or votes[1], votes[1]
+            finite = math.isfinite(loss) and math.isfinite(grad_norm)
+            if finite:
+                run.optimizer.step()
+            else:
+                skip_or_stop(run, step, loss, grad_norm)
             step += 1
-            ema.update(method, step)
-            bar.advance(step, float(terms["loss"].detach()))
-            elapsed = time.monotonic() - t0
-            out_of_time = c.max_minutes is not None and elapsed > 60 * c.max_minutes
-            if step % 20 == 0 or step == c.max_steps or out_of_time:
-                log.metrics({"step": step, "lr": optimizer.param_groups[0]["lr"],
-                             "seconds": round(elapsed, 2),
-                             **{k: round(float(v.detach()), 6) for k, v in terms.items()}})
-            if step % c.val_every == 0 or step == c.max_steps or out_of_time:
-                validate(method, ema, val_set, log, step, device, dtype)
-                plot_progress(run_dir)
-            if step % c.checkpoint_every == 0 or step == c.max_steps or out_of_time:
-                save_checkpoint(run_dir, method, optimizer, ema, step)
-            if out_of_time:
-                log.text(f"stopped at step {step}: train.max_minutes={c.max_minutes} reached")
+            if finite:
+                run.ema.update(run.method, step)
+            bar.advance(step, loss)
+            run.budget.step_seconds = time.monotonic() - t0
+            if step % 20 == 0 or step == c.max_steps or stop or not finite:
+                run.log.metrics({"step": step, "lr": lr, "seconds": round(run.budget.elapsed(), 2),
+                                 **terms, "loss": loss, "skipped": run.skipped})
+            if step % c.checkpoint_every == 0 or stop:
+                run.checkpoint(step)  # before any validation
+            if step % c.val_every == 0 and step < c.max_steps and not stop:
+                run.validate(step, run.budget.val_limit())
+            if stop:
                 break
-    save_networks(method.networks(), run_dir / "model.safetensors")
-    save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(run_dir / "ema.safetensors"))
-    log.text(f"finished at step {step} after {time.monotonic() - t0:.1f} s")
+    if step < c.max_steps and not run.interrupted:
+        run.log.text(f"stopped at step {step}: train.max_minutes={c.max_minutes} reached "
+                     "(time kept for the final save and validation)")
+    return step
+
+
+def train_step(run: Run, micro: list[dict], parts: range, step: int, signalled: bool
+               ) -> tuple[float, dict, float, tuple[bool, bool]]:
+    """Forward and backward over this rank's parts of the batch, gradients summed over ranks.
+    Returns (global loss, this rank's loss terms, gradient norm, (out of time, signalled) on any
+    rank: all ranks stop after the same step)."""
+    run.method.train()
+    run.optimizer.zero_grad(set_to_none=True)
+    local, terms = torch.zeros(3, dtype=torch.float64), {}
+    for part, batch in zip(parts, micro, strict=True):
+        seed = part_seed(run.config.train.seed, step, part)
+        torch.manual_seed(seed)  # dropout and any other global-RNG draw
+        generator = torch.Generator(device=run.device).manual_seed(seed)
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        with autocast(run.device, run.dtype):
+            out = run.method.loss(batch, generator=generator)
+        (out["loss"] / run.micro).backward()
+        local[0] += float(out["loss"].detach()) / run.micro
+        for k, v in out.items():
+            terms[k] = terms.get(k, 0.0) + round(float(v.detach()), 6) / len(parts)
+    parameters = run.method.parameters()
+    sum_gradients(parameters, run.ctx)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, run.config.train.grad_clip))
+    local[1], local[2] = float(run.budget.out_of_time()), float(signalled)
+    all_reduce_sum(local, run.ctx)  # [global loss, out-of-time votes, signal votes]
+    return (float(local[0]), {k: round(v, 6) for k, v in terms.items()}, grad_norm,
+            (bool(local[1] > 0), bool(local[2] > 0)))
+
+
+def part_seed(seed: int, step: int, part: int) -> int:
+    """Seed of the noise for part ``part`` of step ``step``'s batch: the loss depends on
+    (seed, step, part) alone, never on how many steps ran in this process."""
+    return int(np.random.SeedSequence([seed, step, part, 1]).generate_state(1)[0])
+
+
+def skip_or_stop(run: Run, step: int, loss: float, grad_norm: float) -> None:
+    """A non-finite loss or gradient: stop with an error (the last checkpoint stays as it was),
+    or under train.skip_nonfinite drop the step and count it."""
+    c = run.config.train
+    what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+    run.optimizer.zero_grad(set_to_none=True)
+    run.skipped += 1
+    run.log.text(f"step {step + 1}: non-finite {what}")
+    if not c.skip_nonfinite or run.skipped > max(10, c.max_steps // 10):
+        reason = ("more than 10% of steps were skipped" if c.skip_nonfinite else
+                  "set train.skip_nonfinite=true to skip such steps instead")
+        raise TrainingDiverged(
+            f"training diverged at step {step + 1}: non-finite {what} (train.lr={c.lr}); "
+            f"the last good checkpoint (step {max(run.saved_step, 0)}) is kept in "
+            f"'{run.run_dir / 'checkpoint'}'; lower train.lr, or {reason}")
+
+
+def check_finite_weights(method: Method, step: int) -> None:
+    bad = [name for name, net in method.networks().items()
+           if not all(torch.isfinite(p).all() for p in net.parameters())]
+    if bad:
+        raise TrainingDiverged(f"training diverged by step {step}: network '{bad[0]}' holds "
+                               "non-finite weights, which are never saved; lower train.lr")
 
 
 @torch.no_grad()
-def validate(method: Method, ema: EMA, val_set, log: RunLog, step: int, device, dtype) -> None:
-    """Consensus Dice of EMA-weight samples against the majority of raters, per val case."""
+def validate(method: Method, ema: EMA, val_set, log: RunLog, step: int, device, dtype,
+             seconds: float = float("inf")) -> None:
+    """Consensus Dice of EMA-weight samples against the majority of raters, per val case, for at
+    most ``seconds`` (cases left over are skipped, and the log says so)."""
     c = method.config.train
+    t0 = time.monotonic()
     live = {k: v.clone() for k, v in state_of_live(method).items()}
     load_networks(method.networks(), ema.shadow, "EMA")
     method.eval()
     generator = torch.Generator(device=device).manual_seed(1234)
     dices = []
     for ex in val_set:
+        if time.monotonic() - t0 >= seconds:
+            break
         image = torch.from_numpy(ex.image)[None].to(device)
         with autocast(device, dtype):
             samples = method.segment(image, c.val_samples, steps=c.val_steps, generator=generator)
         consensus = summarise(samples.float().cpu()).consensus[0].numpy()
         target = majority(ex.raters, max(2, method.config.num_classes))
         dices.append(dice(consensus > 0, target > 0))
+        log.progress_line(f"validation at step {step}: {len(dices)}/{len(val_set)} cases, "
+                          f"{time.monotonic() - t0:.0f} s")
     load_networks(method.networks(), live, "live weights")
+    if not dices:
+        log.text(f"step {step}: validation skipped (no time left in the budget)")
+        return
     log.metrics({"step": step, "val_dice": round(float(np.mean(dices)), 5)})
-    log.text(f"step {step}: validation consensus Dice {np.mean(dices):.4f} "
-             f"over {len(dices)} cases")
+    log.text(f"step {step}: validation consensus Dice {np.mean(dices):.4f} over {len(dices)} "
+             f"of {len(val_set)} cases in {time.monotonic() - t0:.1f} s")
 
 
 def foreground_dice(pred: np.ndarray, target: np.ndarray) -> float:
     """Dice over all foreground labels (label > 0); both empty counts as 1 (``metrics.dice``)."""
     return dice(np.asarray(pred) > 0, np.asarray(target) > 0)
-
-
-def save_checkpoint(run_dir: Path, method, optimizer, ema: EMA, step: int) -> None:
-    tmp = run_dir / "checkpoint.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_networks(method.networks(), tmp / "model.safetensors")
-    save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
-    save_optimizer(optimizer, tmp)
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
-    replace_folder_atomically(tmp, run_dir / "checkpoint")
-
-
-def load_checkpoint(folder: Path, method, optimizer, ema: EMA) -> int:
-    load_networks(method.networks(), load_state(folder / "model.safetensors"), folder)
-    ema.shadow = {k: v.to(method.device) for k, v in load_state(folder / "ema.safetensors").items()}
-    load_optimizer(optimizer, folder)
-    return int(json.loads((folder / "state.json").read_text())["step"])
 
 
 __all__ = ["train", "resolve_device", "autocast", "autocast_dtype", "cpu_has_native_bf16",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from diffuseg.atomic import save_tensors_atomic, write_text_atomic
 from diffuseg.errors import DataError
 
 
@@ -20,7 +22,7 @@ def state_of(networks: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
 
 
 def save_networks(networks: dict[str, nn.Module], path: Path) -> None:
-    save_file(state_of(networks), str(path))
+    save_tensors_atomic(state_of(networks), Path(path))
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -56,29 +58,51 @@ def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
                 tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{index}.{key}"] = value
-    save_file(tensors, str(folder / "optimizer.safetensors"))
+    save_tensors_atomic(tensors, folder / "optimizer.safetensors")
     meta = {"param_groups": state["param_groups"], "scalars": scalars}
-    (folder / "optimizer.json").write_text(json.dumps(meta))
+    write_text_atomic(folder / "optimizer.json", json.dumps(meta))
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    meta = json.loads((folder / "optimizer.json").read_text())
-    state: dict[int, dict] = {}
-    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    """The inverse of ``save_optimizer``; an unreadable file is a DataError naming it."""
+    path = folder / "optimizer.safetensors"
+    try:
+        tensors = load_file(str(path))
+        path = folder / "optimizer.json"
+        meta = json.loads(path.read_text())
+        state: dict[int, dict] = {}
+        for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except Exception as err:  # safetensors, JSON and torch raise several types for a bad file
+        raise DataError(f"checkpoint file '{path}' is unreadable ({type(err).__name__}: "
+                        f"{str(err)[:120]}); start over in a new run folder, or put back an "
+                        "older copy of the checkpoint folder and resume") from None
 
 
 def replace_folder_atomically(tmp: Path, final: Path) -> None:
-    """Move a fully written ``tmp`` folder to ``final``; an interrupted write leaves the previous
-    ``final`` intact."""
+    """Move a fully written ``tmp`` folder to ``final`` with two renames; an interrupted swap
+    leaves ``final`` or ``final.old`` intact (diffuseg.checkpoint.recover_checkpoint finds it).
+    ``DIFFUSEG_TEST_CHECKPOINT_PAUSE`` (seconds) sleeps between the renames, for kill tests."""
     old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
+    remove_folder(old)
     if final.exists():
         os.replace(final, old)
+    pause = float(os.environ.get("DIFFUSEG_TEST_CHECKPOINT_PAUSE", "0") or 0)
+    if pause > 0:
+        time.sleep(pause)
     os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    remove_folder(old)
+
+
+def remove_folder(folder: Path) -> None:
+    """Delete a folder, its completeness marker first (a half-deleted folder never looks whole)."""
+    if folder.exists():
+        (folder / "COMPLETE").unlink(missing_ok=True)
+        shutil.rmtree(folder)

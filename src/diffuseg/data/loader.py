@@ -8,6 +8,7 @@ transforms as the image.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,34 +57,52 @@ def choose_mask(example: Example, mode: str, num_labels: int, rng: np.random.Gen
     return example.raters[rng.integers(len(example.raters))]
 
 
-def batches(examples: list[Example], config: RunConfig, seed: int,
-            synthetic: list[Example] | None = None) -> Iterator[dict]:
-    """An endless stream of augmented training batches as torch tensors. With ``synthetic``
-    examples, each item comes from them with probability ``data.synthetic_ratio``
-    (diffuseg.synthesis.mixing)."""
+def item_seed(seed: int, step: int, index: int) -> int:
+    """The seed of item ``index`` of the global batch at ``step``: a batch depends on (seed, step)
+    alone, so a resumed run, or one split over several processes, draws the same batches."""
+    return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
+
+
+def batch_at(examples: list[Example], config: RunConfig, seed: int, step: int,
+             items: range, synthetic: list[Example] | None = None) -> dict[str, torch.Tensor]:
+    """Items ``items`` (indices into the global batch of ``train.batch_size``) of step ``step``'s
+    batch: each item picks a random example (with replacement), a rater and an augmentation from
+    its own seed. With ``synthetic`` examples, an item comes from them with probability
+    ``data.synthetic_ratio`` (diffuseg.synthesis.mixing)."""
     if not examples:
         raise DataError("the training split is empty; check splits.json or the dataset folder")
-    rng = np.random.default_rng(seed)
-    transform = training_transforms(config.data, config.spatial_dims, seed)
+    transform = training_transforms(config.data, config.spatial_dims, 0)
     num_labels = max(2, config.num_classes)
-    while True:
-        items = []
-        for index in rng.integers(len(examples), size=config.train.batch_size):
-            ex = examples[index]
-            if synthetic and rng.random() < config.data.synthetic_ratio:
-                ex = synthetic[rng.integers(len(synthetic))]
-            mask = choose_mask(ex, config.data.rater_mode, num_labels, rng)
-            item = {
-                "image": ex.image,
-                "mask": mask[None].astype(np.float32),
-                "raters": ex.raters.astype(np.float32),
-                "foreground": (ex.raters.max(0) > 0)[None].astype(np.float32),
-            }
-            with warnings.catch_warnings():  # MONAI warns on every image with no foreground
-                warnings.filterwarnings("ignore", message="Num foregrounds 0")  # (e.g. LIDC)
-                out = transform(item)
-            items.append(out[0] if isinstance(out, list) else out)
-        yield collate(items, keep_raters=config.data.rater_mode == "all")
+    out = []
+    for index in items:
+        s = item_seed(seed, step, index)
+        rng = np.random.default_rng(s)
+        transform.set_random_state(seed=s)
+        ex = examples[int(rng.integers(len(examples)))]
+        if synthetic and rng.random() < config.data.synthetic_ratio:
+            ex = synthetic[int(rng.integers(len(synthetic)))]
+        mask = choose_mask(ex, config.data.rater_mode, num_labels, rng)
+        item = {
+            "image": ex.image,
+            "mask": mask[None].astype(np.float32),
+            "raters": ex.raters.astype(np.float32),
+            "foreground": (ex.raters.max(0) > 0)[None].astype(np.float32),
+        }
+        with warnings.catch_warnings():  # MONAI warns on every image with no foreground
+            warnings.filterwarnings("ignore", message="Num foregrounds 0")  # (e.g. LIDC)
+            result = transform(item)
+        out.append(result[0] if isinstance(result, list) else result)
+    return collate(out, keep_raters=config.data.rater_mode == "all")
+
+
+def batches(examples: list[Example], config: RunConfig, seed: int, *, start: int = 0,
+            items: range | None = None, synthetic: list[Example] | None = None
+            ) -> Iterator[dict]:
+    """An endless stream of augmented training batches as torch tensors, from step ``start``
+    (``items``: this process's share of each global batch; default all of it)."""
+    items = range(config.train.batch_size) if items is None else items
+    for step in itertools.count(start):
+        yield batch_at(examples, config, seed, step, items, synthetic)
 
 
 def collate(items: list[dict], keep_raters: bool) -> dict[str, torch.Tensor]:

@@ -13,11 +13,11 @@ training, that file is the only source of truth for which cases are held out.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from diffuseg.atomic import write_json_atomic
 from diffuseg.data.dataset import Dataset
 from diffuseg.errors import ConfigError, DataError
 
@@ -48,16 +48,6 @@ def make_splits(dataset: Dataset, seed: int = 0,
 def save_splits(root: str | Path, splits: dict[str, list[str]]) -> Path:
     """Write ``root/splits.json`` atomically (temp file + rename)."""
     return write_json_atomic(Path(root) / "splits.json", splits)
-
-
-def write_json_atomic(path: Path, data: object) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def load_splits(root: str | Path, dataset: Dataset | None = None, *, seed: int = 0,
