@@ -45,7 +45,7 @@ def environment(pause: float) -> dict:
 
 def command(data: Path, run: Path, steps: int, resume: bool) -> list[str]:
     args = [sys.executable, "-m", "diffuseg", "train", str(data), "-o", str(run), "--device",
-            "cpu", "--steps", str(steps)]
+            "cpu", "--max-steps", str(steps)]
     if resume:
         return args + ["--resume"]
     return args + [arg for item in TINY for arg in ("--set", item)]

@@ -62,18 +62,19 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path, phantom):
     run = tmp_path / "run"
     run.mkdir()
     with run_lock(run):  # this test process holds the folder
-        done = subprocess.run(cli("train", str(phantom), "-o", str(run), "--steps", "2",
+        done = subprocess.run(cli("train", str(phantom), "-o", str(run), "--max-steps", "2",
                                   "--device", "cpu", *settings()),
                               env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"in use by pid {os.getpid()}" in lines[0], done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"in use by pid {os.getpid()}" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
     assert [p.name for p in run.iterdir()] == [".lock"]
 
 
 def test_sigint_saves_a_resumable_checkpoint(tmp_path, phantom):
     run = tmp_path / "run"
-    proc = subprocess.Popen(cli("train", str(phantom), "-o", str(run), "--steps", "100000",
+    proc = subprocess.Popen(cli("train", str(phantom), "-o", str(run), "--max-steps", "100000",
                                 "--device", "cpu", *settings("train.checkpoint_every=100000")),
                             env=env(), stderr=subprocess.PIPE, text=True)
     wait_for(lambda: complete_step(run / "checkpoint") == 0 or proc.poll() is not None)
@@ -84,7 +85,7 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path, phantom):
     assert "Traceback" not in err
     step = complete_step(run / "checkpoint")
     assert step is not None and f"interrupted at step {step}" in err
-    done = subprocess.run(cli("train", str(phantom), "-o", str(run), "--resume", "--steps",
+    done = subprocess.run(cli("train", str(phantom), "-o", str(run), "--resume", "--max-steps",
                               str(step + 2)), env=env(), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
@@ -94,14 +95,14 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path, phantom):
 
 def test_a_diverging_run_exits_2_with_one_line(tmp_path, phantom, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["diffuseg", "train", str(phantom), "-o",
-                                      str(tmp_path / "run"), "--steps", "6", "--device", "cpu",
+                                      str(tmp_path / "run"), "--max-steps", "6", "--device", "cpu",
                                       *settings("train.lr=1e30")])
     with pytest.raises(SystemExit) as exit_info:
         main()
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2
     assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if not line.startswith("step ")]  # progress
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # not progress
     assert len(errors) == 1 and errors[0].startswith("error: training diverged"), err
 
 
@@ -129,7 +130,7 @@ def test_the_minutes_budget_holds_for_the_whole_command(tmp_path, phantom):
     subprocess.run([sys.executable, "-c", "import diffuseg.training"], env=env(), check=True)
     startup = time.monotonic() - t0
     t0 = time.monotonic()
-    done = subprocess.run(cli("train", str(phantom), "-o", str(tmp_path / "run"), "--steps",
+    done = subprocess.run(cli("train", str(phantom), "-o", str(tmp_path / "run"), "--max-steps",
                               "1000000", "--minutes", "1", "--device", "cpu",
                               *settings("train.val_every=50", "train.val_cases=4",
                                         "train.val_samples=4", "train.val_steps=5")),
@@ -156,7 +157,7 @@ def test_torchrun_two_processes_match_one_and_resume_with_another_world_size(tmp
     one = train(build_config(None, TINY + ["train.micro_batches=2", "train.val_every=1000",
                                            "train.max_steps=4", "train.device=cpu"],
                              dataset=phantom), phantom, tmp_path / "one", progress=False)
-    done = torchrun(2, "train", str(phantom), "-o", str(tmp_path / "two"), "--steps", "4",
+    done = torchrun(2, "train", str(phantom), "-o", str(tmp_path / "two"), "--max-steps", "4",
                     *common)
     assert done.returncode == 0, done.stderr[-2000:]
     two = tmp_path / "two"
@@ -170,7 +171,7 @@ def test_torchrun_two_processes_match_one_and_resume_with_another_world_size(tmp
     assert steps == [4]  # one writer: rank 1 logs nothing
     # 2 processes for 2 steps, then 1 process resumes to 4
     half = tmp_path / "half"
-    done = torchrun(2, "train", str(phantom), "-o", str(half), "--steps", "2", *common)
+    done = torchrun(2, "train", str(phantom), "-o", str(half), "--max-steps", "2", *common)
     assert done.returncode == 0, done.stderr[-2000:]
     train(build_config(None, ["train.max_steps=4"], dataset=None, base=half / "config.json"),
           phantom, half, resume=True, progress=False)

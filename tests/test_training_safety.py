@@ -47,10 +47,10 @@ def crash_at(monkeypatch, at_step: int) -> None:
     """Make the process 'die' while building the batch of step ``at_step`` (0-based)."""
     real = training.batch_at
 
-    def batch_at(examples, cfg, seed, step, items):
+    def batch_at(examples, cfg, seed, step, *rest):
         if step == at_step:
             raise Crash(f"crash at step {step}")
-        return real(examples, cfg, seed, step, items)
+        return real(examples, cfg, seed, step, *rest)
 
     monkeypatch.setattr(training, "batch_at", batch_at)
 
@@ -109,7 +109,7 @@ def test_resume_records_overrides_and_refuses_other_data(tmp_path, phantom, monk
     monkeypatch.undo()
     other = write_phantom_dataset(tmp_path / "other", n_cases=9, spatial_dims=2, size=32,
                                   n_raters=3, seed=2)
-    with pytest.raises(DataError, match="is not the one run"):
+    with pytest.raises(DataError, match="is not the dataset run"):
         train(resumed_config(run), other, run, resume=True, progress=False)
     train(resumed_config(run, "train.max_steps=2"), phantom, run, resume=True, progress=False)
     assert json.loads((run / "config.json").read_text())["train"]["max_steps"] == 2
@@ -165,8 +165,8 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, phan
 def nan_at(monkeypatch, at_step: int) -> None:
     real = training.batch_at
 
-    def batch_at(examples, cfg, seed, step, items):
-        batch = real(examples, cfg, seed, step, items)
+    def batch_at(examples, cfg, seed, step, *rest):
+        batch = real(examples, cfg, seed, step, *rest)
         if step == at_step:
             batch["image"][:] = float("nan")
         return batch

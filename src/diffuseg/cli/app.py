@@ -26,7 +26,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from diffuseg import __version__
-from diffuseg.errors import DiffusegError
+from diffuseg.errors import DiffusegError, TrainingInterrupted
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 F = TypeVar("F", bound=Callable)
@@ -98,6 +98,9 @@ def main() -> None:
 
     try:
         app()
+    except TrainingInterrupted as err:  # SIGINT/SIGTERM: a checkpoint was saved
+        typer.echo(str(err), err=True)
+        sys.exit(130)
     except DiffusegError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
