@@ -81,8 +81,12 @@ def predict(
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     device: Annotated[str, typer.Option("-device", "--device", help="auto, cpu or cuda")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs")] = False,
+    inside: Annotated[Path | None, typer.Option(help="Mask of pixels certainly inside (guided)")
+                      ] = None,
+    outside: Annotated[Path | None, typer.Option(help="Mask of pixels certainly outside")] = None,
 ) -> None:
     """Draw samples; write them, the consensus and uncertainty maps in the input's geometry."""
+    from diffuseg.guidance import read_constraints
     from diffuseg.inference import Predictor, list_inputs
 
     if steps is not None and steps < 1:
@@ -90,10 +94,14 @@ def predict(
     if samples is not None and samples < 1:
         raise DiffusegError(f"--samples {samples} must be at least 1 (e.g. --samples 16)")
     inputs = list_inputs(input)
+    constraints = read_constraints(inside, outside)
+    if constraints is not None and len(inputs) > 1:
+        raise DiffusegError("--inside/--outside mark one image; give a single image with -i")
     predictor = Predictor.from_run(run, device=device)
     for path in inputs:
         folder = predictor.predict_file(
-            path, output, n_samples=samples, steps=steps, seed=seed, overwrite=overwrite
+            path, output, n_samples=samples, steps=steps, seed=seed, overwrite=overwrite,
+            constraints=constraints,
         )
         typer.echo(f"{path[0].name}: {folder}")
 

@@ -20,6 +20,7 @@ from diffuseg.data.resample import resample_to_reference, resample_to_spacing
 from diffuseg.data.transforms import normalize_intensity
 from diffuseg.ensemble import Result, summarise
 from diffuseg.errors import ConfigError, DataError
+from diffuseg.guidance import Constraints
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
 from diffuseg.training import autocast, autocast_dtype, resolve_device
@@ -75,21 +76,32 @@ class Predictor:
     @torch.no_grad()
     def segment(self, image: np.ndarray, *, geometry: Geometry | None = None,
                 n_samples: int | None = None, steps: int | None = None, seed: int = 0,
-                source: str = "image") -> Result:
+                source: str = "image", constraints: Constraints | None = None) -> Result:
         """Samples, consensus and uncertainty for one image ``[C, *spatial]`` (raw intensities).
 
         When the run resamples 3D data (``data.spacing``) and ``geometry`` is given, the image is
         resampled to that spacing, and every sample's probabilities are mapped back onto the
-        input's grid (trilinear) before the consensus and uncertainty are formed there."""
+        input's grid (trilinear) before the consensus and uncertainty are formed there.
+
+        ``constraints``: pixels marked certainly inside / outside; every sample holds them
+        (guided resampling, ``diffuseg.guidance``)."""
         steps, n_samples = self.check_steps(steps, n_samples)
         spacing = self.config.data.spacing if self.config.spatial_dims == 3 else None
         grid = None
         if spacing is not None and geometry is not None:
+            if constraints is not None:
+                raise ConfigError("guided resampling on a run that resamples to data.spacing is "
+                                  "not supported yet; use a run without data.spacing")
             image, grid = resample_to_spacing(image, geometry, spacing, "bilinear")
         x = self.prepare(image, source)
+        known = None
+        if constraints is not None:
+            constraints.check(tuple(image.shape[1:]))
+            known = constraints.known(self.device)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         with autocast(self.device, autocast_dtype(self.precision, self.device)):
-            samples = self.method.segment(x, n_samples, steps=steps, generator=generator)
+            samples = self.method.segment(x, n_samples, steps=steps, generator=generator,
+                                          known=known)
         samples = samples.float().cpu()
         if grid is not None:
             samples = map_back(samples, grid, geometry)
@@ -97,7 +109,7 @@ class Predictor:
 
     def predict_file(self, path: str | Path | Sequence[Path], out_dir: str | Path, *,
                      n_samples: int | None = None, steps: int | None = None, seed: int = 0,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, constraints: Constraints | None = None) -> Path:
         """Segment one image and write its outputs into ``out_dir/<case>/`` (see
         ``diffuseg.outputs.write_result``). ``path`` is a file, a DICOM series folder, or the
         channel files of one case (nnU-Net's ``case_0000``, ``case_0001``, ...), in order."""
@@ -110,7 +122,7 @@ class Predictor:
             raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite to "
                             "replace it or choose another -o")
         result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
-                              seed=seed, source=str(paths[0]))
+                              seed=seed, source=str(paths[0]), constraints=constraints)
         write_result(result, geometry, case_dir, source=paths[0],
                      extra={"run": str(self.run_dir), "steps": steps or self.config.sample.steps,
                             "seed": seed, "threads": torch.get_num_threads(),

@@ -20,6 +20,9 @@ from diffuseg.errors import ConfigError
 from diffuseg.processes import Process
 
 Denoise = Callable[[Tensor, Tensor], Tensor]  # (x_t, t LongTensor [B]) -> network output
+# Guided resampling (diffuseg.guidance): (x_{t_prev}, t_prev) -> x_{t_prev} with the known pixels
+# replaced; every sampler applies it to its new state after each step, before yielding it.
+Constrain = Callable[[Tensor, int], Tensor]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ def ddpm(
     *,
     generator: torch.Generator | None = None,
     clip: float | None = None,
+    constrain: Constrain | None = None,
 ) -> Iterator[Step]:
     """Ancestral sampling (Ho et al. 2020, Alg. 2) over respaced `timesteps`: x_{t_p} ~
     q(x_{t_p} | x_t, x0_hat) via `process.ancestral_step`; works for every Process."""
@@ -49,6 +53,7 @@ def ddpm(
         for t, t_prev in pairs:
             x0_hat = _predict(denoise, process, x, t, clip)
             x = process.ancestral_step(x, t, t_prev, x0_hat, generator=generator)
+            x = _constrained(x, t_prev, constrain)
             yield Step(x=x, x0_hat=x0_hat, t=t)
 
     return run()
@@ -63,6 +68,7 @@ def ddim(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     clip: float | None = None,
+    constrain: Constrain | None = None,
 ) -> Iterator[Step]:
     """DDIM (Song et al. 2021, eq. 12) via `process.ddim_step`; eta = 0 is deterministic given
     x_T. Needs a process with `ddim_step` (the Gaussian one)."""
@@ -76,6 +82,7 @@ def ddim(
         for t, t_prev in pairs:
             x0_hat = _predict(denoise, process, x, t, clip)
             x = step(x, t, t_prev, x0_hat, eta=eta, generator=generator)
+            x = _constrained(x, t_prev, constrain)
             yield Step(x=x, x0_hat=x0_hat, t=t)
 
     return run()
@@ -89,6 +96,7 @@ def dpm_solver_pp(
     *,
     generator: torch.Generator | None = None,
     clip: float | None = None,
+    constrain: Constrain | None = None,
 ) -> Iterator[Step]:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): first order at the first step, second-order
     multistep after, and x0_hat at the final step to t = -1 (as diffusers' multistep scheduler
@@ -102,7 +110,7 @@ def dpm_solver_pp(
         x, history = x_T, None
         for t, t_prev in pairs:
             x0_hat = _predict(denoise, process, x, t, clip)
-            x = step(x, t, t_prev, x0_hat, history)
+            x = _constrained(step(x, t, t_prev, x0_hat, history), t_prev, constrain)
             history = (t, x0_hat)
             yield Step(x=x, x0_hat=x0_hat, t=t)
 
@@ -117,6 +125,10 @@ def last(steps: Iterable[Step]) -> Tensor:
     if final is None:
         raise ConfigError("last() got an empty trajectory; give at least one timestep")
     return final.x
+
+
+def _constrained(x: Tensor, t_prev: int, constrain: Constrain | None) -> Tensor:
+    return x if constrain is None else constrain(x, t_prev)
 
 
 def _predict(denoise: Denoise, process: Process, x: Tensor, t: int, clip: float | None) -> Tensor:

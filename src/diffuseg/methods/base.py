@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig, SampleConfig
 from diffuseg.errors import ConfigError
+from diffuseg.guidance import Constrain, KnownPixels, check_supported, repaint
 from diffuseg.samplers import Denoise, ddim, ddpm, dpm_solver_pp, last
 
 
@@ -35,6 +36,7 @@ class Method(ABC):
     """A segmentation paradigm: ``loss(batch)`` for training, ``sample(image, n)`` for inference."""
 
     name: str = "method"
+    guidable: bool = False  # sample() takes known= (guided resampling, diffuseg.guidance)
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -89,17 +91,36 @@ class Method(ABC):
 
     @torch.no_grad()
     def segment(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None,
+                known: KnownPixels | None = None) -> Tensor:
         """``sample`` on an image of any size: pads each spatial axis up to a multiple of
-        ``size_multiple()`` (replicate padding), samples, and crops back."""
+        ``size_multiple()`` (replicate padding), samples, and crops back. ``known``: pixels every
+        sample must hold (guided resampling, ``diffuseg.guidance``)."""
         factor = self.size_multiple()
         spatial = image.shape[2:]
         pads = [(-s) % factor for s in spatial]
         flat = [v for p in reversed(pads) for v in (0, p)]
         padded = F.pad(image, flat, mode="replicate") if any(pads) else image
-        samples = self.sample(padded, n_samples, steps=steps, generator=generator)
+        guided = {}
+        if known is not None:
+            if not self.guidable:
+                raise ConfigError(
+                    f"guided resampling is not available for method '{self.name}': only methods "
+                    "that diffuse the mask itself support it (ddpm, cimd, medsegdiff_v2, berdiff, "
+                    "hidiff; ldseg diffuses a latent code); see docs/review.md")
+            guided = {"known": known.pad(flat) if any(pads) else known}
+        samples = self.sample(padded, n_samples, steps=steps, generator=generator, **guided)
         crop = tuple(slice(0, s) for s in spatial)
         return samples[(..., *crop)]
+
+    def guide(self, process, known: KnownPixels | None, n_samples: int,
+              generator: torch.Generator | None, target=None) -> Constrain | None:
+        """The RePaint callback for the samplers, or None without known pixels."""
+        if known is None:
+            return None
+        check_supported(self.name, self.config.num_classes, target)
+        encode = target.encode if target is not None else (lambda m: m)
+        return repaint(process, known, n_samples, encode=encode, generator=generator)
 
     def windowed(self, fn: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
         """Apply ``fn`` to ``inputs`` whole, or in overlapping windows when larger than the window
@@ -112,18 +133,21 @@ class Method(ABC):
 
 
 def run_sampler(s: SampleConfig, process, clip: float | None, denoise: Denoise, x_T: Tensor,
-                steps: int | None, generator: torch.Generator | None) -> Tensor:
+                steps: int | None, generator: torch.Generator | None, *,
+                constrain: Constrain | None = None) -> Tensor:
     """The final state of the sampler that ``sample.sampler`` names, over ``steps`` (default
     ``sample.steps``) respaced steps: DDPM (ancestral), DDIM (eta ``sample.eta``) or
     DPM-Solver++(2M) (deterministic)."""
     timesteps = process.timesteps(steps or s.steps)
     if s.sampler == "ddpm":
-        return last(ddpm(denoise, process, x_T, timesteps, generator=generator, clip=clip))
+        return last(ddpm(denoise, process, x_T, timesteps, generator=generator, clip=clip,
+                         constrain=constrain))
     if s.sampler == "dpm_solver_pp":
-        return last(dpm_solver_pp(denoise, process, x_T, timesteps, clip=clip))
+        return last(dpm_solver_pp(denoise, process, x_T, timesteps, clip=clip,
+                                  constrain=constrain))
     if s.sampler == "ddim":
         return last(ddim(denoise, process, x_T, timesteps, eta=s.eta, generator=generator,
-                         clip=clip))
+                         clip=clip, constrain=constrain))
     raise ConfigError(f"sample.sampler={s.sampler!r} is unknown; use ddim, ddpm or dpm_solver_pp")
 
 

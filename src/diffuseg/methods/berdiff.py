@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError
+from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.baselines import read_options
 from diffuseg.methods.ddpm import build_denoiser
@@ -78,6 +79,8 @@ def conditioned_denoiser(method: Method, net: nn.Module, cond: Tensor) -> Denois
 class BerDiff(Method):
     """Bernoulli diffusion of binary masks; the U-Net predicts the logits of x0."""
 
+    guidable = True
+
     def __init__(self, config: RunConfig):
         super().__init__(config)
         opts = read_options(config, DEFAULTS)
@@ -104,7 +107,8 @@ class BerDiff(Method):
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None,
+               known: KnownPixels | None = None) -> Tensor:
         """``[S, B, 1, *sp]``: each sample's final x0_hat. All S x B chains are one batch, sample-
         major; x_T is drawn before the intermediate states, all from ``generator``."""
         b, spatial = image.shape[0], image.shape[2:]
@@ -113,5 +117,7 @@ class BerDiff(Method):
                                         device=image.device)
         timesteps = self.process.timesteps(steps or self.config.sample.steps)
         denoise = conditioned_denoiser(self, self.denoiser, cond)
-        x0 = last(ddpm(denoise, self.process, x_T, timesteps, generator=generator))
+        constrain = self.guide(self.process, known, n_samples, generator)
+        x0 = last(ddpm(denoise, self.process, x_T, timesteps, generator=generator,
+                       constrain=constrain))
         return x0.float().reshape(n_samples, b, 1, *spatial)

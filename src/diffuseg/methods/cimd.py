@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError, DataError
+from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register, run_sampler
 from diffuseg.methods.baselines import read_options, windowed_with_emb
 from diffuseg.methods.ddpm import build_denoiser
@@ -60,6 +61,8 @@ def check_options(opts: dict) -> None:
 class CIMD(Method):
     """Diffusion segmentation with an Ambiguity Modelling Network (posterior), an Ambiguity
     Controlling Network and (by default) a prior p(z | I) whose z conditions the denoiser."""
+
+    guidable = True
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -136,7 +139,8 @@ class CIMD(Method):
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None, z: Tensor | None = None) -> Tensor:
+               generator: torch.Generator | None = None, z: Tensor | None = None,
+               known: KnownPixels | None = None) -> Tensor:
         """``[S, B, K, *sp]`` probabilities. z ``[S, B, latent_dim]`` fixes each hypothesis's
         latent; when None it is drawn from the prior (before x_T, from the same generator)."""
         b, spatial = image.shape[0], image.shape[2:]
@@ -144,8 +148,9 @@ class CIMD(Method):
         cond = image.repeat(n_samples, *([1] * (image.ndim - 1)))  # [S*B, C, *sp], sample-major
         shape = (n_samples * b, self.config.num_classes, *spatial)
         x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
+        constrain = self.guide(self.process, known, n_samples, generator, self.target)
         x0 = run_sampler(self.config.sample, self.process, self.target.clip,
-                         self.denoise_fn(cond, emb), x_T, steps, generator)
+                         self.denoise_fn(cond, emb), x_T, steps, generator, constrain=constrain)
         return self.target.decode(x0).reshape(n_samples, b, *x0.shape[1:])
 
     def _latents(self, image: Tensor, n_samples: int, z: Tensor | None,

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
+from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register, run_sampler
 from diffuseg.methods.targets import build_target
 from diffuseg.networks import ConditionalUNet
@@ -38,6 +39,8 @@ def build_denoiser(config: RunConfig, extra_cond: int = 0, emb_channels: int = 0
 @register("ddpm")
 class DDPMSegmentation(Method):
     """``loss`` is the mean squared error on the process's training target."""
+
+    guidable = True
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -74,13 +77,15 @@ class DDPMSegmentation(Method):
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None,
+               known: KnownPixels | None = None) -> Tensor:
         s = self.config.sample
         steps = steps or s.steps
         b, spatial = image.shape[0], image.shape[2:]
         cond = image.repeat(n_samples, *([1] * (image.ndim - 1)))  # [S*B, C, *sp], sample-major
         shape = (n_samples * b, self.config.num_classes, *spatial)
         x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
+        constrain = self.guide(self.process, known, n_samples, generator, self.target)
         x0 = run_sampler(s, self.process, self.target.clip, self.denoise_fn(cond), x_T, steps,
-                         generator)
+                         generator, constrain=constrain)
         return self.target.decode(x0).reshape(n_samples, b, *x0.shape[1:])

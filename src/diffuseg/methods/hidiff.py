@@ -46,6 +46,7 @@ from torch.func import functional_call
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError
+from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.baselines import build_segmentor, dice_ce, read_options
 from diffuseg.methods.berdiff import check_binary_bernoulli, conditioned_denoiser
@@ -158,6 +159,8 @@ class StepCounter(nn.Module):
 class HiDiff(Method):
     """Segmentor prior + anchored Bernoulli refiner, trained in alternate steps."""
 
+    guidable = True
+
     def __init__(self, config: RunConfig):
         super().__init__(config)
         opts = read_options(config, DEFAULTS)
@@ -217,7 +220,8 @@ class HiDiff(Method):
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None,
+               known: KnownPixels | None = None) -> Tensor:
         """``[S, B, 1, *sp]``: segmentor, then S refinement chains from y_T ~ B(p) as one batch
         (sample-major); each sample is its final x0_hat."""
         b, spatial = image.shape[0], image.shape[2:]
@@ -228,5 +232,6 @@ class HiDiff(Method):
         y_T = process.prior_sample(p.shape, generator=generator, device=image.device)
         timesteps = process.timesteps(steps or self.config.sample.steps)
         denoise = conditioned_denoiser(self, self.refiner, cond)
-        y0 = last(ddpm(denoise, process, y_T, timesteps, generator=generator))
+        constrain = self.guide(process, known, n_samples, generator)
+        y0 = last(ddpm(denoise, process, y_T, timesteps, generator=generator, constrain=constrain))
         return y0.float().reshape(n_samples, b, 1, *spatial)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError, DataError
+from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.baselines import dice_ce, read_options
 from diffuseg.methods.cimd import run_sampler
@@ -80,6 +81,8 @@ def build_network(config: RunConfig) -> MedSegDiffV2:
 @register("medsegdiff_v2")
 class MedSegDiffV2Method(Method):
     """Gaussian diffusion with the MedSegDiff-V2 denoiser and its anchor loss."""
+
+    guidable = True
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -140,14 +143,20 @@ class MedSegDiffV2Method(Method):
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None,
+               known: KnownPixels | None = None) -> Tensor:
         """``[S, B, K, *sp]`` probabilities; inputs of any size (padded up to the patch, or in
         windows); the sampler of ``config.sample``."""
         b, spatial = image.shape[0], image.shape[2:]
         padded = pad_to(image, self.patch)
         shape = (n_samples * b, self.config.num_classes, *padded.shape[2:])
         x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
+        if known is not None:
+            extra = [w - s for s, w in zip(spatial, padded.shape[2:], strict=True)]
+            known = known.pad([v for p in reversed(extra) for v in (0, p)])
+        constrain = self.guide(self.process, known, n_samples, generator, self.target)
         x0 = run_sampler(self.config.sample, self.process, self.target.clip,
-                         self.denoise_fn(padded, n_samples), x_T, steps, generator)
+                         self.denoise_fn(padded, n_samples), x_T, steps, generator,
+                         constrain=constrain)
         probs = self.target.decode(x0)[(..., *(slice(0, s) for s in spatial))]
         return probs.reshape(n_samples, b, *probs.shape[1:])
