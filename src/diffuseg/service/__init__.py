@@ -1,0 +1,1 @@
+"""The HTTP service (``diffuseg serve``) and the clinician's review page."""
