@@ -137,11 +137,13 @@ def demo(
 from diffuseg.cli_data import convert_app  # noqa: E402
 from diffuseg.cli_evaluate import evaluate_command  # noqa: E402
 from diffuseg.cli_export import export_command  # noqa: E402
+from diffuseg.cli_review import explain_command  # noqa: E402
 from diffuseg.workflow_report import workflow_report_command  # noqa: E402
 
 app.command("evaluate")(evaluate_command)
 app.command("export")(export_command)
 app.command("workflow-report")(workflow_report_command)
+app.command("explain")(explain_command)
 app.add_typer(convert_app, name="convert")
 
 
