@@ -21,8 +21,10 @@ TINY = ["network.channels=[8,16]", "network.attention_levels=[false,true]",
 TOKENS = {"tok-ann": "ann", "tok-bob": "bob"}
 
 
-def tiny_run(root: Path, *, n_cases: int = 4, size: int = 32, extra: list[str] = ()) -> tuple:
-    data = write_phantom_dataset(root / "phantom", n_cases=n_cases, size=size, n_raters=3)
+def tiny_run(root: Path, *, n_cases: int = 4, size: int = 32, extra: list[str] = (),
+             spatial_dims: int = 2) -> tuple:
+    data = write_phantom_dataset(root / "phantom", n_cases=n_cases, size=size, n_raters=3,
+                                 spatial_dims=spatial_dims)
     config = build_config(None, TINY + list(extra), dataset=data)
     return train(config, data, root / "run", progress=False), data
 

@@ -121,3 +121,32 @@ def test_guided_resampling_honours_the_marks(service):
     samples = np.frombuffer(raw, np.uint8).reshape(4, 32, 32)
     assert samples[:, 16, 16].all() and samples[:, 3, 3].all() and not samples[:, 10, 20].any()
     assert read_events(data_dir)[-1]["event"] == "resample"
+
+
+def test_a_3d_job_round_trips_on_its_nifti_grid(tmp_path):
+    run, data = tiny_run(tmp_path, size=16, spatial_dims=3,
+                         extra=["data.patch_size=[16,16,16]"])
+    predictor = Predictor.from_run(run)
+    image = sorted((data / "imagesTr").iterdir())[0]
+    make_job(tmp_path / "data", "vol", predictor, image, n_samples=3)
+    client = TestClient(make_app(tmp_path / "data", run, predictor))
+    meta = client.get("/review/api/jobs/vol", headers=ANN).json()
+    assert meta["shape"] == [16, 16, 16] and meta["n_samples"] == 3
+    raw = client.get("/review/api/jobs/vol/array/samples", headers=ANN)
+    assert raw.headers["X-Shape"] == "3,16,16,16"
+    client.post("/review/api/jobs/vol/view", headers=ANN)
+    mask = np.zeros((16, 16, 16), np.uint8)
+    mask[4:8, 5:9, 7] = 1  # a stroke on one slice
+    assert client.post("/review/api/jobs/vol/approve", headers=ANN,
+                       json={"mask": b64(mask)}).status_code == 200
+    saved, geometry = read_mask(tmp_path / "data/jobs/vol/approved/approved_mask.nii.gz")
+    _, source_geometry = read_mask(tmp_path / "data/jobs/vol/output/consensus.nii.gz")
+    assert (saved == mask).all() and np.allclose(geometry.affine, source_geometry.affine)
+    inside = np.zeros_like(mask)
+    inside[8, 8, 8] = 1
+    res = client.post("/review/api/jobs/vol/resample", headers=ANN,
+                      json={"inside": b64(inside), "outside": b64(np.zeros_like(mask)),
+                            "n_samples": 2})
+    assert res.status_code == 200, res.text
+    raw = client.get("/review/api/jobs/vol/array/samples?source=guided", headers=ANN).content
+    assert np.frombuffer(raw, np.uint8).reshape(2, 16, 16, 16)[:, 8, 8, 8].all()
