@@ -107,9 +107,9 @@ def review(client, job: str, truth: np.ndarray, rng: np.random.Generator) -> str
 
     def array(name: str, source: str = "output") -> np.ndarray:
         raw = client.get(f"{api}/array/{name}", params={"source": source}).content
-        return np.frombuffer(raw, np.uint8).reshape(-1, *shape).squeeze(0) > 0
+        return np.frombuffer(raw, np.uint8).reshape(-1, *shape) > 0
 
-    consensus, samples = array("consensus"), array("samples").reshape(-1, *shape)
+    consensus, samples = array("consensus")[0], array("samples")
     time.sleep(0.2)  # simulated reading
     if dice(consensus, truth) >= 0.9:
         client.post(f"{api}/approve", json={"mask": b64(consensus), "comment": "as proposed"}
@@ -130,7 +130,7 @@ def review(client, job: str, truth: np.ndarray, rng: np.random.Generator) -> str
                                              "outside": b64(np.zeros(shape, np.uint8)),
                                              "n_samples": 8}).raise_for_status()
         guided = client.get(api, params={"source": "guided"}).json()
-        g_samples = array("samples", "guided").reshape(-1, *shape)
+        g_samples = array("samples", "guided")
         g_best = max(guided["modes"]["medoids"], key=lambda m: dice(g_samples[m], truth))
         if dice(g_samples[g_best], truth) > dice(start, truth):
             start, label = g_samples[g_best].copy(), "guided mode"

@@ -48,6 +48,10 @@ def server(tmp_path_factory):
     data_dir = root / "data"
     for i, image in enumerate(sorted((data / "imagesTr").iterdir())[:2]):
         make_job(data_dir, f"job{i}", predictor, image)
+    run3, data3 = tiny_run(root / "3d", size=16, spatial_dims=3,
+                           extra=["data.patch_size=[16,16,16]"])
+    make_job(data_dir, "vol", Predictor.from_run(run3),
+             sorted((data3 / "imagesTr").iterdir())[0], n_samples=3)
     port = free_port()
     config = uvicorn.Config(make_app(data_dir, run, predictor), host="127.0.0.1", port=port,
                             log_level="warning")
@@ -175,6 +179,36 @@ def test_keyboard_shortcuts(server, browser):
     page.keyboard.press("Shift+X")
     page.wait_for_selector("body[data-state=rejected]", timeout=10000)
     assert read_events(data_dir)[-1]["event"] == "reject"
+    assert errors == []
+    page.close()
+
+
+def test_3d_slices_scroll_and_a_stroke_lands_on_its_slice(server, browser):
+    base, data_dir = server
+    page, errors = open_job(browser, base, "vol")
+    assert page.locator("#slice-label").inner_text() == "9 / 16"  # starts in the middle
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")
+    assert page.locator("#slice-label").inner_text() == "11 / 16"
+    box = page.locator("#view").bounding_box()
+    page.keyboard.press("b")
+    page.keyboard.press("q")  # radius 2 -> 1
+    page.mouse.move(box["x"] + 2.5 * box["width"] / 16, box["y"] + 3.5 * box["height"] / 16)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 6.5 * box["width"] / 16, box["y"] + 3.5 * box["height"] / 16)
+    page.mouse.up()
+    page.wait_for_selector("body[data-edits='1']", timeout=10000)
+    page.keyboard.press("0")  # start again from the consensus ...
+    page.keyboard.press("z")  # ... and undo that: the stroke is back
+    page.keyboard.press("Shift+A")
+    page.wait_for_selector("body[data-state=approved]", timeout=10000)
+    saved, _ = read_mask(data_dir / "jobs/vol/approved/approved_mask.nii.gz")
+    consensus, _ = read_mask(data_dir / "jobs/vol/output/consensus.nii.gz")
+    assert saved[3, 2:7, 10].all()  # rows x columns of slice 11 (index 10)
+    changed = np.argwhere(saved != consensus)
+    assert len(changed) and (changed[:, 2] == 10).all()  # only that slice changed
+    edit = [e for e in read_events(data_dir) if e["job"] == "vol" and e["event"] == "edit"]
+    assert edit[-1]["slice"] == 10
     assert errors == []
     page.close()
 

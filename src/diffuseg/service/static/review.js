@@ -292,8 +292,8 @@ function onDown(ev) {
   if (ev.button === 2) { S.wl = { x: ev.clientX, y: ev.clientY, width: S.width, level: S.level }; return; }
   if (ev.button !== 0) return;
   snapshot();
-  S.stroke = { tool: tool(), voxels: 0 };
   const [r, c] = pixelAt(ev);
+  S.stroke = { tool: tool(), voxels: 0, last: [r, c] };
   S.stroke.voxels += paint(r, c);
   render();
 }
@@ -314,7 +314,12 @@ function onMove(ev) {
     return;
   }
   if (!S.stroke) return;
-  S.stroke.voxels += paint(r, c);
+  // paint along the segment from the previous event: fast strokes leave no gaps
+  const [r0, c0] = S.stroke.last, n = Math.max(Math.abs(r - r0), Math.abs(c - c0), 1);
+  for (let j = 1; j <= n; j++) {
+    S.stroke.voxels += paint(Math.round(r0 + (r - r0) * j / n), Math.round(c0 + (c - c0) * j / n));
+  }
+  S.stroke.last = [r, c];
   render();
 }
 
