@@ -166,13 +166,11 @@ def screenshots(base: str, job: str, out: Path) -> None:
             page.keyboard.press(key)
         page.locator("#modes button").first.click()
         page.screenshot(path=out / "3_agreement_mode.png", full_page=True)
-        page.click("text=Explain")
+        page.click(".tab[data-tab=explain-tab]")
         for kind in ("trajectory", "occlusion", "counterfactual", "attention"):
             page.click(f"button[data-kind={kind}]")
-            page.wait_for_function(f"document.getElementById('img-{kind}').complete && "
-                                   f"(document.getElementById('img-{kind}').naturalWidth > 0 || "
-                                   f"document.getElementById('img-{kind}').alt.length > 0)",
-                                   timeout=300000)
+            page.wait_for_selector(f"#img-{kind}[data-state=done], #img-{kind}[data-state=failed]",
+                                   timeout=600000)
         page.screenshot(path=out / "4_explain.png", full_page=True)
         browser.close()
 

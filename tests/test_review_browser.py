@@ -176,6 +176,20 @@ def test_keyboard_shortcuts(server, browser):
     assert page.locator("#help-tab").is_visible()
     assert "Shift+" in page.locator("#shortcuts").inner_text()
     canvas_pixels(page, "04_shortcuts_agreement_sample")
+
+    # guided resampling from the page: one pixel marked inside (tool I), Shift+R
+    page.click(".tab[data-tab=review-tab]")
+    page.keyboard.press("i")
+    box = page.locator("#view").bounding_box()
+    page.mouse.click(box["x"] + 16.5 * box["width"] / 32, box["y"] + 20.5 * box["height"] / 32)
+    page.keyboard.press("Shift+R")
+    page.wait_for_selector("#original:not([disabled])", timeout=60000)
+    assert "(guided)" in page.locator("#sample-label").inner_text()
+    canvas_pixels(page, "05_guided")
+    guided = sorted((data_dir / "jobs/job1/guided").glob("sample_*.png"))
+    assert len(guided) >= 8
+    assert all(read_mask(p)[0][19:22, 15:18].all() for p in guided)  # radius 1 around (20, 16)
+    assert read_events(data_dir)[-1]["event"] == "resample"
     page.keyboard.press("Shift+X")
     page.wait_for_selector("body[data-state=rejected]", timeout=10000)
     assert read_events(data_dir)[-1]["event"] == "reject"

@@ -219,7 +219,8 @@ function updateLabels() {
 
 function renderModes() {
   const m = S.meta.modes;
-  $("modes-summary").textContent = m.description.replace(/(\d+)%/g, "$1 %");
+  $("modes-summary").textContent = m.k + " plausible contour" + (m.k === 1 ? "" : "s") + ": " +
+    m.shares.map((v) => Math.round(v * 100) + " %").join(" / ");
   const ul = $("modes"); ul.innerHTML = "";
   m.shares.forEach((share, j) => {
     const li = document.createElement("li");
@@ -377,13 +378,15 @@ async function decide(kind) {
 
 async function explain(kind) {
   const img = $("img-" + kind);
-  img.alt = "computing\u2026";
+  img.alt = "computing\u2026"; img.dataset.state = "loading";
   const res = await fetch(api + "/explain/" + kind + ".png", { headers: authHeaders });
   if (!res.ok) {
     let detail = res.statusText;
     try { detail = (await res.json()).detail; } catch (e) { /* not JSON */ }
-    img.alt = "not available: " + detail; img.removeAttribute("src"); return;
+    img.alt = "not available: " + detail; img.removeAttribute("src");
+    img.dataset.state = "failed"; return;
   }
+  img.onload = () => { img.dataset.state = "done"; };
   img.src = URL.createObjectURL(await res.blob());
 }
 
@@ -423,6 +426,7 @@ function onKey(ev) {
 }
 
 function showTab(id) {
+  $("panel").classList.toggle("wide", id === "explain-tab");
   document.querySelectorAll(".tabpane").forEach((p) => p.classList.toggle("hidden", p.id !== id));
   document.querySelectorAll(".tab").forEach((b) => b.classList.toggle("active", b.dataset.tab === id));
 }
