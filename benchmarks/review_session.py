@@ -147,7 +147,7 @@ def review(client, job: str, truth: np.ndarray, rng: np.random.Generator) -> str
     return f"edited ({len(diff)} voxels, from {label})"
 
 
-def screenshots(base: str, job: str, out: Path) -> None:
+def screenshots(base: str, job: str, out: Path, mark: tuple[int, int], size: int) -> None:
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +166,14 @@ def screenshots(base: str, job: str, out: Path) -> None:
             page.keyboard.press(key)
         page.locator("#modes button").first.click()
         page.screenshot(path=out / "3_agreement_mode.png", full_page=True)
+        page.keyboard.press("g")
+        page.keyboard.press("i")
+        box = page.locator("#view").bounding_box()
+        page.mouse.click(box["x"] + (mark[1] + 0.5) * box["width"] / size,
+                         box["y"] + (mark[0] + 0.5) * box["height"] / size)
+        page.keyboard.press("Shift+R")
+        page.wait_for_selector("#original:not([disabled])", timeout=600000)
+        page.screenshot(path=out / "5_guided.png", full_page=True)
         page.click(".tab[data-tab=explain-tab]")
         for kind in ("trajectory", "occlusion", "counterfactual", "attention"):
             page.click(f"button[data-kind={kind}]")
@@ -194,11 +202,17 @@ def main() -> None:
                       timeout=600) as client:
         for job, mask in truth.items():
             print(f"{job}: {review(client, job, mask, rng)}", flush=True)
-    if args.screenshots:
-        screenshots(base, next(iter(truth)), args.screenshots)
-    report = workflow_report(data_dir)
+    report = workflow_report(data_dir)  # of the scripted review only
     (args.out / "workflow_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(format_report(report))
+    print(format_report(report), flush=True)
+    if args.screenshots:
+        job, first = next(iter(truth.items()))
+        consensus = np.frombuffer(httpx.get(
+            f"{base}/review/api/jobs/{job}/array/consensus",
+            headers={"Authorization": f"Bearer {TOKEN}"}).content, np.uint8).reshape(first.shape)
+        missed = np.argwhere(first & (consensus == 0))
+        mark = tuple(missed[0]) if len(missed) else tuple(np.argwhere(first)[0])
+        screenshots(base, job, args.screenshots, mark, first.shape[0])
     server.should_exit = True
 
 
