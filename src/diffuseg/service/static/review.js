@@ -155,13 +155,13 @@ function render() {
         for (let s = 0; s < S.nSamples; s++) count += S.samples[s * n + i];
         if (count >= k) blend(o, [0, 220, 90], 0.4);
       }
+      if (S.inside[i]) blend(o, [0, 255, 0], 0.75);  // marks under the contours
+      if (S.outside[i]) blend(o, [40, 90, 255], 0.75);
       if (S.working[i]) blend(o, [255, 40, 40], 0.3);
       if (boundary(S.working, r, c)) blend(o, [255, 40, 40], 0.9);
       if (showCons && boundary(S.consensus, r, c)) blend(o, [255, 230, 0], 1);
       if (sample && boundary(sample, r, c)) blend(o, [0, 230, 255], 1);
       if (mode && boundary(mode, r, c)) blend(o, MODE_COLORS[S.shownMode % 5], 1);
-      if (S.inside[i]) blend(o, [0, 255, 0], 1);
-      if (S.outside[i]) blend(o, [40, 90, 255], 1);
     }
   }
   ctx.putImageData(img, 0, 0);
@@ -217,10 +217,14 @@ function updateLabels() {
   }
 }
 
+function describeModes(m) {
+  return m.k + " plausible contour" + (m.k === 1 ? "" : "s") + ": " +
+    m.shares.map((v) => Math.round(v * 100) + " %").join(" / ");
+}
+
 function renderModes() {
   const m = S.meta.modes;
-  $("modes-summary").textContent = m.k + " plausible contour" + (m.k === 1 ? "" : "s") + ": " +
-    m.shares.map((v) => Math.round(v * 100) + " %").join(" / ");
+  $("modes-summary").textContent = describeModes(m);
   const ul = $("modes"); ul.innerHTML = "";
   m.shares.forEach((share, j) => {
     const li = document.createElement("li");
@@ -348,13 +352,14 @@ async function resample() {
     S.source = "guided";
     await loadSamples();
     $("original").disabled = false;
-    $("resample-status").textContent = S.meta.modes.description;
+    S.shownMode = -1;
+    $("resample-status").textContent = "guided: " + describeModes(S.meta.modes);
     render();
   } catch (err) { $("resample-status").textContent = "Failed: " + err.message; }
 }
 
 async function showOriginal() {
-  S.source = "output"; await loadSamples(); $("original").disabled = true;
+  S.source = "output"; S.shownMode = -1; await loadSamples(); $("original").disabled = true;
   $("resample-status").textContent = ""; render();
 }
 
