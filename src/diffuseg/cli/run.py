@@ -101,8 +101,15 @@ def predict_command(
     dicom_samples: Annotated[bool, typer.Option(
         "--dicom-samples", help="Also write every sample as a segment of seg_samples.dcm")
     ] = False,
+    inside: Annotated[Path | None, typer.Option(
+        "--inside", help="Mask of pixels certainly inside, on the image's grid (guided "
+        "resampling: every sample holds them; docs/review.md)", show_default="none")] = None,
+    outside: Annotated[Path | None, typer.Option(
+        "--outside", help="Mask of pixels certainly outside (guided resampling)",
+        show_default="none")] = None,
 ) -> None:
     """Draw samples; write them, the consensus and uncertainty maps in the input's geometry."""
+    from diffuseg.guidance import read_constraints
     from diffuseg.inference import Predictor, list_inputs
     from diffuseg.outputs import lock_output
 
@@ -113,13 +120,16 @@ def predict_command(
     if format not in ("auto", "dicom"):
         raise DiffusegError(f"--format {format} is unknown; use auto or dicom")
     inputs = list_inputs(input)
+    constraints = read_constraints(inside, outside)
+    if constraints is not None and len(inputs) > 1:
+        raise DiffusegError("--inside/--outside mark one image; give a single image with -i")
     predictor = Predictor.from_run(run, device=device)
     with lock_output(output):
         for path in inputs:
             folder = predictor.predict_file(
                 path, output, n_samples=samples, steps=steps, seed=seed, overwrite=overwrite,
                 dicom=True if format == "dicom" else None, reference=reference,
-                dicom_samples=dicom_samples)
+                dicom_samples=dicom_samples, constraints=constraints)
             typer.echo(f"{path[0].name}: {folder}")
 
 
