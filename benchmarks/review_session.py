@@ -1,5 +1,5 @@
-"""A scripted review of phantom cases through the review router's HTTP API, then the workflow
-report of its audit trail (docs/review.md).
+"""A scripted review of phantom cases through the HTTP API of ``diffuseg serve`` (its review
+router), then the workflow report of its audit trail (docs/review.md).
 
     python benchmarks/review_session.py                       # trains a small phantom model
     python benchmarks/review_session.py --run RUN --cases 20  # reuse a 2D phantom run
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import socket
 import sys
 import threading
@@ -35,7 +36,7 @@ SMALL = ["network.channels=[16,32]", "network.attention_levels=[false,true]",
          "network.num_heads=2", "train.batch_size=4", "train.max_steps=150", "train.lr=0.001",
          "train.warmup_steps=20", "train.val_every=1000", "train.ema_decay=0.99",
          "train.device=cpu", "process.T=100", "sample.steps=5"]
-TOKEN, USER = "bench-token", "reviewer1"
+TOKEN, USER = "bench-token-0123456789", "reviewer1"
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -50,8 +51,10 @@ def b64(mask: np.ndarray) -> str:
 def prepare(out: Path, run: Path | None, n_cases: int, n_samples: int):
     from diffuseg.api import build_config
     from diffuseg.data.phantom import write_phantom_dataset
-    from diffuseg.inference import Predictor, read_channels
-    from diffuseg.outputs import write_result
+    from diffuseg.inference import Predictor
+    from diffuseg.service.app import segment_job
+    from diffuseg.service.jobs import JobStore, now
+    from diffuseg.service.settings import ServiceSettings
     from diffuseg.training import train
 
     data = write_phantom_dataset(out / "phantom", n_cases=64 + n_cases, size=32, n_raters=3,
@@ -63,33 +66,32 @@ def prepare(out: Path, run: Path | None, n_cases: int, n_samples: int):
     truth = {}
     from diffuseg.data import Dataset
 
+    store = JobStore(data_dir)  # jobs made as the service makes an upload job
+    state = SimpleNamespace(settings=ServiceSettings(run_dir=run, data_dir=data_dir,
+                                                     n_samples=n_samples),
+                            predictor=predictor, jobs=store)
     for case in Dataset.open(data).cases[64:64 + n_cases]:  # not among the first 64 trained on
-        job = data_dir / "jobs" / case.case_id
-        (job / "input").mkdir(parents=True, exist_ok=True)
         src = case.image_paths[0]
-        (job / "input" / src.name).write_bytes(src.read_bytes())
-        image, geometry = read_channels([job / "input" / src.name])
-        result = predictor.segment(image, geometry=geometry, n_samples=n_samples, seed=0)
-        write_result(result, geometry, job / "output", source=job / "input" / src.name)
-        (job / "job.json").write_text(json.dumps({"id": case.case_id, "status": "done",
-                                                  "source": "upload",
-                                                  "input_name": src.name}))
-        truth[case.case_id] = case.load().raters[0] > 0
-    (data_dir / "tokens.json").write_text(json.dumps({TOKEN: USER}))
+        job = store.create(source="upload", input_name=case.case_id, user=USER)
+        path = store.folder(job.id) / "input" / f"upload{src.suffix}"
+        path.write_bytes(src.read_bytes())
+        segment_job(state, job, path)
+        store.update(job, status="done", progress=1.0, finished=now(),
+                     outputs=store.list_outputs(job))
+        truth[job.id] = case.load().raters[0] > 0
+    fd = os.open(data_dir / "tokens.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({TOKEN: USER}, f)
     return predictor, run, data_dir, truth
 
 
-def serve(data_dir: Path, run: Path, predictor):
+def serve(data_dir: Path, run: Path):
     import uvicorn
-    from fastapi import FastAPI
 
-    from diffuseg.service.review import review_router
+    from diffuseg.service.app import create_app
+    from diffuseg.service.settings import ServiceSettings
 
-    settings = SimpleNamespace(data_dir=data_dir, run_dir=run, auth=True)
-    app = FastAPI()
-    app.state.settings, app.state.predictor = settings, predictor
-    app.state.tokens = {TOKEN: USER}  # what service.auth.current_user reads
-    app.include_router(review_router(settings, app.state))
+    app = create_app(ServiceSettings(run_dir=run, data_dir=data_dir))  # diffuseg serve's app
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -197,7 +199,7 @@ def main() -> None:
     from diffuseg.workflow_report import format_report, workflow_report
 
     predictor, run, data_dir, truth = prepare(args.out, args.run, args.cases, args.samples)
-    server, base = serve(data_dir, run, predictor)
+    server, base = serve(data_dir, run)
     rng = np.random.default_rng(0)
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
                       timeout=600) as client:

@@ -19,7 +19,7 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 from PIL import Image  # noqa: E402
-from review_helpers import make_app, make_job, tiny_run  # noqa: E402
+from review_helpers import ANN_TOKEN, make_app, make_job, tiny_run  # noqa: E402
 
 from diffuseg.audit import read_events  # noqa: E402
 from diffuseg.inference import Predictor  # noqa: E402
@@ -46,14 +46,14 @@ def server(tmp_path_factory):
     run, data = tiny_run(root)
     predictor = Predictor.from_run(run)
     data_dir = root / "data"
-    for i, image in enumerate(sorted((data / "imagesTr").iterdir())[:2]):
-        make_job(data_dir, f"job{i}", predictor, image)
+    ids = {f"job{i}": make_job(data_dir, predictor, image)
+           for i, image in enumerate(sorted((data / "imagesTr").iterdir())[:2])}
     run3, data3 = tiny_run(root / "3d", size=16, spatial_dims=3,
                            extra=["data.patch_size=[16,16,16]"])
-    make_job(data_dir, "vol", Predictor.from_run(run3),
-             sorted((data3 / "imagesTr").iterdir())[0], n_samples=3)
+    ids["vol"] = make_job(data_dir, Predictor.from_run(run3),
+                          sorted((data3 / "imagesTr").iterdir())[0], n_samples=3)
     port = free_port()
-    config = uvicorn.Config(make_app(data_dir, run, predictor), host="127.0.0.1", port=port,
+    config = uvicorn.Config(make_app(data_dir, run), host="127.0.0.1", port=port,
                             log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -62,7 +62,7 @@ def server(tmp_path_factory):
         if srv.started:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", data_dir
+    yield f"http://127.0.0.1:{port}", data_dir, ids
     srv.should_exit = True
     thread.join(10)
 
@@ -90,17 +90,17 @@ def open_job(browser, base: str, job: str):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{base}/review/{job}?token=tok-ann")
+    page.goto(f"{base}/review/{job}?token={ANN_TOKEN}")
     page.wait_for_selector("body[data-state=ready]", timeout=20000)
     return page, errors
 
 
 def test_overlays_modes_brush_and_approve(server, browser):
-    base, data_dir = server
-    page, errors = open_job(browser, base, "job0")
+    base, data_dir, ids = server
+    page, errors = open_job(browser, base, ids["job0"])
     plain = canvas_pixels(page, "01_consensus")
     assert plain.std() > 10 and len(np.unique(plain.reshape(-1, 3), axis=0)) > 50  # not blank
-    consensus, _ = read_mask(data_dir / "jobs/job0/output/consensus.png")
+    consensus, _ = read_mask(data_dir / "jobs" / ids["job0"] / "output/consensus.png")
     yellow = (plain == [255, 230, 0]).all(-1).sum()
     assert yellow > 20 if 0 < consensus.mean() < 1 else yellow == 0  # the consensus contour
     page.keyboard.press("p")
@@ -134,10 +134,10 @@ def test_overlays_modes_brush_and_approve(server, browser):
     page.click("#approve")
     page.wait_for_selector("body[data-state=approved]", timeout=10000)
     assert "approved by ann" in page.locator("#decision").inner_text()
-    saved, _ = read_mask(data_dir / "jobs/job0/approved/approved_mask.png")
+    saved, _ = read_mask(data_dir / "jobs" / ids["job0"] / "approved/approved_mask.png")
     assert saved[row, 4:13].all()  # the stroke is in the stored mask
     assert not saved[row].all() or w <= 13
-    events = [e for e in read_events(data_dir) if e["job"] == "job0"]
+    events = [e for e in read_events(data_dir) if e["job"] == ids["job0"]]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "view" and "edit" in kinds and kinds[-1] == "approve"
     approve = events[-1]
@@ -148,8 +148,8 @@ def test_overlays_modes_brush_and_approve(server, browser):
 
 
 def test_keyboard_shortcuts(server, browser):
-    base, data_dir = server
-    page, errors = open_job(browser, base, "job1")
+    base, data_dir, ids = server
+    page, errors = open_job(browser, base, ids["job1"])
     checked = "(id) => document.getElementById(id).checked"
     assert page.evaluate(checked, "ov-consensus")
     page.keyboard.press("c")
@@ -186,7 +186,7 @@ def test_keyboard_shortcuts(server, browser):
     page.wait_for_selector("#original:not([disabled])", timeout=60000)
     assert "(guided)" in page.locator("#sample-label").inner_text()
     canvas_pixels(page, "05_guided")
-    guided = sorted((data_dir / "jobs/job1/guided").glob("sample_*.png"))
+    guided = sorted((data_dir / "jobs" / ids["job1"] / "guided").glob("sample_*.png"))
     assert len(guided) >= 8
     assert all(read_mask(p)[0][19:22, 15:18].all() for p in guided)  # radius 1 around (20, 16)
     assert read_events(data_dir)[-1]["event"] == "resample"
@@ -198,8 +198,8 @@ def test_keyboard_shortcuts(server, browser):
 
 
 def test_3d_slices_scroll_and_a_stroke_lands_on_its_slice(server, browser):
-    base, data_dir = server
-    page, errors = open_job(browser, base, "vol")
+    base, data_dir, ids = server
+    page, errors = open_job(browser, base, ids["vol"])
     assert page.locator("#slice-label").inner_text() == "9 / 16"  # starts in the middle
     page.keyboard.press("ArrowUp")
     page.keyboard.press("ArrowUp")
@@ -216,22 +216,22 @@ def test_3d_slices_scroll_and_a_stroke_lands_on_its_slice(server, browser):
     page.keyboard.press("z")  # ... and undo that: the stroke is back
     page.keyboard.press("Shift+A")
     page.wait_for_selector("body[data-state=approved]", timeout=10000)
-    saved, _ = read_mask(data_dir / "jobs/vol/approved/approved_mask.nii.gz")
-    consensus, _ = read_mask(data_dir / "jobs/vol/output/consensus.nii.gz")
+    saved, _ = read_mask(data_dir / "jobs" / ids["vol"] / "approved/approved_mask.nii.gz")
+    consensus, _ = read_mask(data_dir / "jobs" / ids["vol"] / "output/consensus.nii.gz")
     assert saved[3, 2:7, 10].all()  # rows x columns of slice 11 (index 10)
     changed = np.argwhere(saved != consensus)
     assert len(changed) and (changed[:, 2] == 10).all()  # only that slice changed
-    edit = [e for e in read_events(data_dir) if e["job"] == "vol" and e["event"] == "edit"]
+    edit = [e for e in read_events(data_dir) if e["job"] == ids["vol"] and e["event"] == "edit"]
     assert edit[-1]["slice"] == 10
     assert errors == []
     page.close()
 
 
 def test_worklist_lists_the_jobs(server, browser):
-    base, _ = server
+    base, _, ids = server
     page = browser.new_page()
-    page.goto(f"{base}/review?token=tok-ann")
+    page.goto(f"{base}/review?token={ANN_TOKEN}")
     page.wait_for_selector("#jobs tr >> nth=1", timeout=10000)
     text = page.locator("#jobs").inner_text()
-    assert "job0" in text and "job1" in text and "approved by ann" in text
+    assert ids["job0"] in text and ids["job1"] in text and "approved by ann" in text
     page.close()

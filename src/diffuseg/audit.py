@@ -1,12 +1,14 @@
 """The review audit trail: one JSON object per line in ``DATA_DIR/audit.jsonl``, append-only.
 
 Every event has ``time`` (UTC ISO 8601), ``unix`` (seconds), ``user``, ``event`` (view, edit,
-resample, approve, reject) and ``job``; approvals add what changed: ``dice`` between the
-proposal (the consensus) and the approved mask, ``edited_voxels`` (voxels that differ),
-``seconds_open`` (from the reviewer's latest view of the job to the approval) and
-``start_from`` (consensus or a mode). Each line is written with one ``write`` to a file opened
-with O_APPEND and fsync'ed, so concurrent writers never interleave inside a line and an event
-acknowledged to the client survives a crash. Nothing ever rewrites the file.
+resample, explain, approve, reject, store) and ``job``; approvals add what changed: ``dice``
+between the proposal (the consensus) and the approved mask, ``edited_voxels`` (voxels that
+differ), ``seconds_open`` (from the reviewer's latest view of the job to the approval) and
+``start_from`` (consensus or a mode); ``store`` follows the approval of a PACS job (the reviewed
+SEG stored back: ``stored``, its ``series_uid``, or the PACS's ``error``). Each line is written
+with one ``write`` to a file opened with O_APPEND and fsync'ed, so concurrent writers never
+interleave inside a line and an event acknowledged to the client survives a crash. Nothing ever
+rewrites the file.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """The review router: the clinician's page and the JSON/binary endpoints it uses.
 
 Mounted by ``diffuseg.service.app.create_app`` with
-``app.include_router(review_router(settings, app.state))``. ``settings`` has ``data_dir``,
-``run_dir`` and ``auth``; ``state.predictor`` is the loaded Predictor (None: guided resampling
-and explanations answer 503). Every data endpoint needs the token's user
-(``diffuseg.service.auth.current_user``); the HTML and static files carry no data and need none.
-Every view, edit, resampling, approval and rejection is appended to ``DATA_DIR/audit.jsonl``.
+``app.include_router(review_router(settings, app.state))``. It uses what ``create_app`` puts on
+``app.state``: ``jobs`` (the ``JobStore``: the jobs and their folders), ``predictor`` (guided
+resampling and explanations; None answers 503), ``tokens`` (read by
+``diffuseg.service.auth.current_user``: every data endpoint needs the token's user; the HTML and
+static files carry no data and need none) and ``pacs`` (the DICOMweb client: an approved
+segmentation of a job that came from the PACS is stored back into its study). ``settings`` gives
+``data_dir`` and ``run_dir``. Every view, edit, resampling, approval and rejection is appended to
+``DATA_DIR/audit.jsonl``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from diffuseg.audit import append_event, last_view, mask_change
 from diffuseg.errors import DiffusegError
 from diffuseg.service import review_data as rd
 from diffuseg.service.auth import current_user
+from diffuseg.service.jobs import JOB_ID, Job, JobStore
 
 STATIC = {"review.js": "text/javascript", "review.css": "text/css",
           "review.html": "text/html", "worklist.html": "text/html"}
@@ -73,18 +77,49 @@ def quantise(values: np.ndarray) -> np.ndarray:
     return np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def label_name(run_dir: Path | None) -> str:
+    """The run's name of foreground label 1 (dataset.json), else 'foreground'."""
+    from diffuseg.io.dicom_seg import run_label_names
+
+    names = run_label_names(run_dir) if run_dir is not None else None
+    return (names or {}).get(1, "foreground")
+
+
+def store_reviewed(state, job: Job, seg: Path, user: str) -> dict:
+    """STOW-RS of the reviewed SEG into the job's study; what was stored, or the PACS's error
+    (the approval itself stands either way and is reported with it)."""
+    import pydicom
+
+    from diffuseg.service.pacs import PacsError
+
+    if state.pacs is None:
+        return {"stored": False, "error": "no PACS configured; start the service with --pacs"}
+    try:
+        state.pacs.store(job.study_uid, [seg])
+    except PacsError as err:
+        return {"stored": False, "error": " ".join(str(err).split())}
+    ds = pydicom.dcmread(seg, stop_before_pixels=True)
+    stored = {"stored": True, "series_uid": str(ds.SeriesInstanceUID),
+              "sop_instance_uid": str(ds.SOPInstanceUID), "reviewer": user}
+    state.jobs.update(job, pacs={**(job.pacs or {}), "reviewed": stored})
+    return stored
+
+
 def review_router(settings, state) -> APIRouter:
     data_dir = Path(settings.data_dir)
-    if getattr(state, "settings", None) is None:
-        state.settings = settings  # what auth.current_user reads
+    store: JobStore = state.jobs
+    label = label_name(getattr(settings, "run_dir", None))
     router = APIRouter(prefix="/review", tags=["review"])
-    lock = threading.Lock()  # one model call at a time
+    lock = threading.Lock()  # one review model call at a time
+
+    def find(job_id: str) -> Job:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job '{job_id[:40]}'")
+        return job
 
     def job_or_404(job_id: str) -> Path:
-        try:
-            return rd.job_path(data_dir, job_id)
-        except DiffusegError as err:
-            raise HTTPException(404, str(err)) from None
+        return store.folder(find(job_id).id)
 
     def case_or_409(job: Path, source: str) -> rd.Case:
         try:
@@ -122,7 +157,8 @@ def review_router(settings, state) -> APIRouter:
 
     @router.get("/api/jobs")
     def jobs(user: str = Depends(current_user)) -> list[dict]:
-        return rd.list_jobs(data_dir)
+        return [{**vars(job), "review": rd.read_json(store.folder(job.id) / "review.json")}
+                for job in store.all()]
 
     @router.get("/api/jobs/{job_id}")
     def job_meta(job_id: str, source: Source = "output", user: str = Depends(current_user)
@@ -132,7 +168,7 @@ def review_router(settings, state) -> APIRouter:
         job = job_or_404(job_id)
         case = case_or_409(job, source)
         lo, hi = np.percentile(case.image, [1, 99])
-        return {"id": job_id, "job": rd.read_json(job / "job.json"), "source": source,
+        return {"id": job_id, "job": vars(find(job_id)), "source": source,
                 "shape": list(case.image.shape), "spacing": list(case.geometry.spacing),
                 "n_samples": len(case.samples), "window": [float(lo), float(hi)],
                 "image_range": [float(case.image.min()), float(case.image.max())],
@@ -172,7 +208,8 @@ def review_router(settings, state) -> APIRouter:
 
     @router.post("/api/jobs/{job_id}/approve")
     def approve(job_id: str, body: DecisionBody, user: str = Depends(current_user)) -> dict:
-        job = job_or_404(job_id)
+        info = find(job_id)
+        job = store.folder(info.id)
         case = case_or_409(job, "output")
         mask = mask_from(body.mask, case.consensus.shape, "approve")
         opened = last_view(data_dir, job_id, user)
@@ -183,9 +220,18 @@ def review_router(settings, state) -> APIRouter:
         record = {"user": user, "decision": "approved", "comment": body.comment,
                   "start_from": body.start_from, "time": event["time"],
                   "seconds_open": seconds, **change}
-        files = rd.write_approved(job, mask, case, record)
-        rd.write_json_atomic(job / "review.json", {**record, "files": files})
-        return {**record, "files": files}
+        method = state.predictor.config.method.name if state.predictor is not None else (
+            rd.read_json(rd.case_folder(job) / "result.json") or {}).get("method", "diffuseg")
+        try:
+            files = rd.write_approved(job, mask, case, record, method=method, label=label)
+        except DiffusegError as err:
+            raise HTTPException(400, " ".join(str(err).split())) from None
+        record["files"] = files
+        if info.source == "pacs" and rd.SEG_FILE in files:
+            record["pacs"] = store_reviewed(state, info, job / "approved" / rd.SEG_FILE, user)
+            append_event(data_dir, "store", user, job_id, **record["pacs"])
+        rd.write_json_atomic(job / "review.json", record)
+        return record
 
     @router.post("/api/jobs/{job_id}/reject")
     def reject(job_id: str, body: DecisionBody, user: str = Depends(current_user)) -> dict:
@@ -247,7 +293,7 @@ def review_router(settings, state) -> APIRouter:
 
     @router.get("/{job_id}", response_class=HTMLResponse, include_in_schema=False)
     def review_page(job_id: str) -> str:
-        if not rd.JOB_ID.match(job_id):
+        if not JOB_ID.match(job_id):
             raise HTTPException(404, "no such job")
         return static_text("review.html")
 

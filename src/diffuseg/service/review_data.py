@@ -1,18 +1,17 @@
 """A job folder as the review page sees it (no HTTP here).
 
-``DATA_DIR/jobs/{job_id}/``: ``job.json``, ``input/`` (the image: NIfTI/PNG or a DICOM series),
-``output/`` (the case folder of ``diffuseg.outputs.write_result``, or one case folder inside it),
-and what review adds: ``guided/`` (the latest guided resampling, same layout), ``approved/`` (the
-approved mask in the input's format, ``approved.dcm`` for DICOM input when DICOM-SEG writing is
-available, ``review.json``) and ``review.json`` (the decision: approved / rejected).
+Jobs are those of ``diffuseg.service.jobs.JobStore``: ``DATA_DIR/jobs/{id}/`` with ``job.json``,
+``input/`` (the upload file, or the DICOM series in ``input/series/``), ``output/`` (the case
+folder of ``diffuseg.outputs.write_result``) and ``dicom/``. Review adds ``guided/`` (the latest
+guided resampling, same layout as ``output/``), ``approved/`` (the approved mask in the output's
+format, ``approved_seg.dcm`` for a DICOM series, ``review.json``) and ``review.json`` (the
+decision: approved / rejected).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,32 +22,8 @@ from diffuseg.errors import DataError
 from diffuseg.io import Geometry, read_image, read_mask, write_mask
 from diffuseg.outputs import UNCERTAINTY_MAPS
 
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAPS = ("probability", *UNCERTAINTY_MAPS)
-log = logging.getLogger(__name__)
-
-
-def job_path(data_dir: Path, job_id: str) -> Path:
-    """The job's folder; DataError for an id that is not a plain name or does not exist."""
-    if not JOB_ID.match(job_id) or ".." in job_id:
-        raise DataError(f"job id {job_id!r} is not valid")
-    path = Path(data_dir) / "jobs" / job_id
-    if not (path / "job.json").is_file():
-        raise DataError(f"job {job_id!r} does not exist")
-    return path
-
-
-def list_jobs(data_dir: Path) -> list[dict]:
-    jobs = []
-    root = Path(data_dir) / "jobs"
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        try:
-            info = json.loads((folder / "job.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        info["review"] = read_json(folder / "review.json")
-        jobs.append(info)
-    return jobs
+SEG_FILE = "approved_seg.dcm"
 
 
 def read_json(path: Path) -> dict | None:
@@ -76,15 +51,16 @@ def case_folder(job: Path, source: str = "output") -> Path:
 
 
 def input_paths(job: Path) -> list[Path]:
-    """The channel files of the job's image (or the DICOM series folder)."""
+    """The channel files of the job's image, or ``[input/series]`` for a DICOM series."""
     from diffuseg.inference import list_inputs
 
-    return list_inputs(job / "input")[0]
+    series = job / "input" / "series"
+    return [series] if series.is_dir() else list_inputs(job / "input")[0]
 
 
 def is_dicom(job: Path) -> bool:
-    info = read_json(job / "job.json") or {}
-    return info.get("source") == "pacs" or input_paths(job) == [job / "input"]
+    """The job's image is a DICOM series (uploaded as a zip or fetched from the PACS)."""
+    return (job / "input" / "series").is_dir()
 
 
 @dataclass
@@ -115,10 +91,10 @@ def load_case(job: Path, source: str = "output") -> Case:
                 (samples > 0).astype(np.uint8), maps, ext)
 
 
-def write_approved(job: Path, mask: np.ndarray, case: Case, record: dict,
-                   label: str = "lesion") -> list[str]:
-    """The approved mask in the input's format (and DICOM-SEG for a DICOM series); returns the
-    files written under ``approved/``."""
+def write_approved(job: Path, mask: np.ndarray, case: Case, record: dict, *,
+                   method: str = "diffuseg", label: str = "foreground") -> list[str]:
+    """The approved mask in the output's format (on the output grid) and, for a DICOM series, a
+    reviewed DICOM-SEG (``reviewed_seg``); returns the files written under ``approved/``."""
     out = job / "approved"
     out.mkdir(exist_ok=True)
     name = f"approved_mask{case.ext}"
@@ -127,30 +103,35 @@ def write_approved(job: Path, mask: np.ndarray, case: Case, record: dict,
     os.replace(tmp, out / name)
     files = [name]
     if is_dicom(job):
-        files += write_dicom_seg(job, mask, record, label)
+        reviewed_seg(job, mask, out / SEG_FILE, reviewer=record["user"], method=method,
+                     label=label)
+        files.append(SEG_FILE)
     record = {**record, "files": files,
               "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json_atomic(out / "review.json", record)
     return files
 
 
-def write_dicom_seg(job: Path, mask: np.ndarray, record: dict, label: str) -> list[str]:
-    """A BINARY DICOM-SEG labelled as reviewed, with the reviewer as content creator, through
-    ``diffuseg.io.dicom_seg.binary_seg`` (issue 12); skipped with a log note when absent."""
-    try:
-        from diffuseg.io.dicom_seg import binary_seg
-    except ImportError:
-        log.warning("diffuseg.io.dicom_seg is not available: approved DICOM-SEG not written "
-                    "for job %s", job.name)
-        return []
-    import pydicom
+def reviewed_seg(job: Path, mask: np.ndarray, path: Path, *, reviewer: str, method: str,
+                 label: str) -> Path:
+    """A BINARY DICOM-SEG of ``mask`` derived from the job's series, its segment marked
+    SEMIAUTOMATIC and its series described as reviewed, with ``reviewer`` as ContentCreatorName
+    (``diffuseg.io.dicom_seg.binary_seg``).
 
-    refs = [pydicom.dcmread(p) for p in sorted((job / "input").rglob("*")) if p.is_file()]
-    seg = binary_seg(mask, refs, label_names=[label], method=record.get("method", "diffuseg"),
-                     content_creator=record["user"], reviewed=True,
-                     series_description="diffuseg reviewed segmentation")
-    seg.save_as(job / "approved" / "approved_seg.dcm")
-    return ["approved_seg.dcm"]
+    Grid: ``mask`` lies on the output grid, which is the grid ``diffuseg.io.read_image`` gives the
+    series (``write_result`` writes the outputs on the input's geometry, and the page draws on
+    that array): ``[columns, rows, slices]`` with the slices sorted along the normal. That is the
+    order ``binary_seg`` expects, with the reference headers in the same sorted order:
+    ``reference_for`` of the series' geometry gives them so (not the file names' order)."""
+    from diffuseg.io.dicom_seg import binary_seg, reference_for, save_atomic
+
+    _, geometry = read_image(input_paths(job)[0])
+    if geometry.kind != "dicom":
+        raise DataError(f"job '{job.name}': the input is not a DICOM series; no DICOM-SEG")
+    seg = binary_seg(mask.astype(np.uint8), reference_for(geometry), label_names={1: label},
+                     method=method, content_creator=reviewer, reviewed=True,
+                     series_description="diffuseg segmentation")
+    return save_atomic(seg, path)
 
 
 def decode_mask(data: bytes, shape: tuple[int, ...]) -> np.ndarray:

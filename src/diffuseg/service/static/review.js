@@ -368,6 +368,10 @@ function showDecision(d) {
   if (d.decision === "approved") {
     text += ` \u2014 Dice with the proposal ${d.dice.toFixed(3)}, ${d.edited_voxels} voxel(s) edited`;
     if (d.seconds_open != null) text += `, ${d.seconds_open.toFixed(1)} s`;
+    if (d.pacs) {
+      text += d.pacs.stored ? " \u2014 stored in the PACS"
+        : ` \u2014 NOT stored in the PACS: ${d.pacs.error}`;
+    }
   }
   $("decision").textContent = text + (d.comment ? ` \u2014 \u201c${d.comment}\u201d` : "");
   document.body.dataset.state = d.decision;
