@@ -1,19 +1,24 @@
 """A PACS round trip against a real Orthanc: the shared brain-tumour study goes into Orthanc, the
 service fetches the T1post series over DICOMweb, segments it and stores the SEGs and the
 Parametric Map back; read back from Orthanc they equal the direct ``predict`` outputs voxel for
-voxel (same run, seed, samples and steps)."""
+voxel (same run, seed, samples and steps). Then the review: a PACS job approved through the
+review API goes back into Orthanc as a reviewed SEG naming the reviewer."""
 
 from __future__ import annotations
 
+import base64
 import time
 
 import numpy as np
+import pydicom
 import pytest
 from conftest import shared_data
 from fastapi.testclient import TestClient
 from orthanc import orthanc, upload
+from review_helpers import write_tokens
 from tiny_runs import tiny_run
 
+from diffuseg.audit import read_events
 from diffuseg.inference import Predictor
 from diffuseg.io import read_image
 from diffuseg.io.dicom_seg import read_parametric_map, read_seg, reference_for
@@ -22,6 +27,7 @@ from diffuseg.service.pacs import DicomWeb
 from diffuseg.service.settings import ServiceSettings
 
 STUDY = "dicom_brain_tumor_progression/PGBM-001"
+REVIEWER_TOKEN = "reviewer-token-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +96,65 @@ def test_orthanc_round_trip_equals_direct_predict(tmp_path, pacs):
     expected_maps = read_parametric_map(direct / "dicom" / "pmap_uncertainty.dcm", reference)
     for name in ("variance", "entropy", "mutual_information"):
         np.testing.assert_array_equal(got_maps[name], expected_maps[name])
+
+
+@pytest.mark.shared_data
+def test_approved_review_of_a_pacs_job_is_stored_back_with_the_reviewer(tmp_path, pacs):
+    """Segment from the PACS -> approve an edited mask through the review API -> the reviewed
+    SEG is in Orthanc, in the source study, with the reviewer as ContentCreatorName and the
+    approved voxels on the series grid."""
+    study = shared_data(STUDY)
+    t1 = next(study.glob("*T1post*"))
+    upload(pacs, sorted(p for p in study.rglob("*.dcm")))  # stored once; again is a no-op
+    _, geometry = read_image(t1)
+    study_uid = geometry.extras["study_uid"]
+    run = tiny_run(tmp_path / "run", 3)
+    data_dir = tmp_path / "data"
+    write_tokens(data_dir, {REVIEWER_TOKEN: "Reviewer^Ann"})
+    settings = ServiceSettings(run_dir=run, data_dir=data_dir, pacs_url=f"{pacs}/dicom-web",
+                               n_samples=2, steps=1, seed=3)
+    client = TestClient(create_app(settings))
+    client.headers.update({"Authorization": f"Bearer {REVIEWER_TOKEN}"})
+    answer = client.post(f"/v1/pacs/studies/{study_uid}/segment",
+                         params={"series": geometry.extras["series_uid"]})
+    assert answer.status_code == 202, answer.text
+    job = wait(client, answer.json()["id"])
+    assert job["status"] == "done", job
+
+    api = f"/review/api/jobs/{job['id']}"
+    meta = client.get(api).json()
+    assert meta["dicom"] and meta["job"]["source"] == "pacs"
+    shape = tuple(meta["shape"])
+    assert shape == geometry.shape  # the page's grid is the series' read_image grid
+    consensus = np.frombuffer(client.get(f"{api}/array/consensus").content,
+                              np.uint8).reshape(shape)
+    client.post(f"{api}/view").raise_for_status()
+    mask = consensus.copy()
+    mask[100:130, 140:150, 12] = 1  # a brush stroke on one slice, off-centre on both axes
+    mask[:, :, 3] = 0  # and one slice erased
+    approved = client.post(f"{api}/approve", json={"mask": base64.b64encode(
+        np.ascontiguousarray(mask).tobytes()).decode(), "comment": "edited"})
+    assert approved.status_code == 200, approved.text
+    record = approved.json()
+    assert record["user"] == "Reviewer^Ann" and record["pacs"]["stored"] is True
+    reviewed_uid = record["pacs"]["series_uid"]
+    assert client.get(f"/v1/jobs/{job['id']}").json()["pacs"]["reviewed"]["series_uid"] == \
+        reviewed_uid
+
+    web = DicomWeb(f"{pacs}/dicom-web")
+    series = {s["0020000E"]["Value"][0] for s in web.series(study_uid)}
+    assert reviewed_uid in series  # in the source study
+    files = web.fetch_series(study_uid, reviewed_uid, tmp_path / "reviewed", max_bytes=2**30,
+                             max_files=10)
+    web.close()
+    assert len(files) == 1
+    ds = pydicom.dcmread(files[0])
+    assert ds.Modality == "SEG" and str(ds.ContentCreatorName) == "Reviewer^Ann"
+    assert "reviewed" in ds.SeriesDescription
+    assert ds.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    stored = read_seg(files[0], reference_for(geometry))[1]
+    assert stored[100:130, 140:150, 12].all() and not stored[:, :, 3].any()
+    np.testing.assert_array_equal(stored, mask > 0)
+    events = [e for e in read_events(data_dir) if e["job"] == job["id"]]
+    assert [e["event"] for e in events][-3:] == ["view", "approve", "store"]
+    assert events[-1]["stored"] is True and events[-1]["user"] == "Reviewer^Ann"

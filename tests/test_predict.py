@@ -113,3 +113,45 @@ def test_channel_files_of_a_case_are_one_input(tmp_path):
 
     image, _ = read_channels(inputs[0])
     assert image.shape == (3, 8, 8) and image[2].max() == 20
+
+
+def test_cli_predict_inside_outside_holds_the_marks(tmp_path, run2d, monkeypatch, capsys):
+    """``predict --inside/--outside``: every sample holds the marked pixels, the case's JSON
+    counts them; marks on another grid, or one mark file for several images, are refused."""
+    import sys
+
+    from PIL import Image
+
+    from diffuseg.cli import main
+
+    run, data = run2d
+    image = sorted((data / "imagesTr").iterdir())[0]
+    inside, outside = np.zeros((24, 24), np.uint8), np.zeros((24, 24), np.uint8)
+    inside[3:6, 3:6] = 255  # a corner the phantom's lesion does not reach
+    outside[12:15, 10:16] = 255
+    Image.fromarray(inside).save(tmp_path / "in.png")
+    Image.fromarray(outside).save(tmp_path / "out.png")
+
+    def cli(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["diffuseg", "predict", str(run), *args])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        return exit_info.value.code
+
+    code = cli("-i", str(image), "-o", str(tmp_path / "guided"), "-n", "4", "--steps", "3",
+               "--inside", str(tmp_path / "in.png"), "--outside", str(tmp_path / "out.png"))
+    assert code in (0, None), capsys.readouterr().err
+    folder = tmp_path / "guided" / case_name(image)
+    for s in range(4):
+        sample = read_mask(folder / f"sample_{s:02d}.png")[0] > 0
+        assert sample[3:6, 3:6].all() and not sample[12:15, 10:16].any()
+    summary = json.loads((folder / "result.json").read_text())
+    assert summary["constraints"] == {"inside": 9, "outside": 18}
+    capsys.readouterr()
+    Image.fromarray(np.zeros((20, 24), np.uint8)).save(tmp_path / "small.png")
+    assert cli("-i", str(image), "-o", str(tmp_path / "bad"), "--inside",
+               str(tmp_path / "small.png")) == 2
+    assert "shape" in capsys.readouterr().err
+    assert cli("-i", str(data / "imagesTr"), "-o", str(tmp_path / "bad"), "--inside",
+               str(tmp_path / "in.png")) == 2
+    assert "single image" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from diffuseg.data.resample import resample_to_reference, resample_to_spacing
 from diffuseg.data.transforms import normalize_intensity
 from diffuseg.ensemble import Result, summarise
 from diffuseg.errors import ConfigError, DataError
+from diffuseg.guidance import Constraints
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
 from diffuseg.runtime import autocast, autocast_dtype, resolve_device
@@ -80,23 +81,34 @@ class Predictor:
     @torch.no_grad()
     def segment(self, image: np.ndarray, *, geometry: Geometry | None = None,
                 n_samples: int | None = None, steps: int | None = None, seed: int = 0,
-                source: str = "image", progress: Callable[[int], None] | None = None) -> Result:
+                source: str = "image", progress: Callable[[int], None] | None = None,
+                constraints: Constraints | None = None) -> Result:
         """Samples, consensus and uncertainty for one image ``[C, *spatial]`` (raw intensities).
 
         When the run resamples 3D data (``data.spacing``) and ``geometry`` is given, the image is
         resampled to that spacing, and every sample's probabilities are mapped back onto the
         input's grid (trilinear) before the consensus and uncertainty are formed there.
-        ``progress(k)`` is called after each sampling step k."""
+        ``progress(k)`` is called after each sampling step k. ``constraints``: pixels marked
+        certainly inside / outside, on the image's grid; every sample holds them (guided
+        resampling, ``diffuseg.guidance``)."""
         steps, n_samples = self.check_steps(steps, n_samples)
         spacing = self.config.data.spacing if self.config.spatial_dims == 3 else None
         grid = None
         if spacing is not None and geometry is not None:
+            if constraints is not None:
+                raise ConfigError("guided resampling on a run that resamples to data.spacing is "
+                                  "not supported yet; use a run without data.spacing")
             image, grid = resample_to_spacing(image, geometry, spacing, "bilinear")
         x = self.prepare(image, source)
+        known = None
+        if constraints is not None:
+            constraints.check(tuple(image.shape[1:]))
+            known = constraints.known(self.device)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         with autocast(self.device, autocast_dtype(self.precision, self.device)), \
                 on_step(progress):
-            samples = self.method.segment(x, n_samples, steps=steps, generator=generator)
+            samples = self.method.segment(x, n_samples, steps=steps, generator=generator,
+                                          known=known)
         samples = samples.float().cpu()
         if grid is not None:
             samples = map_back(samples, grid, geometry)
@@ -107,14 +119,15 @@ class Predictor:
                      overwrite: bool = False, dicom: bool | None = None,
                      reference: str | Path | None = None, dicom_samples: bool = False,
                      progress: Callable[[int], None] | None = None,
-                     extra: dict | None = None) -> Path:
+                     extra: dict | None = None, constraints: Constraints | None = None) -> Path:
         """Segment one image and write its outputs into ``out_dir/<case>/`` (see
         ``diffuseg.outputs.write_result``). ``path`` is a file, a DICOM series folder, or the
         channel files of one case (nnU-Net's ``case_0000``, ``case_0001``, ...), in order.
 
         DICOM objects (``diffuseg.io.dicom_seg``) go to ``<case>/dicom/`` when ``dicom`` is True,
         or when it is None and the input is a DICOM series; a non-DICOM input needs the
-        ``reference`` series folder it was converted from."""
+        ``reference`` series folder it was converted from. ``constraints``: guided resampling
+        (``segment``); the counts of marked pixels are recorded in the case's JSON."""
         from diffuseg.outputs import lock_output, write_result
 
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
@@ -125,13 +138,14 @@ class Predictor:
                 raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite "
                                 "to replace it or choose another -o")
             result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
-                                  seed=seed, source=str(paths[0]), progress=progress)
+                                  seed=seed, source=str(paths[0]), progress=progress,
+                                  constraints=constraints)
             sampler, used_steps = self.method.sampling(steps)  # what sample() ran
             write_result(result, geometry, case_dir, source=paths[0],  # replaces the whole folder
                          extra={"run": str(self.run_dir.absolute()), "sampler": sampler,
                                 "steps": used_steps, "seed": seed,
                                 "threads": torch.get_num_threads(), "device": str(self.device),
-                                **(extra or {})}, image=image)
+                                **guided_extra(constraints), **(extra or {})}, image=image)
             if dicom or (dicom is None and (geometry.kind == "dicom" or reference is not None)):
                 from diffuseg.io.dicom_seg import (
                     reference_for,
@@ -204,3 +218,11 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def guided_extra(constraints: Constraints | None) -> dict:
+    """What a prediction records of the reviewer's marks: the marked pixel counts."""
+    if constraints is None:
+        return {}
+    return {"constraints": {"inside": int(constraints.inside.sum()),
+                            "outside": int(constraints.outside.sum())}}

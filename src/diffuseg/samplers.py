@@ -10,6 +10,10 @@ samplers differ only in that update:
 * `ddim`: Song et al. 2021, eq. 12 (`ddim_update`, Gaussian processes only);
 * `dpm_solver_pp`: Lu et al. 2022, DPM-Solver++(2M) (`dpm_solver_pp_update`, Gaussian only).
 
+Every sampler takes `constrain` (`Constrain`, or None): the loop applies it to each new state
+with the next timestep; guided resampling (`diffuseg.guidance`, RePaint) uses it to hold the
+pixels a reviewer marked.
+
 The solver maths live here, not in the processes: a process gives q, its posterior and the
 conversions; a sampler decides how to walk back. Which sampler a process kind can run, and its
 default, are stated once in `SUPPORTED` and `DEFAULT`; `check_sampler` refuses the others.
@@ -35,6 +39,9 @@ from diffuseg.processes.schedules import Timestep, check_step, coef, randn_like
 Denoise = Callable[[Tensor, Tensor], Tensor]  # (x_t, t LongTensor [B]) -> network output
 # (x_t, t, t_prev, x0_hat) -> x_{t_prev}; a multistep update keeps its own history
 Update = Callable[[Tensor, int, int, Tensor], Tensor]
+# Guided resampling (diffuseg.guidance): (x_{t_prev}, t_prev) -> x_{t_prev} with the known pixels
+# replaced; the loop applies it to the new state after every update, before yielding it.
+Constrain = Callable[[Tensor, int], Tensor]
 
 SUPPORTED = {"ddpm": ("gaussian", "bernoulli"), "ddim": ("gaussian",),
              "dpm_solver_pp": ("gaussian",)}  # sampler -> the process kinds it can run
@@ -65,19 +72,20 @@ def check_sampler(name: str | None, kind: str) -> str:
 
 
 def ddpm(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int], *,
-         generator: torch.Generator | None = None, clip: float | None = None) -> Iterator[Step]:
+         generator: torch.Generator | None = None, clip: float | None = None,
+         constrain: Constrain | None = None) -> Iterator[Step]:
     """Ancestral sampling (Ho et al. 2020, Alg. 2) over respaced `timesteps`: x_{t_p} ~
     q(x_{t_p} | x_t, x0_hat) via `process.ancestral_step`; works for every Process."""
 
     def update(x: Tensor, t: int, t_prev: int, x0_hat: Tensor) -> Tensor:
         return process.ancestral_step(x, t, t_prev, x0_hat, generator=generator)
 
-    return _trajectory(denoise, process, x_T, timesteps, update, clip)
+    return _trajectory(denoise, process, x_T, timesteps, update, clip, constrain)
 
 
 def ddim(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int], *,
          eta: float = 0.0, generator: torch.Generator | None = None,
-         clip: float | None = None) -> Iterator[Step]:
+         clip: float | None = None, constrain: Constrain | None = None) -> Iterator[Step]:
     """DDIM (Song et al. 2021, eq. 12; `ddim_update`); eta = 0 is deterministic given x_T.
     Needs a Gaussian process."""
     _require_kind(process, "ddim")
@@ -86,12 +94,12 @@ def ddim(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[in
     def update(x: Tensor, t: int, t_prev: int, x0_hat: Tensor) -> Tensor:
         return ddim_update(process, x, t, t_prev, x0_hat, eta=eta, generator=generator)
 
-    return _trajectory(denoise, process, x_T, timesteps, update, clip)
+    return _trajectory(denoise, process, x_T, timesteps, update, clip, constrain)
 
 
 def dpm_solver_pp(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int], *,
-                  generator: torch.Generator | None = None,
-                  clip: float | None = None) -> Iterator[Step]:
+                  generator: torch.Generator | None = None, clip: float | None = None,
+                  constrain: Constrain | None = None) -> Iterator[Step]:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): first order at the first step, second-order
     multistep after, and x0_hat at the final step to t = -1 (as diffusers' multistep scheduler
     with solver_order=2, final_sigmas_type="zero"). Deterministic; `generator` is unused and
@@ -106,7 +114,7 @@ def dpm_solver_pp(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Se
         history.append((t, x0_hat))
         return x_prev
 
-    return _trajectory(denoise, process, x_T, timesteps, update, clip)
+    return _trajectory(denoise, process, x_T, timesteps, update, clip, constrain)
 
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
@@ -114,13 +122,14 @@ SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
 
 def sample(name: str, denoise: Denoise, process: Process, x_T: Tensor,
            timesteps: Sequence[int], *, generator: torch.Generator | None = None,
-           clip: float | None = None, eta: float = 0.0) -> Tensor:
+           clip: float | None = None, eta: float = 0.0,
+           constrain: Constrain | None = None) -> Tensor:
     """The final state of sampler `name` (checked against the process's kind); `eta` is used by
     DDIM only."""
     check_sampler(name, process.kind)
     extra = {"eta": eta} if name == "ddim" else {}
     return last(SAMPLERS[name](denoise, process, x_T, timesteps, generator=generator, clip=clip,
-                               **extra))
+                               constrain=constrain, **extra))
 
 
 _STEP_HOOK: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
@@ -210,8 +219,10 @@ def _log_snr(process, t: int) -> tuple[float, float, float]:
 
 
 def _trajectory(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int],
-                update: Update, clip: float | None) -> Iterator[Step]:
-    """Checks `timesteps` now (at the call), then yields one Step per (t, t_prev) pair."""
+                update: Update, clip: float | None,
+                constrain: Constrain | None = None) -> Iterator[Step]:
+    """Checks `timesteps` now (at the call), then yields one Step per (t, t_prev) pair;
+    `constrain` (when given) replaces each new state by `constrain(x, t_prev)`."""
     pairs = _pairs(timesteps, process.T)
 
     def run() -> Iterator[Step]:
@@ -222,6 +233,8 @@ def _trajectory(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequ
             if clip is not None:
                 x0_hat = x0_hat.clamp(-clip, clip)
             x = update(x, t, t_prev, x0_hat)
+            if constrain is not None:
+                x = constrain(x, t_prev)
             yield Step(x=x, x0_hat=x0_hat, t=t)
 
     return run()

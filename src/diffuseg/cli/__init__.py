@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "diffuseg.cli.export",  # export
     "diffuseg.cli.serve",  # serve (HTTP service, docs/deploying.md)
     "diffuseg.cli.synthesize",  # synthesize (docs/synthesis.md)
+    "diffuseg.cli.review",  # explain, workflow-report (docs/review.md)
 )
 
 for _module in COMMAND_MODULES:

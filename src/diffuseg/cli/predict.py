@@ -51,6 +51,12 @@ def predict_command(
     dicom_samples: Annotated[bool, typer.Option(
         "--dicom-samples", help="Also write every sample as a segment of seg_samples.dcm")
     ] = False,
+    inside: Annotated[Path | None, typer.Option(
+        "--inside", help="Mask of pixels certainly inside, on the image's grid (guided "
+        "resampling: every sample holds them; docs/review.md)", show_default="none")] = None,
+    outside: Annotated[Path | None, typer.Option(
+        "--outside", help="Mask of pixels certainly outside (guided resampling)",
+        show_default="none")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Draw samples; write them, the consensus, uncertainty maps and previews in the input's
@@ -65,11 +71,17 @@ def predict_command(
     if format not in ("auto", "dicom"):
         raise DiffusegError(f"--format {format} is unknown; use auto or dicom")
     cases, chosen = select_cases(run, input=input, dataset=dataset, split=split, series=series)
+    from diffuseg.guidance import read_constraints
+
+    constraints = read_constraints(inside, outside)
+    if constraints is not None and len(cases) > 1:
+        raise DiffusegError("--inside/--outside mark one image; give a single image with -i")
+    file_options = {"constraints": constraints} if constraints is not None else {}
     predictor = load_predictor(run, device, onnx)
     results = predict_cases(predictor, cases, output, split=chosen, dataset=dataset,
                             n_samples=samples, steps=steps, seed=seed, overwrite=overwrite,
                             dicom=True if format == "dicom" else None, reference=reference,
-                            dicom_samples=dicom_samples)
+                            dicom_samples=dicom_samples, **file_options)
     skipped = sum(1 for *_, was_skipped in results if was_skipped)
     for name, folder, was_skipped in results:
         if not quiet:

@@ -8,6 +8,11 @@ A method declares, as class attributes, the kind of process it diffuses with (``
 (``options_type``, a dataclass coerced from ``method.options`` by ``config.from_dict``) and
 whether it models binary masks only. ``sampling(steps)`` is the one place the sampler and the
 number of steps are defaulted and checked; ``diffuse`` runs them.
+
+Guided resampling (``diffuseg.guidance``): a method that diffuses the mask itself sets
+``guidable = True``, takes ``known=`` in ``sample`` and hands it to ``diffuse``, which builds the
+RePaint callback for the sampler (encoding the marks with ``self.target`` when the method has
+one). ``segment(..., known=)`` pads the marks with the image and refuses other methods.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig, SampleConfig, from_dict
 from diffuseg.errors import ConfigError
+from diffuseg.guidance import KnownPixels, check_supported, repaint
 from diffuseg.processes import Process, build_process
-from diffuseg.samplers import Denoise, check_sampler
+from diffuseg.samplers import Constrain, Denoise, check_sampler
 from diffuseg.samplers import sample as run_named_sampler
 
 
@@ -69,6 +75,8 @@ class Method(ABC):
     options_type: type = NoOptions  # dataclass of method.options
     binary_only: bool = False  # models one foreground channel (num_classes = 1) only
     stochastic: bool = True  # different generators give different samples
+    guidable: bool = False  # sample() takes known= (guided resampling, diffuseg.guidance)
+    target: Any = None  # the mask encoding (methods/targets.py) of the Gaussian mask methods
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -116,13 +124,28 @@ class Method(ABC):
 
     def diffuse(self, denoise: Denoise, x_T: Tensor, steps: int | None, *,
                 generator: torch.Generator | None = None, clip: float | None = None,
-                process: Process | None = None) -> Tensor:
+                process: Process | None = None, known: KnownPixels | None = None) -> Tensor:
         """The final state of ``sampling(steps)``'s sampler from ``x_T`` over that many respaced
-        steps of ``process`` (default ``self.process``)."""
+        steps of ``process`` (default ``self.process``). ``known``: pixels every chain must hold
+        (guided resampling; ``x_T`` holds S chains per image of ``known``, sample-major)."""
         sampler, n = self.sampling(steps)
         process = self.process if process is None else process
+        constrain = self.guide(process, known, x_T.shape[0], generator)
         return run_named_sampler(sampler, denoise, process, x_T, process.timesteps(n),
-                                 generator=generator, clip=clip, eta=self.config.sample.eta)
+                                 generator=generator, clip=clip, eta=self.config.sample.eta,
+                                 constrain=constrain)
+
+    def guide(self, process: Process, known: KnownPixels | None, chains: int,
+              generator: torch.Generator | None) -> Constrain | None:
+        """The RePaint callback for ``chains`` chains over the images of ``known``, or None
+        without known pixels. The marks are encoded as the method diffuses them (``target``)."""
+        if known is None:
+            return None
+        check_supported(self.name, self.config.num_classes, self.target)
+        n_samples, rest = divmod(chains, known.values.shape[0])
+        assert rest == 0, "chains must be a whole number of samples per image"
+        encode = self.target.encode if self.target is not None else (lambda m: m)
+        return repaint(process, known, n_samples, encode=encode, generator=generator)
 
     # -- helpers shared by methods -----------------------------------------------------------
     def parameters(self) -> list[nn.Parameter]:
@@ -159,15 +182,25 @@ class Method(ABC):
 
     @torch.no_grad()
     def segment(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None,
+                known: KnownPixels | None = None) -> Tensor:
         """``sample`` on an image of any size: pads each spatial axis up to a multiple of
-        ``size_multiple()`` (replicate padding), samples, and crops back."""
+        ``size_multiple()`` (replicate padding), samples, and crops back. ``known``: pixels every
+        sample must hold (guided resampling, ``diffuseg.guidance``); padded pixels are unknown."""
         factor = self.size_multiple()
         spatial = image.shape[2:]
         pads = [(-s) % factor for s in spatial]
         flat = [v for p in reversed(pads) for v in (0, p)]
         padded = F.pad(image, flat, mode="replicate") if any(pads) else image
-        samples = self.sample(padded, n_samples, steps=steps, generator=generator)
+        guided = {}
+        if known is not None:
+            if not self.guidable:
+                raise ConfigError(
+                    f"guided resampling is not available for method '{self.name}': only methods "
+                    "that diffuse the mask itself support it (ddpm, cimd, medsegdiff_v2, berdiff, "
+                    "hidiff; ldseg diffuses a latent code); see docs/review.md")
+            guided = {"known": known.pad(flat) if any(pads) else known}
+        samples = self.sample(padded, n_samples, steps=steps, generator=generator, **guided)
         crop = tuple(slice(0, s) for s in spatial)
         return samples[(..., *crop)]
 
@@ -182,12 +215,13 @@ class Method(ABC):
 
 
 def run_sampler(s: SampleConfig, process, clip: float | None, denoise: Denoise, x_T: Tensor,
-                steps: int | None, generator: torch.Generator | None) -> Tensor:
+                steps: int | None, generator: torch.Generator | None, *,
+                constrain: Constrain | None = None) -> Tensor:
     """The final state of the sampler that ``sample.sampler`` names (default: the process's),
     over ``steps`` (default ``sample.steps``) respaced steps. Methods use ``Method.diffuse``."""
     sampler = check_sampler(s.sampler, process.kind)
     return run_named_sampler(sampler, denoise, process, x_T, process.timesteps(steps or s.steps),
-                             generator=generator, clip=clip, eta=s.eta)
+                             generator=generator, clip=clip, eta=s.eta, constrain=constrain)
 
 
 METHODS: dict[str, Callable[[RunConfig], Method]] = {}

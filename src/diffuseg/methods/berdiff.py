@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
+from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import at_least, build_denoiser, conditioned_denoiser, repeat_samples
 from diffuseg.processes import bernoulli_loss_terms
@@ -50,6 +51,7 @@ class BerDiff(Method):
     """Bernoulli diffusion of binary masks; the U-Net predicts the logits of x0."""
 
     process_kind = "bernoulli"
+    guidable = True  # sample(known=): guided resampling
     options_type = BerDiffOptions
     binary_only = True
 
@@ -72,12 +74,14 @@ class BerDiff(Method):
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None,
+               known: KnownPixels | None = None) -> Tensor:
         """``[S, B, 1, *sp]``: each sample's final x0_hat. All S x B chains are one batch, sample-
-        major; x_T is drawn before the intermediate states, all from ``generator``."""
+        major; x_T is drawn before the intermediate states, all from ``generator``. ``known``:
+        pixels every sample holds (guided resampling, ``Method.diffuse``)."""
         b, spatial = image.shape[0], image.shape[2:]
         x_T = self.process.prior_sample((n_samples * b, 1, *spatial), generator=generator,
                                         device=image.device)
         denoise = conditioned_denoiser(self, self.denoiser, repeat_samples(image, n_samples))
-        x0 = self.diffuse(denoise, x_T, steps, generator=generator)
+        x0 = self.diffuse(denoise, x_T, steps, generator=generator, known=known)
         return x0.float().reshape(n_samples, b, 1, *spatial)

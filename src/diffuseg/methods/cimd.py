@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError, DataError
+from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import (
     at_least,
@@ -73,6 +74,7 @@ class CIMD(Method):
     Controlling Network and (by default) a prior p(z | I) whose z conditions the denoiser."""
 
     process_kind = "gaussian"
+    guidable = True  # sample(known=): guided resampling
     options_type = CIMDOptions
 
     def __init__(self, config: RunConfig):
@@ -137,15 +139,17 @@ class CIMD(Method):
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None, z: Tensor | None = None) -> Tensor:
+               generator: torch.Generator | None = None, z: Tensor | None = None,
+               known: KnownPixels | None = None) -> Tensor:
         """``[S, B, K, *sp]`` probabilities. z ``[S, B, latent_dim]`` fixes each hypothesis's
-        latent; when None it is drawn from the prior (before x_T, from the same generator)."""
+        latent; when None it is drawn from the prior (before x_T, from the same generator).
+        ``known``: pixels every sample holds (guided resampling, ``Method.diffuse``)."""
         b, spatial = image.shape[0], image.shape[2:]
         emb = self._latents(image, n_samples, z, generator)
         shape = (n_samples * b, self.config.num_classes, *spatial)
         x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
         x0 = self.diffuse(self.denoise_fn(repeat_samples(image, n_samples), emb), x_T, steps,
-                          generator=generator, clip=self.target.clip)
+                          generator=generator, clip=self.target.clip, known=known)
         return self.target.decode(x0).reshape(n_samples, b, *x0.shape[1:])
 
     def _latents(self, image: Tensor, n_samples: int, z: Tensor | None,

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
+from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import (
     build_denoiser,
@@ -29,6 +30,7 @@ class DDPMSegmentation(Method):
     """``loss`` is the mean squared error on the process's training target."""
 
     process_kind = "gaussian"
+    guidable = True  # sample(known=): guided resampling
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -51,10 +53,11 @@ class DDPMSegmentation(Method):
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None,
+               known: KnownPixels | None = None) -> Tensor:
         b, spatial = image.shape[0], image.shape[2:]
         shape = (n_samples * b, self.config.num_classes, *spatial)
         x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
         x0 = self.diffuse(self.denoise_fn(repeat_samples(image, n_samples)), x_T, steps,
-                          generator=generator, clip=self.target.clip)
+                          generator=generator, clip=self.target.clip, known=known)
         return self.target.decode(x0).reshape(n_samples, b, *x0.shape[1:])

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from diffuseg.config import RunConfig
+from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import (
     at_least,
@@ -102,6 +103,7 @@ class HiDiff(Method):
     """Segmentor prior + anchored Bernoulli refiner, trained in alternate steps."""
 
     process_kind = "bernoulli"
+    guidable = True  # sample(known=): guided resampling
     options_type = HiDiffOptions
     binary_only = True
 
@@ -156,7 +158,8 @@ class HiDiff(Method):
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None,
+               known: KnownPixels | None = None) -> Tensor:
         """``[S, B, 1, *sp]``: segmentor, then S refinement chains from y_T ~ B(p) as one batch
         (sample-major); each sample is its final x0_hat."""
         b, spatial = image.shape[0], image.shape[2:]
@@ -165,5 +168,5 @@ class HiDiff(Method):
         process = self.process.with_prior(p)
         y_T = process.prior_sample(p.shape, generator=generator, device=image.device)
         denoise = conditioned_denoiser(self, self.refiner, cond)
-        y0 = self.diffuse(denoise, y_T, steps, generator=generator, process=process)
+        y0 = self.diffuse(denoise, y_T, steps, generator=generator, process=process, known=known)
         return y0.float().reshape(n_samples, b, 1, *spatial)

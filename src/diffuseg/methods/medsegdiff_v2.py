@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import DataError
+from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import at_least, dice_ce, network_kwargs, noised, regression_loss
 from diffuseg.methods.targets import build_target
@@ -79,6 +80,7 @@ class MedSegDiffV2Method(Method):
     """Gaussian diffusion with the MedSegDiff-V2 denoiser and its anchor loss."""
 
     process_kind = "gaussian"
+    guidable = True  # sample(known=): guided resampling
     options_type = MedSegDiffV2Options
 
     def __init__(self, config: RunConfig):
@@ -133,14 +135,19 @@ class MedSegDiffV2Method(Method):
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None,
+               known: KnownPixels | None = None) -> Tensor:
         """``[S, B, K, *sp]`` probabilities; inputs of any size (padded up to the patch, or in
-        windows); the sampler of ``config.sample``."""
+        windows); the sampler of ``config.sample``. ``known``: pixels every sample holds (guided
+        resampling), padded with the image (padded pixels unknown)."""
         b, spatial = image.shape[0], image.shape[2:]
         padded = pad_to(image, self.patch)
         shape = (n_samples * b, self.config.num_classes, *padded.shape[2:])
         x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
+        if known is not None:
+            extra = [w - s for s, w in zip(spatial, padded.shape[2:], strict=True)]
+            known = known.pad([v for p in reversed(extra) for v in (0, p)])
         x0 = self.diffuse(self.denoise_fn(padded, n_samples), x_T, steps, generator=generator,
-                          clip=self.target.clip)
+                          clip=self.target.clip, known=known)
         probs = self.target.decode(x0)[(..., *(slice(0, s) for s in spatial))]
         return probs.reshape(n_samples, b, *probs.shape[1:])

@@ -26,6 +26,7 @@ class MaskTarget:
     """x0 = 2m - 1; probabilities (x0 + 1) / 2, renormalised over classes when K > 1."""
 
     clip = 1.0
+    pointwise = True  # a pixel's x0 depends on that pixel alone (guided resampling needs it)
 
     def encode(self, mask: Tensor) -> Tensor:
         return mask * 2.0 - 1.0

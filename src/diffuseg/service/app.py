@@ -10,8 +10,9 @@
                 ``Depends(diffuseg.service.auth.current_user)``;
 - ``pacs``      a ``DicomWeb`` client of the configured PACS, or None.
 
-Optional routers: when ``diffuseg.service.review`` provides ``review_router(settings, state)``, its
-router is included (the review page).
+The review page and its API (``diffuseg.service.review``, docs/review.md) are included as
+``review_router(settings, app.state)``: it reviews this store's jobs with this predictor, these
+tokens, and stores approved segmentations of PACS jobs back through ``pacs``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from diffuseg.outputs import write_result
 from diffuseg.service.auth import current_user, load_tokens
 from diffuseg.service.jobs import Job, JobRunner, JobStore
 from diffuseg.service.pacs import DicomWeb, PacsError, check_uid
+from diffuseg.service.review import review_router
 from diffuseg.service.settings import ServiceSettings
 from diffuseg.service.uploads import UploadError, check_dicom_headers, receive_upload
 
@@ -247,10 +249,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         runner.submit(job, lambda j: pacs_job(app.state, j, chosen["series_uid"]))
         return vars(job)
 
-    try:
-        from diffuseg.service.review import review_router
-    except ImportError:
-        review_router = None
-    if review_router:
-        app.include_router(review_router(settings, app.state))
+    app.include_router(review_router(settings, app.state))
     return app

@@ -21,6 +21,7 @@ from fastapi import HTTPException, Request
 from diffuseg.errors import ConfigError
 
 TOKEN_FILE = "tokens.json"
+ANONYMOUS = "anonymous"  # the user of every request when authentication is off (--no-auth)
 
 
 def load_tokens(data_dir: Path, *, announce=print) -> dict[str, str]:
@@ -60,10 +61,10 @@ def find_user(tokens: dict[str, str], presented: str) -> str | None:
 
 def current_user(request: Request) -> str:
     """FastAPI dependency: the user named by the ``Authorization: Bearer <token>`` header, or
-    'anonymous' when authentication is off; 401 otherwise."""
+    ANONYMOUS when authentication is off; 401 otherwise."""
     tokens = request.app.state.tokens
     if tokens is None:
-        return "anonymous"
+        return ANONYMOUS
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     user = find_user(tokens, presented.strip()) if scheme.lower() == "bearer" else None

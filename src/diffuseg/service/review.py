@@ -1,0 +1,300 @@
+"""The review router: the clinician's page and the JSON/binary endpoints it uses.
+
+Mounted by ``diffuseg.service.app.create_app`` with
+``app.include_router(review_router(settings, app.state))``. It uses what ``create_app`` puts on
+``app.state``: ``jobs`` (the ``JobStore``: the jobs and their folders), ``predictor`` (guided
+resampling and explanations; None answers 503), ``tokens`` (read by
+``diffuseg.service.auth.current_user``: every data endpoint needs the token's user; the HTML and
+static files carry no data and need none) and ``pacs`` (the DICOMweb client: an approved
+segmentation of a job that came from the PACS is stored back into its study). ``settings`` gives
+``data_dir`` and ``run_dir``. Every view, edit, resampling, approval and rejection is appended to
+``DATA_DIR/audit.jsonl``.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from diffuseg.audit import append_event, last_view, mask_change
+from diffuseg.errors import DiffusegError
+from diffuseg.service import review_data as rd
+from diffuseg.service.auth import current_user
+from diffuseg.service.jobs import JOB_ID, Job, JobStore
+
+STATIC = {"review.js": "text/javascript", "review.css": "text/css",
+          "review.html": "text/html", "worklist.html": "text/html"}
+ARRAYS = ("image", "consensus", "samples", *rd.MAPS)
+EXPLANATIONS = ("trajectory", "occlusion", "counterfactual", "attention")
+Source = Literal["output", "guided"]
+
+
+class EditBody(BaseModel):
+    tool: str = Field(max_length=32)
+    slice: int | None = None
+    voxels: int = Field(ge=0)
+
+
+class DecisionBody(BaseModel):
+    comment: str = Field("", max_length=4000)
+    mask: str | None = None  # base64 of uint8 C-order bytes on the image grid (approve)
+    start_from: str = Field("consensus", max_length=64)
+
+
+class ResampleBody(BaseModel):
+    inside: str  # base64 uint8 masks like DecisionBody.mask
+    outside: str
+    n_samples: int = Field(8, ge=1, le=64)
+    steps: int | None = Field(None, ge=1, le=1000)
+    seed: int = 0
+
+
+def static_text(name: str) -> str:
+    return resources.files("diffuseg.service").joinpath("static", name).read_text()
+
+
+@lru_cache(maxsize=16)
+def _cached_case(folder: str, source: str, stamp: float) -> rd.Case:
+    return rd.load_case(Path(folder), source)
+
+
+def load(job: Path, source: str) -> rd.Case:
+    result = rd.case_folder(job, source) / "result.json"
+    return _cached_case(str(job), source, result.stat().st_mtime)
+
+
+def quantise(values: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def label_name(run_dir: Path | None) -> str:
+    """The run's name of foreground label 1 (dataset.json), else 'foreground'."""
+    from diffuseg.io.dicom_seg import run_label_names
+
+    names = run_label_names(run_dir) if run_dir is not None else None
+    return (names or {}).get(1, "foreground")
+
+
+def store_reviewed(state, job: Job, seg: Path, user: str) -> dict:
+    """STOW-RS of the reviewed SEG into the job's study; what was stored, or the PACS's error
+    (the approval itself stands either way and is reported with it)."""
+    import pydicom
+
+    from diffuseg.service.pacs import PacsError
+
+    if state.pacs is None:
+        return {"stored": False, "error": "no PACS configured; start the service with --pacs"}
+    try:
+        state.pacs.store(job.study_uid, [seg])
+    except PacsError as err:
+        return {"stored": False, "error": " ".join(str(err).split())}
+    ds = pydicom.dcmread(seg, stop_before_pixels=True)
+    stored = {"stored": True, "series_uid": str(ds.SeriesInstanceUID),
+              "sop_instance_uid": str(ds.SOPInstanceUID), "reviewer": user}
+    state.jobs.update(job, pacs={**(job.pacs or {}), "reviewed": stored})
+    return stored
+
+
+def review_router(settings, state) -> APIRouter:
+    data_dir = Path(settings.data_dir)
+    store: JobStore = state.jobs
+    label = label_name(getattr(settings, "run_dir", None))
+    router = APIRouter(prefix="/review", tags=["review"])
+    lock = threading.Lock()  # one review model call at a time
+
+    def find(job_id: str) -> Job:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job '{job_id[:40]}'")
+        return job
+
+    def job_or_404(job_id: str) -> Path:
+        return store.folder(find(job_id).id)
+
+    def case_or_409(job: Path, source: str) -> rd.Case:
+        try:
+            return load(job, source)
+        except DiffusegError as err:
+            raise HTTPException(409, str(err)) from None
+
+    def predictor():
+        model = getattr(state, "predictor", None)
+        if model is None:
+            raise HTTPException(503, "no model is loaded in this service")
+        return model
+
+    def mask_from(b64: str | None, shape: tuple[int, ...], what: str) -> np.ndarray:
+        if b64 is None:
+            raise HTTPException(400, f"{what}: no mask sent")
+        try:
+            return rd.decode_mask(base64.b64decode(b64, validate=True), shape)
+        except (ValueError, DiffusegError) as err:
+            raise HTTPException(400, f"{what}: {err}") from None
+
+    @router.get("", response_class=HTMLResponse, include_in_schema=False)
+    def worklist_page() -> str:
+        return static_text("worklist.html")
+
+    @router.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in STATIC:
+            raise HTTPException(404, "no such file")
+        return Response(static_text(name), media_type=STATIC[name])
+
+    @router.get("/api/me")
+    def me(user: str = Depends(current_user)) -> dict:
+        return {"user": user}
+
+    @router.get("/api/jobs")
+    def jobs(user: str = Depends(current_user)) -> list[dict]:
+        return [{**vars(job), "review": rd.read_json(store.folder(job.id) / "review.json")}
+                for job in store.all()]
+
+    @router.get("/api/jobs/{job_id}")
+    def job_meta(job_id: str, source: Source = "output", user: str = Depends(current_user)
+                 ) -> dict:
+        from diffuseg.modes import find_modes
+
+        job = job_or_404(job_id)
+        case = case_or_409(job, source)
+        lo, hi = np.percentile(case.image, [1, 99])
+        return {"id": job_id, "job": vars(find(job_id)), "source": source,
+                "shape": list(case.image.shape), "spacing": list(case.geometry.spacing),
+                "n_samples": len(case.samples), "window": [float(lo), float(hi)],
+                "image_range": [float(case.image.min()), float(case.image.max())],
+                "modes": find_modes(case.samples).to_json(),
+                "review": rd.read_json(job / "review.json"),
+                "guided": (job / "guided").is_dir(), "dicom": rd.is_dicom(job)}
+
+    @router.get("/api/jobs/{job_id}/array/{name}")
+    def array(job_id: str, name: str, source: Source = "output",
+              user: str = Depends(current_user)) -> Response:
+        """Raw C-order bytes; X-Shape and X-Dtype headers (float32 image, uint8 masks, maps as
+        uint8 round(255 v))."""
+        if name not in ARRAYS:
+            raise HTTPException(404, f"unknown array {name!r}; one of {list(ARRAYS)}")
+        case = case_or_409(job_or_404(job_id), source)
+        if name == "image":
+            values = case.image.astype(np.float32)
+        elif name in ("consensus", "samples"):
+            values = getattr(case, name).astype(np.uint8)
+        else:
+            values = quantise(case.maps[name])
+        values = np.ascontiguousarray(values)
+        return Response(values.tobytes(), media_type="application/octet-stream",
+                        headers={"X-Shape": ",".join(map(str, values.shape)),
+                                 "X-Dtype": str(values.dtype)})
+
+    @router.post("/api/jobs/{job_id}/view")
+    def view(job_id: str, user: str = Depends(current_user)) -> dict:
+        job_or_404(job_id)
+        return append_event(data_dir, "view", user, job_id)
+
+    @router.post("/api/jobs/{job_id}/edit")
+    def edit(job_id: str, body: EditBody, user: str = Depends(current_user)) -> dict:
+        job_or_404(job_id)
+        return append_event(data_dir, "edit", user, job_id, tool=body.tool, slice=body.slice,
+                            voxels=body.voxels)
+
+    @router.post("/api/jobs/{job_id}/approve")
+    def approve(job_id: str, body: DecisionBody, user: str = Depends(current_user)) -> dict:
+        info = find(job_id)
+        job = store.folder(info.id)
+        case = case_or_409(job, "output")
+        mask = mask_from(body.mask, case.consensus.shape, "approve")
+        opened = last_view(data_dir, job_id, user)
+        change = mask_change(case.consensus, mask)
+        seconds = None if opened is None else round(time.time() - opened, 3)
+        event = append_event(data_dir, "approve", user, job_id, comment=body.comment,
+                             start_from=body.start_from, seconds_open=seconds, **change)
+        record = {"user": user, "decision": "approved", "comment": body.comment,
+                  "start_from": body.start_from, "time": event["time"],
+                  "seconds_open": seconds, **change}
+        method = state.predictor.config.method.name if state.predictor is not None else (
+            rd.read_json(rd.case_folder(job) / "result.json") or {}).get("method", "diffuseg")
+        try:
+            files = rd.write_approved(job, mask, case, record, method=method, label=label)
+        except DiffusegError as err:
+            raise HTTPException(400, " ".join(str(err).split())) from None
+        record["files"] = files
+        if info.source == "pacs" and rd.SEG_FILE in files:
+            record["pacs"] = store_reviewed(state, info, job / "approved" / rd.SEG_FILE, user)
+            append_event(data_dir, "store", user, job_id, **record["pacs"])
+        rd.write_json_atomic(job / "review.json", record)
+        return record
+
+    @router.post("/api/jobs/{job_id}/reject")
+    def reject(job_id: str, body: DecisionBody, user: str = Depends(current_user)) -> dict:
+        job = job_or_404(job_id)
+        event = append_event(data_dir, "reject", user, job_id, comment=body.comment)
+        record = {"user": user, "decision": "rejected", "comment": body.comment,
+                  "time": event["time"]}
+        rd.write_json_atomic(job / "review.json", record)
+        return record
+
+    @router.post("/api/jobs/{job_id}/resample")
+    def resample(job_id: str, body: ResampleBody, user: str = Depends(current_user)) -> dict:
+        from diffuseg.guidance import Constraints
+        from diffuseg.inference import read_channels
+        from diffuseg.outputs import write_result
+
+        job = job_or_404(job_id)
+        case = case_or_409(job, "output")
+        inside = mask_from(body.inside, case.consensus.shape, "inside") > 0
+        outside = mask_from(body.outside, case.consensus.shape, "outside") > 0
+        model = predictor()
+        paths = rd.input_paths(job)
+        image, geometry = read_channels(paths)
+        try:
+            with lock:
+                result = model.segment(image, geometry=geometry, n_samples=body.n_samples,
+                                       steps=body.steps, seed=body.seed,
+                                       constraints=Constraints(inside, outside))
+        except DiffusegError as err:
+            raise HTTPException(400, str(err)) from None
+        write_result(result, geometry, job / "guided", source=paths[0],
+                     extra={"guided": True, "inside": int(inside.sum()),
+                            "outside": int(outside.sum()), "seed": body.seed})
+        append_event(data_dir, "resample", user, job_id, inside=int(inside.sum()),
+                     outside=int(outside.sum()), n_samples=body.n_samples)
+        return {"source": "guided", "n_samples": body.n_samples}
+
+    @router.get("/api/jobs/{job_id}/explain/{kind}.png")
+    def explain(job_id: str, kind: str, user: str = Depends(current_user)) -> Response:
+        from diffuseg import explain as ex
+
+        if kind not in EXPLANATIONS:
+            raise HTTPException(404, f"unknown explanation {kind!r}; one of {EXPLANATIONS}")
+        job = job_or_404(job_id)
+        path = job / "explain" / f"{kind}.png"
+        if not path.is_file():
+            model = predictor()
+            from diffuseg.inference import read_channels
+
+            image, _ = read_channels(rd.input_paths(job))
+            path.parent.mkdir(exist_ok=True)
+            try:
+                with lock:
+                    ex.explain_to_png(model, image, kind, path)
+            except DiffusegError as err:
+                raise HTTPException(400, str(err)) from None
+        append_event(data_dir, "explain", user, job_id, kind=kind)
+        return Response(path.read_bytes(), media_type="image/png")
+
+    @router.get("/{job_id}", response_class=HTMLResponse, include_in_schema=False)
+    def review_page(job_id: str) -> str:
+        if not JOB_ID.match(job_id):
+            raise HTTPException(404, "no such job")
+        return static_text("review.html")
+
+    return router

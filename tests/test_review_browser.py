@@ -1,0 +1,237 @@
+"""The review page in headless Chromium (Debian's chromium driven by Playwright): it renders the
+image, overlays and modes, a brush stroke reaches the approved mask on disk and the audit trail,
+and the keyboard shortcuts work. Skipped when chromium or playwright is absent."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+from PIL import Image  # noqa: E402
+from review_helpers import ANN_TOKEN, make_app, make_job, tiny_run  # noqa: E402
+
+from diffuseg.audit import read_events  # noqa: E402
+from diffuseg.inference import Predictor  # noqa: E402
+from diffuseg.io import read_mask  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = os.environ.get("DIFFUSEG_SCREENSHOTS")  # keep screenshots there when set
+
+if not Path(CHROMIUM).exists():
+    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    run, data = tiny_run(root)
+    predictor = Predictor.from_run(run)
+    data_dir = root / "data"
+    ids = {f"job{i}": make_job(data_dir, predictor, image)
+           for i, image in enumerate(sorted((data / "imagesTr").iterdir())[:2])}
+    run3, data3 = tiny_run(root / "3d", size=16, spatial_dims=3,
+                           extra=["data.patch_size=[16,16,16]"])
+    ids["vol"] = make_job(data_dir, Predictor.from_run(run3),
+                          sorted((data3 / "imagesTr").iterdir())[0], n_samples=3)
+    port = free_port()
+    config = uvicorn.Config(make_app(data_dir, run), host="127.0.0.1", port=port,
+                            log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", data_dir, ids
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        except Exception as err:  # noqa: BLE001 - any launch failure is a skip reason
+            pytest.skip(f"chromium does not start: {err}")
+        yield b
+        b.close()
+
+
+def canvas_pixels(page, name: str) -> np.ndarray:
+    png = page.locator("#view").screenshot()
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        (Path(SHOTS) / f"{name}.png").write_bytes(png)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def open_job(browser, base: str, job: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{base}/review/{job}?token={ANN_TOKEN}")
+    page.wait_for_selector("body[data-state=ready]", timeout=20000)
+    return page, errors
+
+
+def test_overlays_modes_brush_and_approve(server, browser):
+    base, data_dir, ids = server
+    page, errors = open_job(browser, base, ids["job0"])
+    plain = canvas_pixels(page, "01_consensus")
+    assert plain.std() > 10 and len(np.unique(plain.reshape(-1, 3), axis=0)) > 50  # not blank
+    consensus, _ = read_mask(data_dir / "jobs" / ids["job0"] / "output/consensus.png")
+    yellow = (plain == [255, 230, 0]).all(-1).sum()
+    assert yellow > 20 if 0 < consensus.mean() < 1 else yellow == 0  # the consensus contour
+    page.keyboard.press("p")
+    page.keyboard.press("u")
+    overlays = canvas_pixels(page, "02_probability_uncertainty")
+    assert np.abs(overlays - plain).sum(-1).astype(bool).mean() > 0.01  # the overlays show
+    assert page.locator("#colorbars canvas").count() == 2
+    summary = page.locator("#modes-summary").inner_text()
+    k = int(summary.split()[0])
+    assert "plausible contour" in summary and page.locator("#modes li").count() == k
+    page.keyboard.press("p")
+    page.keyboard.press("u")
+
+    # a brush stroke where the consensus is empty (a row without foreground)
+    row = int(np.flatnonzero(~consensus.any(1))[0])
+    box = page.locator("#view").bounding_box()
+    h, w = consensus.shape
+
+    def at(r: float, c: float) -> tuple[float, float]:
+        return box["x"] + (c + 0.5) * box["width"] / w, box["y"] + (r + 0.5) * box["height"] / h
+
+    page.keyboard.press("b")
+    page.mouse.move(*at(row, 4))
+    page.mouse.down()
+    for c in range(5, 13):
+        page.mouse.move(*at(row, c))
+    page.mouse.up()
+    page.wait_for_selector("body[data-edits='1']", timeout=10000)
+    canvas_pixels(page, "03_brush_stroke")
+    page.fill("#comment", "stroke added in the test")
+    page.click("#approve")
+    page.wait_for_selector("body[data-state=approved]", timeout=10000)
+    assert "approved by ann" in page.locator("#decision").inner_text()
+    saved, _ = read_mask(data_dir / "jobs" / ids["job0"] / "approved/approved_mask.png")
+    assert saved[row, 4:13].all()  # the stroke is in the stored mask
+    assert not saved[row].all() or w <= 13
+    events = [e for e in read_events(data_dir) if e["job"] == ids["job0"]]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "view" and "edit" in kinds and kinds[-1] == "approve"
+    approve = events[-1]
+    assert approve["user"] == "ann" and approve["edited_voxels"] >= 9
+    assert approve["comment"] == "stroke added in the test" and approve["seconds_open"] > 0
+    assert errors == []
+    page.close()
+
+
+def test_keyboard_shortcuts(server, browser):
+    base, data_dir, ids = server
+    page, errors = open_job(browser, base, ids["job1"])
+    checked = "(id) => document.getElementById(id).checked"
+    assert page.evaluate(checked, "ov-consensus")
+    page.keyboard.press("c")
+    assert not page.evaluate(checked, "ov-consensus")
+    page.keyboard.press("e")
+    assert page.evaluate("() => document.querySelector('input[name=tool]:checked').value") == \
+        "eraser"
+    page.keyboard.press("i")
+    assert page.evaluate("() => document.querySelector('input[name=tool]:checked').value") == \
+        "inside"
+    width = page.locator("#view").bounding_box()["width"]
+    page.keyboard.press("-")
+    assert page.locator("#view").bounding_box()["width"] < width
+    page.keyboard.press(".")
+    assert page.locator("#sample-label").inner_text().startswith("sample 2 of")
+    assert page.evaluate(checked, "ov-sample")
+    page.keyboard.press("g")
+    page.keyboard.press("]")
+    assert page.locator("#agree-label").inner_text().startswith("pixels where \u2265 2 of")
+    page.keyboard.press("m")
+    assert page.evaluate("() => document.getElementById('unc-kind').value") == \
+        "mutual_information"
+    page.keyboard.press("?")
+    assert page.locator("#help-tab").is_visible()
+    assert "Shift+" in page.locator("#shortcuts").inner_text()
+    canvas_pixels(page, "04_shortcuts_agreement_sample")
+
+    # guided resampling from the page: one pixel marked inside (tool I), Shift+R
+    page.click(".tab[data-tab=review-tab]")
+    page.keyboard.press("i")
+    box = page.locator("#view").bounding_box()
+    page.mouse.click(box["x"] + 16.5 * box["width"] / 32, box["y"] + 20.5 * box["height"] / 32)
+    page.keyboard.press("Shift+R")
+    page.wait_for_selector("#original:not([disabled])", timeout=60000)
+    assert "(guided)" in page.locator("#sample-label").inner_text()
+    canvas_pixels(page, "05_guided")
+    guided = sorted((data_dir / "jobs" / ids["job1"] / "guided").glob("sample_*.png"))
+    assert len(guided) >= 8
+    assert all(read_mask(p)[0][19:22, 15:18].all() for p in guided)  # radius 1 around (20, 16)
+    assert read_events(data_dir)[-1]["event"] == "resample"
+    page.keyboard.press("Shift+X")
+    page.wait_for_selector("body[data-state=rejected]", timeout=10000)
+    assert read_events(data_dir)[-1]["event"] == "reject"
+    assert errors == []
+    page.close()
+
+
+def test_3d_slices_scroll_and_a_stroke_lands_on_its_slice(server, browser):
+    base, data_dir, ids = server
+    page, errors = open_job(browser, base, ids["vol"])
+    assert page.locator("#slice-label").inner_text() == "9 / 16"  # starts in the middle
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")
+    assert page.locator("#slice-label").inner_text() == "11 / 16"
+    box = page.locator("#view").bounding_box()
+    page.keyboard.press("b")
+    page.keyboard.press("q")  # radius 2 -> 1
+    page.mouse.move(box["x"] + 2.5 * box["width"] / 16, box["y"] + 3.5 * box["height"] / 16)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 6.5 * box["width"] / 16, box["y"] + 3.5 * box["height"] / 16)
+    page.mouse.up()
+    page.wait_for_selector("body[data-edits='1']", timeout=10000)
+    page.keyboard.press("0")  # start again from the consensus ...
+    page.keyboard.press("z")  # ... and undo that: the stroke is back
+    page.keyboard.press("Shift+A")
+    page.wait_for_selector("body[data-state=approved]", timeout=10000)
+    saved, _ = read_mask(data_dir / "jobs" / ids["vol"] / "approved/approved_mask.nii.gz")
+    consensus, _ = read_mask(data_dir / "jobs" / ids["vol"] / "output/consensus.nii.gz")
+    assert saved[3, 2:7, 10].all()  # rows x columns of slice 11 (index 10)
+    changed = np.argwhere(saved != consensus)
+    assert len(changed) and (changed[:, 2] == 10).all()  # only that slice changed
+    edit = [e for e in read_events(data_dir) if e["job"] == ids["vol"] and e["event"] == "edit"]
+    assert edit[-1]["slice"] == 10
+    assert errors == []
+    page.close()
+
+
+def test_worklist_lists_the_jobs(server, browser):
+    base, _, ids = server
+    page = browser.new_page()
+    page.goto(f"{base}/review?token={ANN_TOKEN}")
+    page.wait_for_selector("#jobs tr >> nth=1", timeout=10000)
+    text = page.locator("#jobs").inner_text()
+    assert ids["job0"] in text and ids["job1"] in text and "approved by ann" in text
+    page.close()
