@@ -124,11 +124,29 @@ def study_series(path: Path, series: str | None = None) -> Path | None:
 
 def is_complete(case_dir: Path) -> bool:
     """A case is done when its result.json (written last) parses and lists files that exist."""
+    return completed_settings(case_dir) is not None
+
+
+def completed_settings(case_dir: Path) -> dict | None:
+    """The result.json of a complete case (None when the case is absent or incomplete)."""
     try:
         result = json.loads((case_dir / "result.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    return all((case_dir / name).is_file() for name in result.get("files", []))
+        return None
+    if not isinstance(result, dict):
+        return None
+    return result if all((case_dir / name).is_file() for name in result.get("files", [])) \
+        else None
+
+
+def same_settings(result: dict, wanted: dict) -> bool:
+    """Whether a complete case was drawn with the settings asked for now (samples, seed, steps);
+    a case drawn otherwise is not silently kept."""
+    return all(result.get(key) == value for key, value in wanted.items() if value is not None)
+
+
+def settings_text(result: dict) -> str:
+    return ", ".join(f"{k} {result.get(k)}" for k in ("n_samples", "steps", "seed"))
 
 
 def predict_cases(predictor, cases: Sequence[Sequence[Path]], out_dir: Path, *,
@@ -143,11 +161,18 @@ def predict_cases(predictor, cases: Sequence[Sequence[Path]], out_dir: Path, *,
     out_dir = Path(out_dir)
     done: list[tuple[str, Path, bool]] = []
     n_steps = steps or predictor.config.sample.steps
+    wanted = {"n_samples": n_samples or predictor.config.sample.n_samples, "seed": seed,
+              "steps": steps}
     with lock_output(out_dir), Progress("predict", len(cases), unit="cases") as bar:
         for paths in cases:
             name = case_name(Path(paths[0]))
             case_dir = out_dir / name
-            if not overwrite and is_complete(case_dir):
+            previous = None if overwrite else completed_settings(case_dir)
+            if previous is not None:
+                if not same_settings(previous, wanted):
+                    raise DataError(f"output folder '{case_dir}' already holds a prediction drawn "
+                                    f"with other settings ({settings_text(previous)}); pass "
+                                    "--overwrite to replace it or choose another -o")
                 done.append((name, case_dir, True))
                 bar.advance(info=f"{name} (done before, skipped)")
                 continue

@@ -168,9 +168,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            close = suggest_path(path) if not isinstance(value, dict) else next(iter(
-                difflib.get_close_matches(key, sorted(names), n=1)), None)
-            close = f"{where}.{close}" if close and where and isinstance(value, dict) else close
+            near = difflib.get_close_matches(key, sorted(names), n=1)  # in this section first
+            close = (f"{where}.{near[0]}" if where else near[0]) if near else (
+                None if isinstance(value, dict) else suggest_path(path))  # then anywhere
             hint = f"; did you mean '{close}'?" if close else f"; valid keys: {sorted(names)}"
             raise ConfigError(f"unknown config key '{path}'{hint}")
         kwargs[key] = _coerce(hints[key], value, path)
