@@ -109,11 +109,11 @@ def run_lock_for(run_dir: Path, resume: bool):
 def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget, notes) -> Path:
     c = config.train
     device = resolve_device(device_name_for(ctx, c.device))
+    if ctx.is_main and not resume:
+        prepare_run_dir(run_dir, resume=False)  # re-checked under the lock, before any write
     log = RunLog(run_dir, enabled=ctx.is_main, show_progress=progress,
                  tensorboard=c.tensorboard)
     if ctx.is_main:  # a new run describes itself; a resumed one recovers its checkpoint
-        if not resume:
-            prepare_run_dir(run_dir, resume=False)  # re-checked under the lock
         splits = splits_for_run(run_dir, dataset, c.seed, resume=resume)  # the run's own folds
         if not resume:
             describe_run(run_dir, config, dataset)
