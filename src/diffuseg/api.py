@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from diffuseg.config import RunConfig, apply_overrides, from_dict
-from diffuseg.errors import ConfigError
+from diffuseg.validation import read_json
 
 
 def dataset_defaults(dataset_dir: Path) -> dict[str, Any]:
@@ -52,12 +51,7 @@ def build_config(config_path: Path | None, overrides: list[str], *, dataset: Pat
     for path in (base, config_path):
         if path is None:
             continue
-        if not Path(path).is_file():
-            raise ConfigError(f"config file '{path}' does not exist; check the path")
-        try:
-            data = merge(data, json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"config file '{path}' is not valid JSON: {err}") from None
+        data = merge(data, read_json(path, "config file"))  # an object, UTF-8, not too deep
     data = apply_overrides(data, overrides)
     return from_dict(RunConfig, data).validate()
 
