@@ -84,11 +84,9 @@ def predict(
 ) -> None:
     """Draw samples; write them, the consensus and uncertainty maps in the input's geometry."""
     from diffuseg.inference import Predictor, list_inputs
+    from diffuseg.validation import check_predict_options
 
-    if steps is not None and steps < 1:
-        raise DiffusegError(f"--steps {steps} must be at least 1 (e.g. --steps 10)")
-    if samples is not None and samples < 1:
-        raise DiffusegError(f"--samples {samples} must be at least 1 (e.g. --samples 16)")
+    check_predict_options(samples, steps, seed, device)  # one-line errors before any work
     inputs = list_inputs(input)
     predictor = Predictor.from_run(run, device=device)
     for path in inputs:
@@ -139,7 +137,7 @@ def main() -> None:
     try:
         app()
     except DiffusegError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {' '.join(str(err).split())}", err=True)  # always one line
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -23,6 +23,7 @@ from diffuseg.errors import ConfigError, DataError
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
 from diffuseg.training import autocast, autocast_dtype, resolve_device
+from diffuseg.validation import MAX_SAMPLES, check_count, check_sampling_memory, check_seed
 from diffuseg.weights import load_networks, load_state
 
 
@@ -57,8 +58,7 @@ class Predictor:
         n_samples = self.config.sample.n_samples if n_samples is None else n_samples
         if steps is not None and not 1 <= steps <= self.config.process.T:
             raise ConfigError(f"--steps {steps} is out of range; use 1..{self.config.process.T}")
-        if n_samples < 1:
-            raise ConfigError(f"--samples {n_samples} must be at least 1")
+        check_count(n_samples, "--samples", MAX_SAMPLES)
         return steps, n_samples
 
     def prepare(self, image: np.ndarray, source: str = "image") -> torch.Tensor:
@@ -87,6 +87,11 @@ class Predictor:
         if spacing is not None and geometry is not None:
             image, grid = resample_to_spacing(image, geometry, spacing, "bilinear")
         x = self.prepare(image, source)
+        check_seed(seed)
+        window = self.method.window or x.shape[2:]
+        voxels = int(np.prod([min(s, w) for s, w in zip(x.shape[2:], window, strict=True)]))
+        width = max(self.config.network.channels[0], self.config.num_classes)
+        check_sampling_memory(n_samples, voxels, width)  # DIFFUSEG_MAX_WORK_BYTES
         generator = torch.Generator(device=self.device).manual_seed(seed)
         with autocast(self.device, autocast_dtype(self.precision, self.device)):
             samples = self.method.segment(x, n_samples, steps=steps, generator=generator)

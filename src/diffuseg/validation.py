@@ -248,6 +248,20 @@ def check_count(value: int | None, option: str, high: int) -> None:
         raise ConfigError(f"{option} {value} is out of range; use 1..{high}")
 
 
+def check_device(name: str, option: str = "--device") -> str:
+    if not isinstance(name, str) or not DEVICE_PATTERN.match(name):
+        raise ConfigError(f"{option} {show(name)} is not valid; use auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
+def check_predict_options(samples: int | None, steps: int | None, seed: int, device: str) -> None:
+    """The numbers of ``diffuseg predict`` (the run's process.T bounds steps later)."""
+    check_count(samples, "--samples", MAX_SAMPLES)
+    check_count(steps, "--steps", CONFIG_RANGES["process.T"].high)
+    check_seed(seed)
+    check_device(device)
+
+
 def budget(name: str, default: int) -> int:
     """A byte budget from environment variable ``name`` (a positive integer), else ``default``."""
     raw = os.environ.get(name)
