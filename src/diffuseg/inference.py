@@ -22,6 +22,7 @@ from diffuseg.ensemble import Result, summarise
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
+from diffuseg.paths import inside, safe_name
 from diffuseg.training import autocast, autocast_dtype, resolve_device
 from diffuseg.validation import MAX_SAMPLES, check_count, check_sampling_memory, check_seed
 from diffuseg.weights import load_networks, load_state
@@ -111,6 +112,9 @@ class Predictor:
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
         image, geometry = read_channels(paths)
         case_dir = Path(out_dir) / case_name(paths[0])
+        if any(inside(p, case_dir) for p in paths):
+            raise DataError(f"input '{paths[0]}' lies inside its output folder '{case_dir}'; "
+                            "choose an -o outside the input")
         if case_dir.exists() and any(case_dir.iterdir()) and not overwrite:
             raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite to "
                             "replace it or choose another -o")
@@ -144,10 +148,18 @@ def map_back(samples: torch.Tensor, grid: Geometry, geometry: Geometry) -> torch
     return torch.from_numpy(back).clamp(0, 1).reshape(s, b, k, *geometry.shape)
 
 
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
 def case_name(path: Path, keep_channel: bool = False) -> str:
-    """'case_0000.nii.gz' -> 'case' (nnU-Net channel suffix dropped), 'img.png' -> 'img'."""
+    """'case_0000.nii.gz' -> 'case' (nnU-Net channel suffix dropped), 'img.png' -> 'img'; made
+    a safe folder name (``diffuseg.paths.safe_name``: no '..', separators or over-long names)."""
+    return safe_name(_stem(Path(path), keep_channel))
+
+
+def _stem(path: Path, keep_channel: bool = False) -> str:
     name = path.name
-    for ext in (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"):
+    for ext in IMAGE_ENDINGS:
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break
@@ -167,7 +179,7 @@ def list_inputs(path: str | Path) -> list[list[Path]]:
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     cases: dict[str, list[Path]] = {}
     for p in files:
-        if case_name(p, keep_channel=True) != p.name:  # an image file
+        if p.name.lower().endswith(IMAGE_ENDINGS):  # an image file
             cases.setdefault(case_name(p), []).append(p)
     if cases:
         return list(cases.values())
