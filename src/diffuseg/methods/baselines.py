@@ -18,6 +18,7 @@ The helpers ``read_options`` and ``windowed_with_emb`` are shared with cimd.py a
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.networks import SegmentationUNet
+from diffuseg.validation import show
 
 # ---------------------------------------------------------------------------------------------
 # helpers shared by the methods of this family
@@ -58,10 +60,14 @@ def _coerce(default: Any, value: Any, path: str) -> Any:
     kind = type(default)
     try:
         number = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}={value!r} must be a {kind.__name__}") from None
+        finite = math.isfinite(number)
+    except (TypeError, ValueError, OverflowError):
+        finite = False
+    if not finite:
+        noun = "integer" if kind is int else "number"
+        raise ConfigError(f"{path}={show(value)} must be a finite {noun}")
     if isinstance(value, bool) or (kind is int and float(value) != number):
-        raise ConfigError(f"{path}={value!r} must be a whole number")
+        raise ConfigError(f"{path}={show(value)} must be a whole number")
     return number
 
 
