@@ -286,7 +286,8 @@ def max_work_bytes() -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / 2**30:.3g} GiB"
+    """Bytes for a message: MiB below one GiB."""
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
 
 def check_sampling_memory(n_samples: int, voxels: int, width: int) -> None:

@@ -195,12 +195,14 @@ def _check_size_tags(path: Path, first: pydicom.Dataset, n_slices: int) -> None:
 def _modality_lut(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
     """RescaleSlope and RescaleIntercept must be finite numbers and the slope non-zero."""
     slope = _number_tag(ds, "RescaleSlope", 1.0)
-    _number_tag(ds, "RescaleIntercept", 0.0)
+    intercept = _number_tag(ds, "RescaleIntercept", 0.0)
     if slope == 0:
         raise DataError(f"DICOM '{ds.filename}' has RescaleSlope 0, which makes every pixel equal; "
                         "fix the export")
+    if "ModalityLUTSequence" not in ds:  # the linear LUT, with the values checked above
+        return np.asarray(pixels.astype(np.float64) * slope + intercept, dtype=np.float32)
     try:
-        return _modality_lut(ds, pixels)
+        return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
         reason = " ".join(str(err).split())
         raise DataError(f"cannot apply the modality LUT of '{ds.filename}' ({reason}); fix the "
@@ -218,7 +220,7 @@ def _pixels(ds: pydicom.Dataset) -> np.ndarray:
     if pixels.ndim != 2:
         raise DataError(f"'{ds.filename}' holds {pixels.shape} pixels; only single-frame "
                         "grey slices are read")
-    return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    return _modality_lut(ds, pixels)
 
 
 def _extras(slices: list[pydicom.Dataset]) -> dict[str, Any]:

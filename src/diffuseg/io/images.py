@@ -28,7 +28,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from PIL import Image
 
-from diffuseg.errors import DataError
+from diffuseg.errors import DataError, DiffusegError
 from diffuseg.io.dicom import read_dicom_series
 from diffuseg.io.limits import check_affine, check_finite, check_image_size, check_raster_size
 
@@ -201,7 +201,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
         image = nib.load(path)  # reads the header only
         check_image_size(path, image.shape)
         data = np.asanyarray(image.dataobj)  # applies scl_slope/scl_inter
-    except DataError:
+    except DiffusegError:  # over the memory budget, or a bad budget setting
         raise
     except FileNotFoundError:
         raise DataError(f"'{path}' does not exist; check the path") from None
