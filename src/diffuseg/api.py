@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from diffuseg.config import RunConfig, apply_overrides, from_dict
+from diffuseg.config import RunConfig, apply_overrides, check_file_values, from_dict
 from diffuseg.validation import read_json
 
 
@@ -51,7 +51,9 @@ def build_config(config_path: Path | None, overrides: list[str], *, dataset: Pat
     for path in (base, config_path):
         if path is None:
             continue
-        data = merge(data, read_json(path, "config file"))  # an object, UTF-8, not too deep
+        from_file = read_json(path, "config file")  # an object, UTF-8, not too deep
+        check_file_values(from_file, path)
+        data = merge(data, from_file)
     data = apply_overrides(data, overrides)
     return from_dict(RunConfig, data).validate()
 

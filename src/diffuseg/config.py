@@ -267,8 +267,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         data = read_json(path, "config file")
+        check_file_values(data, path)
     data = apply_overrides(data, overrides or [])
     return from_dict(RunConfig, data).validate()
+
+
+def check_file_values(data: dict[str, Any], path: str | Path) -> None:
+    """The keys, types and ranges of one config file's values, with the file named in the
+    error (relations between values are checked once everything is merged)."""
+    try:
+        check_config_values(from_dict(RunConfig, data))
+    except ConfigError as err:
+        raise ConfigError(f"config file '{path}': {err}") from None
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
