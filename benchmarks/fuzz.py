@@ -44,10 +44,11 @@ from diffuseg.config import load_config  # noqa: E402
 from diffuseg.data import DatasetInfo  # noqa: E402
 from diffuseg.data.importers import import_msd  # noqa: E402
 from diffuseg.data.phantom import write_phantom_dataset  # noqa: E402
-from diffuseg.errors import DiffusegError  # noqa: E402
+from diffuseg.errors import DiffusegError, one_line  # noqa: E402
 from diffuseg.inference import Predictor, case_name  # noqa: E402
 from diffuseg.io import read_image, read_mask  # noqa: E402
 
+KEYS = tuple(path for path, _ in gen.PATHS if "." in path) + ("spatial_dims", "num_classes")
 STATUSES = ("clean error", "valid result", "unclean error", "traceback", "hang", "silent wrong")
 WEIGHTS = {"override": 30, "config_file": 10, "dataset_json": 10, "nifti": 15, "png": 12,
            "dicom": 9, "case_name": 10, "predict": 4, "convert": 2}
@@ -83,7 +84,7 @@ def run_one(call: Callable[[], str | None], needles: tuple[str, ...], timeout: f
         message = str(err)
         if not message or "\n" in message:
             return "unclean error", f"multi-line: {message[:120]!r}"
-        if needles and not any(n in message for n in needles):
+        if needles and not any(n in message or one_line(n) in message for n in needles):
             return "unclean error", f"does not name {needles[0]!r}: {message[:120]}"
         return "clean error", message
     except Exception as err:  # noqa: BLE001 (what the fuzz run counts)
@@ -125,7 +126,7 @@ def try_config_file(rng, folder):
     def call():
         finite = finite_config(load_config(path))
         return finite or finite_config(build_config(path, [], dataset=None))
-    return call, ("config.json", "config '")  # the file, or the key of a merged value
+    return call, ("config.json", *KEYS)  # the file, or the key of a merged value
 
 
 def try_dataset_json(rng, folder):
@@ -382,6 +383,8 @@ def main() -> None:
         counts[kind][status] += 1
         if status not in ("clean error", "valid result"):
             details[status][f"{kind}: {detail}"] += 1
+        elif rng.random() < 0.002:  # a few examples of what the users see
+            details[f"example {status}"][f"{kind}: {detail[:160]}"] += 1
         shutil.rmtree(folder, ignore_errors=True)
         if (index + 1) % 1000 == 0:
             print(f"{index + 1} inputs, {time.monotonic() - start:.0f} s", flush=True)
@@ -407,16 +410,16 @@ def report(counts, details, seconds: float, args) -> None:
         print(f"{kind:<14}{sum(c.values()):>8}" + "".join(f"{c[s]:>15}" for s in STATUSES))
     print(f"{'total':<14}{sum(total.values()):>8}" + "".join(f"{total[s]:>15}"
                                                             for s in STATUSES))
-    for status, found in details.items():
+    for status, found in sorted(details.items()):
         print(f"\n{status}:")
-        for text, n in found.most_common(15):
+        for text, n in found.most_common(25):
             print(f"  {n:5d}  {text}")
     print(f"\n{seconds:.0f} s, seed {args.seed}, per-input timeout {args.timeout} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "inputs": sum(total.values()), "totals": dict(total), "seconds": round(seconds),
         "by_entry_point": {k: dict(v) for k, v in counts.items()},
-        "problems": {k: dict(v.most_common(50)) for k, v in details.items()},
+        "problems": {k: dict(v.most_common(200)) for k, v in details.items()},
         "seed": args.seed, "timeout_s": args.timeout, "load_average": os.getloadavg(),
     }, indent=2) + "\n")
 

@@ -134,6 +134,9 @@ app.add_typer(convert_app, name="convert")
 
 
 def main() -> None:
+    from diffuseg.validation import quiet_library_logs
+
+    quiet_library_logs()  # one line on stderr: no library warnings beside the error
     try:
         app()
     except DiffusegError as err:

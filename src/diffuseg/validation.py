@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,3 +302,12 @@ def check_sampling_memory(n_samples: int, voxels: int, width: int) -> None:
         raise ConfigError(f"{n_samples} samples of a {voxels}-voxel image need about {gib(need)}, "
                           f"over the {gib(limit)} budget (DIFFUSEG_MAX_WORK_BYTES); {fix}, or "
                           "raise the budget")
+
+
+def quiet_library_logs() -> None:
+    """For the CLI: nibabel's header repairs ("pixdim[1,2,3] should be positive; setting to
+    abs") and pydicom's "Invalid value for VR" warnings go to stderr beside diffuseg's one-line
+    error; the files they describe are refused by diffuseg's own checks, or read as repaired."""
+    logging.getLogger("nibabel.global").setLevel(logging.ERROR + 5)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\..*")
