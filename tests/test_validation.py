@@ -357,6 +357,15 @@ def test_convert_refuses_to_write_into_its_input(tmp_path):
     assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
 
 
+def test_convert_src_src_overwrite_on_the_command_line(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "Task"
+    (src / "imagesTr").mkdir(parents=True)
+    (src / "dataset.json").write_text("{}")
+    code, err = run_cli(monkeypatch, capsys, "convert", "msd", str(src), str(src), "--overwrite")
+    assert code == 2 and err.count("\n") == 1 and "is the input" in err, err
+    assert (src / "dataset.json").is_file() and (src / "imagesTr").is_dir()
+
+
 def test_demo_overwrite_refuses_a_folder_it_did_not_create(tmp_path):
     precious = tmp_path / "thesis"
     precious.mkdir()
