@@ -23,7 +23,7 @@ from diffuseg.inference import case_name
 from diffuseg.paths import MAX_NAME_BYTES
 from diffuseg.validation import CONFIG_RANGES
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
