@@ -41,8 +41,8 @@ def test_unknown_method_suggests_the_closest():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("sample.steps=0", "sample.steps=0 must be at least 1"),
-    ("spatial_dims=4", "spatial_dims=4"),
+    ("sample.steps=0", r"sample.steps.=0 is out of range; valid: \[1, "),
+    ("spatial_dims=4", "spatial_dims.=4 is out of range"),
     ("process.schedule=square", "not one of"),
     ("train.batch_size=2.5", "whole number"),
     ("data.patch_size=[30,30]", "divisible by 4"),

@@ -102,7 +102,8 @@ def test_options_are_a_typed_dataclass_and_unknown_keys_are_refused(name):
     assert isinstance(build_method(config(name)).options, cls.options_type)
     fields = [f.name for f in dataclasses.fields(cls.options_type)]
     wrong = f"{fields[0]}x" if fields else "anything"
-    match = f"did you mean 'method.options.{fields[0]}'" if fields else "unknown config key 'method.options"
+    match = (f"did you mean 'method.options.{fields[0]}'" if fields
+             else "unknown config key 'method.options")
     with pytest.raises(ConfigError, match=match):
         build_method(config(name, **{wrong: 1}))
 

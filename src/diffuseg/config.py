@@ -17,6 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from diffuseg.errors import ConfigError
+from diffuseg.validation import (
+    MAX_JSON_DEPTH,
+    STRING_PATTERNS,
+    check_config_values,
+    json_depth,
+    read_json,
+    show,
+)
 
 
 @dataclass
@@ -110,6 +118,8 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def validate(self) -> RunConfig:
+        check_config_values(self)  # type, finiteness and range of every value (validation.py)
+        _check_relations(self)
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims={self.spatial_dims} is not supported; use 2 or 3")
         if len(self.data.patch_size) != self.spatial_dims:
@@ -150,6 +160,26 @@ class RunConfig:
         return self
 
 
+def _check_relations(config: RunConfig) -> None:
+    """Constraints between values that the per-key ranges cannot state."""
+    low, high = config.data.ct_window
+    if not low < high:
+        raise ConfigError(f"config 'data.ct_window'={[low, high]} must have low < high, "
+                          "e.g. [-1000, 400]")
+    p = config.process
+    if p.schedule == "linear" and not p.beta_start < p.beta_end:
+        raise ConfigError(f"config 'process.beta_start'={p.beta_start} must be below "
+                          f"process.beta_end={p.beta_end}")
+    groups = config.network.norm_groups
+    if any(c % groups for c in config.network.channels):
+        raise ConfigError(f"config 'network.norm_groups'={groups} does not divide every width "
+                          f"in network.channels={list(config.network.channels)}; use widths "
+                          f"that are multiples of {groups}")
+    if config.train.val_steps > p.T:
+        raise ConfigError(f"config 'train.val_steps'={config.train.val_steps} exceeds "
+                          f"process.T={p.T}; use at most {p.T}")
+
+
 # ---------------------------------------------------------------------------------------------
 # (de)serialisation
 
@@ -161,7 +191,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Build dataclass `cls` from a plain dict, refusing unknown keys with a suggestion."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config section '{where or 'root'}' must be a mapping, got {data!r}")
+        raise ConfigError(f"config section '{where or 'root'}' must be a mapping, got {show(data)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -172,7 +202,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
             close = (f"{where}.{near[0]}" if where else near[0]) if near else (
                 None if isinstance(value, dict) else suggest_path(path))  # then anywhere
             hint = f"; did you mean '{close}'?" if close else f"; valid keys: {sorted(names)}"
-            raise ConfigError(f"unknown config key '{path}'{hint}")
+            raise ConfigError(f"unknown config key {show(path)}{hint}")
         kwargs[key] = _coerce(hints[key], value, path)
     return cls(**kwargs)
 
@@ -215,27 +245,40 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         return _coerce(inner[0], value, path)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"config '{path}'={value!r} is not one of {list(args)}")
+            raise ConfigError(f"config '{path}'={show(value)} is not one of {list(args)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config '{path}'={value!r} must be a list")
+            raise ConfigError(f"config '{path}'={show(value)} must be a list")
+        if Ellipsis not in args and len(value) != len(args):
+            raise ConfigError(f"config '{path}'={show(value)} must be a list of {len(args)} values")
         return tuple(_coerce(args[0], v, path) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config '{path}'={show(value)} must be an object {{...}}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            valid = STRING_PATTERNS[path][1] if path in STRING_PATTERNS else "a string"
+            raise ConfigError(f"config '{path}'={show(value)} is not valid; use {valid}")
+        return value
     if hint is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
             return value.lower() in ("true", "1")
         if not isinstance(value, bool):
-            raise ConfigError(f"config '{path}'={value!r} must be true or false")
+            raise ConfigError(f"config '{path}'={show(value)} must be true or false")
         return value
     if hint in (int, float):
+        kind = "an integer" if hint is int else "a number"
+        if isinstance(value, bool):
+            raise ConfigError(f"config '{path}'={show(value)} must be {kind}, not true/false")
         try:
             number = hint(value)
-        except (TypeError, ValueError):
-            article = "an" if hint is int else "a"
-            raise ConfigError(f"config '{path}'={value!r} must be {article} {hint.__name__}"
-                              ) from None
-        if hint is int and float(value) != number:
-            raise ConfigError(f"config '{path}'={value!r} must be a whole number")
+            whole = hint is float or float(value) == number
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"config '{path}'={show(value)} must be {kind} (finite)") from None
+        if not whole:
+            raise ConfigError(f"config '{path}'={show(value)} must be a whole number")
         return number
     return value
 
@@ -244,18 +287,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply ``a.b=value`` strings to a config dict; values are parsed as JSON when possible."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
+            raise ConfigError(f"override {show(item)} must look like section.key=value")
         path, raw = item.split("=", 1)
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        except RecursionError:
+            raise ConfigError(f"override {show(path)} nests too deeply; flatten it") from None
+        if json_depth(value) > MAX_JSON_DEPTH:
+            raise ConfigError(f"override {show(path)} nests too deeply; flatten the value")
         node = data
         keys = path.strip().split(".")
         for key in keys[:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{key}' is not a config section")
+                raise ConfigError(f"override {show(item)}: {show(key)} is not a config section")
         node[keys[-1]] = value
     return data
 
@@ -270,17 +317,10 @@ def merge(base: dict, top: dict) -> dict:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A JSON config file as a dict; a missing, non-JSON or non-object file is a ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; check the path")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file '{path}' is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' holds a {type(data).__name__}, not a JSON object "
-                          'like {"train": {"max_steps": 500}}')
+    """A JSON config file as a dict: an object, UTF-8, not too deep (``validation.read_json``),
+    its numbers finite (``check_file_values``); otherwise a one-line ConfigError."""
+    data = read_json(path, "config file")
+    check_file_values(data, path)
     return data
 
 
@@ -297,6 +337,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = merge(data, read_config_file(file))
     data = apply_overrides(data, list(overrides or []))
     return from_dict(RunConfig, data).validate()
+
+
+def check_file_values(data: dict[str, Any], path: str | Path) -> None:
+    """The keys, types and ranges of one config file's values, with the file named in the
+    error (relations between values are checked once everything is merged)."""
+    try:
+        check_config_values(from_dict(RunConfig, data))
+    except ConfigError as err:
+        raise ConfigError(f"config file '{path}': {err}") from None
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

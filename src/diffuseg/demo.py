@@ -46,13 +46,24 @@ def demo_overrides(steps: int, minutes: float, device: str) -> list[str]:
     ]
 
 
+MARKER = ".diffuseg-demo"  # written into every demo folder; --overwrite deletes only those
+
+
 def prepare_output(output: Path, overwrite: bool) -> None:
+    """An empty (or new) folder, or with ``overwrite`` a folder an earlier demo wrote (it holds
+    MARKER): never delete a folder this command did not create."""
+    if output.exists() and not output.is_dir():
+        raise DataError(f"demo output '{output}' is a file; choose a folder for -o")
     if output.exists() and any(output.iterdir()):
         if not overwrite:
             raise DataError(f"demo folder '{output}' already exists; pass --overwrite to replace "
                             "it or choose another -o")
+        if not (output / MARKER).is_file():
+            raise DataError(f"'{output}' was not created by 'diffuseg demo' (no {MARKER} file), "
+                            "so --overwrite will not delete it; choose a new -o")
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
+    (output / MARKER).write_text("written by 'diffuseg demo'; --overwrite may delete this folder\n")
 
 
 def run_demo(output: str | Path, *, steps: int = 600, minutes: float = 3.0,

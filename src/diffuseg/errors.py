@@ -5,7 +5,18 @@ from __future__ import annotations
 
 
 class DiffusegError(ValueError):
-    """A user-facing error: bad file, shape, config value or option."""
+    """A user-facing error: bad file, shape, config value or option. The message is kept on one
+    line: control characters (a newline in a file name, say) are shown escaped."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(one_line(str(message)), *args)
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped as Python writes them (``\\n``, ``\\x7f``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class DataError(DiffusegError):

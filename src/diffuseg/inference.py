@@ -23,8 +23,10 @@ from diffuseg.errors import ConfigError, DataError
 from diffuseg.guidance import Constraints
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
+from diffuseg.paths import inside, safe_name
 from diffuseg.runtime import autocast, autocast_dtype, resolve_device
 from diffuseg.samplers import on_step
+from diffuseg.validation import MAX_SAMPLES, check_count, check_sampling_memory, check_seed
 from diffuseg.weights import load_networks, load_state
 
 
@@ -58,8 +60,7 @@ class Predictor:
         """None steps are left to the method (``sample.steps``, or the method's own default)."""
         n_samples = self.config.sample.n_samples if n_samples is None else n_samples
         self.method.sampling(steps)  # the one check of steps (and of the sampler)
-        if n_samples < 1:
-            raise ConfigError(f"--samples {n_samples} must be at least 1")
+        check_count(n_samples, "--samples", MAX_SAMPLES)
         return steps, n_samples
 
     def prepare(self, image: np.ndarray, source: str = "image") -> torch.Tensor:
@@ -104,6 +105,11 @@ class Predictor:
         if constraints is not None:
             constraints.check(tuple(image.shape[1:]))
             known = constraints.known(self.device)
+        check_seed(seed)
+        window = self.method.window or x.shape[2:]
+        voxels = int(np.prod([min(s, w) for s, w in zip(x.shape[2:], window, strict=True)]))
+        width = max(self.config.network.channels[0], self.config.num_classes)
+        check_sampling_memory(n_samples, voxels, width)  # DIFFUSEG_MAX_WORK_BYTES
         generator = torch.Generator(device=self.device).manual_seed(seed)
         with autocast(self.device, autocast_dtype(self.precision, self.device)), \
                 on_step(progress):
@@ -133,6 +139,9 @@ class Predictor:
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
         image, geometry = read_channels(paths)
         case_dir = Path(out_dir) / case_name(paths[0])
+        if any(inside(p, case_dir) for p in paths):
+            raise DataError(f"input '{paths[0]}' lies inside its output folder '{case_dir}'; "
+                            "choose an -o outside the input")
         with lock_output(out_dir):  # one writer per output folder; re-entrant
             if case_dir.exists() and any(case_dir.iterdir()) and not overwrite:
                 raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite "
@@ -181,10 +190,18 @@ def map_back(samples: torch.Tensor, grid: Geometry, geometry: Geometry) -> torch
     return torch.from_numpy(back).clamp(0, 1).reshape(s, b, k, *geometry.shape)
 
 
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
 def case_name(path: Path, keep_channel: bool = False) -> str:
-    """'case_0000.nii.gz' -> 'case' (nnU-Net channel suffix dropped), 'img.png' -> 'img'."""
+    """'case_0000.nii.gz' -> 'case' (nnU-Net channel suffix dropped), 'img.png' -> 'img'; made
+    a safe folder name (``diffuseg.paths.safe_name``: no '..', separators or over-long names)."""
+    return safe_name(_stem(Path(path), keep_channel))
+
+
+def _stem(path: Path, keep_channel: bool = False) -> str:
     name = path.name
-    for ext in (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"):
+    for ext in IMAGE_ENDINGS:
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break
@@ -204,7 +221,7 @@ def list_inputs(path: str | Path) -> list[list[Path]]:
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     cases: dict[str, list[Path]] = {}
     for p in files:
-        if case_name(p, keep_channel=True) != p.name:  # an image file
+        if p.name.lower().endswith(IMAGE_ENDINGS):  # an image file
             cases.setdefault(case_name(p), []).append(p)
     if cases:
         return list(cases.values())

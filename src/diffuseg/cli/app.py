@@ -95,14 +95,16 @@ def warn(message: str) -> None:
 def main() -> None:
     """The ``diffuseg`` entry point: user mistakes end in one line and exit status 2."""
     import diffuseg.cli  # noqa: F401 (imports the command modules, which register themselves)
+    from diffuseg.validation import quiet_library_logs
 
+    quiet_library_logs()  # one line on stderr: no library warnings beside the error
     try:
         app()
     except TrainingInterrupted as err:  # SIGINT/SIGTERM: a checkpoint was saved
         typer.echo(str(err), err=True)
         sys.exit(130)
     except DiffusegError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {' '.join(str(err).split())}", err=True)  # always one line
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

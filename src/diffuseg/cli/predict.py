@@ -62,12 +62,10 @@ def predict_command(
     """Draw samples; write them, the consensus, uncertainty maps and previews in the input's
     geometry. Cases whose result.json is complete are skipped (an interrupted call resumes)."""
     from diffuseg.batch import predict_cases, select_cases
+    from diffuseg.validation import check_predict_options
 
     set_quiet(quiet)
-    if steps is not None and steps < 1:
-        raise DiffusegError(f"--steps {steps} must be at least 1 (e.g. --steps 10)")
-    if samples is not None and samples < 1:
-        raise DiffusegError(f"--samples {samples} must be at least 1 (e.g. --samples 16)")
+    check_predict_options(samples, steps, seed, device)  # one-line errors before any work
     if format not in ("auto", "dicom"):
         raise DiffusegError(f"--format {format} is unknown; use auto or dicom")
     cases, chosen = select_cases(run, input=input, dataset=dataset, split=split, series=series)

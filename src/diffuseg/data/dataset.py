@@ -28,9 +28,14 @@ import numpy as np
 
 from diffuseg.errors import DataError
 from diffuseg.io import NIFTI_ENDINGS, Geometry, read_image, read_mask, write_image, write_mask
+from diffuseg.validation import read_json, show
 
 DATASET_ENDINGS = (".png", ".tif", ".tiff", ".nii.gz", ".nii")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+MAX_RATERS = 100  # masks per case (LIDC has 4, QUBIQ up to 7)
+MAX_CASES = 10**6
+MAX_CHANNELS = 64
+MAX_LABELS = 1000
 _KNOWN_KEYS = ("channel_names", "labels", "numTraining", "file_ending", "raters", "spatial_dims",
                "groups", "name")
 
@@ -63,10 +68,7 @@ class DatasetInfo:
         if not path.is_file():
             raise DataError(f"'{path}' does not exist; every dataset folder needs a dataset.json "
                             "(see docs/dataset_format.md)")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"'{path}' is not valid JSON ({err}); fix the syntax") from None
+        data = read_json(path, "dataset file", DataError, mapping=False)
         return cls.from_dict(data, where=str(path))
 
     @classmethod
@@ -85,10 +87,10 @@ class DatasetInfo:
         info = cls(
             channel_names=_channel_names(data["channel_names"], where),
             labels=_labels(data["labels"], where),
-            num_training=_integer(data, "numTraining", where, 0, None),
+            num_training=_integer(data, "numTraining", where, 0, None, MAX_CASES),
             file_ending=ending,
-            raters=_integer(data, "raters", where, 1, 1),
-            spatial_dims=_integer(data, "spatial_dims", where, 2, spatial_default),
+            raters=_integer(data, "raters", where, 1, 1, MAX_RATERS),
+            spatial_dims=_integer(data, "spatial_dims", where, 2, spatial_default, 3),
             groups=_groups(data.get("groups", {}), where),
             name=str(data.get("name", "")),
             extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
@@ -107,20 +109,23 @@ class DatasetInfo:
         return {**data, **self.extra}
 
 
-def _integer(data: dict, key: str, where: str, low: int, default: int | None) -> int:
+def _integer(data: dict, key: str, where: str, low: int, default: int | None,
+             high: int) -> int:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise DataError(f"'{where}': {key}={value!r} must be an integer >= {low}; write it as a "
-                        "JSON number")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise DataError(f"'{where}': {key}={show(value)} must be an integer in {low}..{high}; "
+                        "write it as a JSON number")
     return value
 
 
 def _channel_names(value: Any, where: str) -> dict[str, str]:
-    if not isinstance(value, dict) or not value:
-        raise DataError(f"'{where}': channel_names must be an object like {{\"0\": \"CT\"}}")
-    keys = sorted(value, key=lambda k: int(k) if str(k).isdigit() else -1)
+    if not isinstance(value, dict) or not 1 <= len(value) <= MAX_CHANNELS:
+        raise DataError(f"'{where}': channel_names must be an object like {{\"0\": \"CT\"}} "
+                        f"with 1..{MAX_CHANNELS} channels")
+    keys = sorted(value, key=lambda k: int(k) if k.isascii() and k.isdigit() else -1)
     if keys != [str(i) for i in range(len(keys))]:
-        raise DataError(f"'{where}': channel_names keys {keys} must be \"0\", \"1\", ... in order")
+        raise DataError(f"'{where}': channel_names keys {show(keys)} must be \"0\", \"1\", ... "
+                        "in order")
     return {k: str(value[k]) for k in keys}
 
 
@@ -129,6 +134,8 @@ def _labels(value: Any, where: str) -> dict[str, int]:
             isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
         raise DataError(f"'{where}': labels must map names to integers, e.g. "
                         "{\"background\": 0, \"lesion\": 1} (region lists are not supported)")
+    if len(value) > MAX_LABELS:
+        raise DataError(f"'{where}': {len(value)} labels; at most {MAX_LABELS} are supported")
     if sorted(value.values()) != list(range(len(value))):
         raise DataError(f"'{where}': label values {sorted(value.values())} must be 0..K-1 with "
                         "background 0; renumber the labels")

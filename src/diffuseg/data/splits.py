@@ -12,7 +12,6 @@ training, that file is the only source of truth for which cases are held out.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from diffuseg.atomic import write_json_atomic
 from diffuseg.data.dataset import Dataset
 from diffuseg.errors import ConfigError, DataError
+from diffuseg.validation import read_json
 
 FOLDS = ("train", "val", "test")
 
@@ -65,10 +65,7 @@ def load_splits(root: str | Path, dataset: Dataset | None = None, *, seed: int =
 def read_splits(path: Path, dataset: Dataset | None = None) -> dict[str, list[str]]:
     """A ``splits.json`` file, checked for shape; against ``dataset`` when given: known cases,
     each case listed once, no patient (group) in two folds."""
-    try:
-        splits = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"'{path}' is not valid JSON ({err}); fix it or delete it") from None
+    splits = read_json(path, "splits file", DataError, mapping=False)  # UTF-8, not too deep
     if not isinstance(splits, dict) or "train" not in splits or not set(splits) <= set(
             FOLDS) or not all(
             isinstance(v, list) and all(isinstance(c, str) for c in v) for v in splits.values()):

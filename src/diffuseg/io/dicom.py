@@ -25,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from diffuseg.errors import DataError
+from diffuseg.io.limits import check_image_size
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -122,7 +123,7 @@ def _geometry_tags(ds: pydicom.Dataset, where: Path) -> tuple[np.ndarray, np.nda
 
 def _assemble(path: Path, slices: list[pydicom.Dataset]) -> DicomSeries:
     first = slices[0]
-    if int(first.get("NumberOfFrames", 1) or 1) > 1:
+    if _number_tag(first, "NumberOfFrames", 1) != 1:
         raise DataError(f"'{path}' is a multi-frame DICOM; only single-frame series are read, "
                         "convert it to NIfTI with dcm2niix")
     orientation, _ = _geometry_tags(first, Path(first.filename))
@@ -136,6 +137,7 @@ def _assemble(path: Path, slices: list[pydicom.Dataset]) -> DicomSeries:
             raise DataError(f"'{ds.filename}' differs from '{first.filename}' in size, orientation "
                             f"or pixel spacing; '{path}' is not one regular series")
         positions.append(p)
+    _check_size_tags(path, first, len(slices))
     order = np.argsort([p @ normal for p in positions], kind="stable")
     slices = [slices[i] for i in order]
     positions = np.array([positions[i] for i in order])
@@ -149,8 +151,9 @@ def _assemble(path: Path, slices: list[pydicom.Dataset]) -> DicomSeries:
 def _slice_step(path: Path, positions: np.ndarray, normal: np.ndarray,
                 first: pydicom.Dataset) -> np.ndarray:
     if len(positions) == 1:
-        thickness = first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0
-        return normal * float(thickness)
+        thickness = _number_tag(first, "SpacingBetweenSlices", 0.0) or _number_tag(
+            first, "SliceThickness", 0.0) or 1.0
+        return normal * thickness
     gaps = np.diff(positions @ normal)
     if gaps.min() < 1e-3:
         raise DataError(f"'{path}' has several images at one slice position (echoes, time points "
@@ -159,6 +162,51 @@ def _slice_step(path: Path, positions: np.ndarray, normal: np.ndarray,
         raise DataError(f"'{path}' has uneven slice gaps {gaps.min():.3f}..{gaps.max():.3f} mm "
                         "(a missing slice?); complete the series or resample it")
     return (positions[-1] - positions[0]) / (len(positions) - 1)
+
+
+def _number_tag(ds: pydicom.Dataset, name: str, default: float) -> float:
+    """A numeric tag as a finite float (``default`` when absent or empty); text, NaN or Inf in
+    it is a DataError naming the file."""
+    try:
+        raw = ds.get(name)
+        value = default if raw is None or raw == "" else float(raw)
+    except (TypeError, ValueError, OverflowError):
+        value = float("nan")
+    if not np.isfinite(value):
+        shown = " ".join(repr(ds.get(name, "?")).split())[:40]
+        raise DataError(f"DICOM '{ds.filename}' has {name} {shown}, not a finite number; fix "
+                        "the export")
+    return value
+
+
+def _check_size_tags(path: Path, first: pydicom.Dataset, n_slices: int) -> None:
+    """Rows and Columns are positive integers within the memory budget, checked before any pixel
+    is decoded."""
+    size = []
+    for name in ("Rows", "Columns"):
+        value = _number_tag(first, name, 0)
+        if value < 1 or value != int(value):
+            raise DataError(f"DICOM '{first.filename}' has {name} {value:g}; it must be a "
+                            "positive integer, fix the export")
+        size.append(int(value))
+    check_image_size(path, (size[1], size[0], n_slices), "DICOM series")
+
+
+def _modality_lut(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
+    """RescaleSlope and RescaleIntercept must be finite numbers and the slope non-zero."""
+    slope = _number_tag(ds, "RescaleSlope", 1.0)
+    intercept = _number_tag(ds, "RescaleIntercept", 0.0)
+    if slope == 0:
+        raise DataError(f"DICOM '{ds.filename}' has RescaleSlope 0, which makes every pixel equal; "
+                        "fix the export")
+    if "ModalityLUTSequence" not in ds:  # the linear LUT, with the values checked above
+        return np.asarray(pixels.astype(np.float64) * slope + intercept, dtype=np.float32)
+    try:
+        return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+        reason = " ".join(str(err).split())
+        raise DataError(f"cannot apply the modality LUT of '{ds.filename}' ({reason}); fix the "
+                        "export") from None
 
 
 def _pixels(ds: pydicom.Dataset) -> np.ndarray:
@@ -172,7 +220,7 @@ def _pixels(ds: pydicom.Dataset) -> np.ndarray:
     if pixels.ndim != 2:
         raise DataError(f"'{ds.filename}' holds {pixels.shape} pixels; only single-frame "
                         "grey slices are read")
-    return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    return _modality_lut(ds, pixels)
 
 
 def _extras(slices: list[pydicom.Dataset]) -> dict[str, Any]:

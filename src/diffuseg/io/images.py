@@ -28,8 +28,9 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from PIL import Image
 
-from diffuseg.errors import DataError
+from diffuseg.errors import DataError, DiffusegError
 from diffuseg.io.dicom import read_dicom_series
+from diffuseg.io.limits import check_affine, check_finite, check_image_size, check_raster_size
 
 RASTER_ENDINGS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -102,6 +103,7 @@ def read_image(path: str | Path, *, series_uid: str | None = None
     if kind == "raster":
         return _raster_image_channels(data, path), geometry
     data = np.asarray(data, dtype=np.float32)
+    check_finite(path, data)  # after the cast: 1e300 * slope is finite in float64, not float32
     channels = data[None] if data.ndim == geometry.spatial_dims else np.moveaxis(data, -1, 0)
     return np.ascontiguousarray(channels), geometry
 
@@ -120,6 +122,8 @@ def read_mask(path: str | Path, *, labels: Collection[int] | None = None,
         data = _raster_mask_plane(data, path)
     elif data.ndim == geometry.spatial_dims + 1 and data.shape[-1] == 1:
         data = data[..., 0]
+    if kind != "raster":
+        check_finite(path, np.asarray(data))
     if data.ndim != geometry.spatial_dims:
         raise DataError(f"mask '{path}' has {data.shape[-1]} channels; a mask must be a single "
                         "label volume, save one file per rater")
@@ -132,6 +136,7 @@ def _read_any(path: Path, series_uid: str | None) -> tuple[str, Any, Geometry]:
         series = read_dicom_series(path, series_uid=series_uid)
         geometry = Geometry.from_affine(series.affine, series.array.shape, "dicom",
                                         extras=series.extras)
+        check_affine(path, geometry.affine, geometry.spatial_dims)
         return "dicom", series.array, geometry
     if not path.exists():
         raise DataError(f"'{path}' does not exist; check the path")
@@ -140,7 +145,9 @@ def _read_any(path: Path, series_uid: str | None) -> tuple[str, Any, Geometry]:
         image = _open_raster(path)
         return "raster", image, Geometry.identity((image.height, image.width))
     if ending in NIFTI_ENDINGS:
-        return ("nifti", *_read_nifti(path))
+        data, geometry = _read_nifti(path)
+        check_affine(path, geometry.affine, geometry.spatial_dims)
+        return "nifti", data, geometry
     raise DataError(f"'{path}' has an unknown file type '{ending}'; use .png, .tif, .jpg, .nii, "
                     ".nii.gz or a DICOM series folder")
 
@@ -151,6 +158,7 @@ def _open_raster(path: Path) -> Image.Image:
             if getattr(image, "n_frames", 1) > 1:
                 raise DataError(f"'{path}' holds {image.n_frames} pages; multi-page images are "
                                 "not read, save the volume as NIfTI (.nii.gz)")
+            check_raster_size(path, image)  # from the header, before decoding
             image.load()
             return image
     except DataError:
@@ -190,8 +198,11 @@ def _raster_mask_plane(image: Image.Image, path: Path) -> np.ndarray:
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     try:
-        image = nib.load(path)
+        image = nib.load(path)  # reads the header only
+        check_image_size(path, image.shape)
         data = np.asanyarray(image.dataobj)  # applies scl_slope/scl_inter
+    except DiffusegError:  # over the memory budget, or a bad budget setting
+        raise
     except FileNotFoundError:
         raise DataError(f"'{path}' does not exist; check the path") from None
     except MemoryError:
@@ -218,6 +229,9 @@ def _as_labels(data: np.ndarray, path: Path, labels: Collection[int] | None,
     if data.dtype.kind == "f" and not integral:
         raise DataError(f"mask '{path}' holds non-integer values; a mask stores label values "
                         "0..K-1 (resample masks with nearest-neighbour interpolation)")
+    if data.size and (data.min() < -(2**31) or data.max() > 2**31):
+        raise DataError(f"mask '{path}' has values up to {data.max():g}; a mask stores label "
+                        "values 0..K-1")
     mask = data.astype(np.int64)
     values = set(np.unique(mask).tolist())
     allowed = set(labels) if labels is not None else ({0, 1} if raster else None)

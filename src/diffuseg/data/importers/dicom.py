@@ -23,6 +23,7 @@ from diffuseg.data.dataset import DatasetInfo, write_dataset
 from diffuseg.data.importers.common import DEFAULT_LABELS, ImportSummary, finish, label_map
 from diffuseg.errors import DataError
 from diffuseg.io import Geometry, read_image, read_mask
+from diffuseg.paths import check_separate
 
 
 def find_studies(src: Path, image: str) -> list[Path]:
@@ -99,6 +100,7 @@ def import_dicom(src: str | Path, dst: str | Path, *, image: str, masks: Sequenc
                  overwrite: bool = False) -> ImportSummary:
     """Convert every study under ``src`` (module docstring) into a 3D NIfTI dataset."""
     src, dst = Path(src), Path(dst)
+    check_separate(src, dst, "convert dicom")  # never write into the input
     if not masks:
         raise DataError("give at least one --mask (a part of the mask series' folder name)")
     studies = find_studies(src, image)

@@ -30,6 +30,7 @@ from diffuseg.data.dataset import DatasetInfo, write_dataset
 from diffuseg.data.importers.common import DEFAULT_LABELS, ImportSummary, finish, label_map
 from diffuseg.errors import DataError
 from diffuseg.io import NIFTI_ENDINGS, Geometry, file_ending, read_image, read_mask
+from diffuseg.paths import check_separate
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 MASK_ENDINGS = (".png", ".tif", ".tiff", ".nii.gz", ".nii")
@@ -99,6 +100,7 @@ def import_folder(src: str | Path, dst: str | Path, *, image_glob: str = "*.png"
     """Convert matched images and masks (module docstring) into a dataset at ``dst``; the
     output ending defaults to .png for raster images and .nii.gz for NIfTI."""
     src, dst = Path(src), Path(dst)
+    check_separate(src, dst, "convert folder")  # never write into the input
     if not mask_suffixes:
         raise DataError("give at least one --mask-suffix (one per rater, e.g. _1stHO)")
     try:

@@ -27,6 +27,7 @@ from diffuseg.data.dataset import DatasetInfo, write_dataset
 from diffuseg.data.importers.common import ImportSummary, binary_mask, decode_png, finish
 from diffuseg.errors import DataError
 from diffuseg.io import Geometry
+from diffuseg.paths import check_separate
 
 MEMBER = re.compile(r"(?:^|/)(?P<patient>[^/]+)/nodule-(?P<nodule>\d+)/"
                     r"(?P<kind>images|mask-(?P<rater>\d+))/slice-(?P<slice>\d+)\.png$")
@@ -182,6 +183,7 @@ def import_lidc_slices(src: str | Path, dst: str | Path, *, raters: int = 4,
     ``src``) by patient, and an empty test fold: the release's test patients are not in it.
     """
     src, dst = Path(src), Path(dst)
+    check_separate(src, dst, "convert lidc-slices")  # never write into the input
     if raters < 1 or (limit_patients is not None and limit_patients < 1):
         raise DataError(f"--raters {raters} and --limit-patients {limit_patients} must be >= 1")
     split_path = Path(split) if split is not None else find_split(src)

@@ -21,6 +21,7 @@ from diffuseg.data.dataset import DatasetInfo, write_dataset
 from diffuseg.data.importers.common import ImportSummary, finish
 from diffuseg.errors import DataError
 from diffuseg.io import Geometry, read_image, read_mask
+from diffuseg.paths import check_separate
 
 _CONVERTED_KEYS = ("modality", "channel_names", "labels", "training", "test", "numTraining",
                    "numTest", "file_ending", "name")
@@ -97,6 +98,7 @@ def import_msd(src: str | Path, dst: str | Path, *, limit_cases: int | None = No
                overwrite: bool = False) -> ImportSummary:
     """Convert the MSD task at ``src``; ``limit_cases`` keeps the first N (quick runs)."""
     src, dst = Path(src), Path(dst)
+    check_separate(src, dst, "convert msd")  # never write into the input
     if limit_cases is not None and limit_cases < 1:
         raise DataError(f"--limit-cases {limit_cases} must be at least 1")
     data = _load_json(src / "dataset.json")

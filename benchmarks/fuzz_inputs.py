@@ -1,0 +1,278 @@
+"""Hostile inputs for ``benchmarks/fuzz.py``: each generator takes a ``random.Random`` and a
+scratch folder and returns what to feed one entry point. Plain ``random`` rather than
+hypothesis, so that 10,000 inputs take minutes (the CI suite, tests/test_fuzz_*.py, uses
+hypothesis on the same kinds of input)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import random
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from diffuseg.config import RunConfig
+
+HOSTILE = [0, -1, 1, 2, 3, 7, 0.5, 1.0, 1e-12, 1e30, -1e30, 1e308, 2**31, 2**63, 2**64, -(2**63),
+           10**30, True, False, None, "", "nan", "NaN", "inf", "-inf", "1e400", "abc", "1", "cpu",
+           "meta", "cuda:99", "auto", [], [0], [0, 0], [1, 2, 3], [1e30, -1e30], [True, False],
+           {}, {"a": 1}, [[1]], "x" * 300, "\n", "é", "[1]", "{}", "null"]
+RAW_OVERRIDE_VALUES = ["1e400", "-1e400", "NaN", "Infinity", "-Infinity", "[" * 50 + "]" * 50,
+                       "[" * 3000 + "]" * 3000, "{\"a\": NaN}", "18446744073709551616", "0x10",
+                       "1_000", "  5 ", "true", "null", "[1,", "\"s\"", ""]
+
+
+def config_paths() -> list[tuple[str, Any]]:
+    """Every leaf of RunConfig as (dotted path, default)."""
+    out: list[tuple[str, Any]] = []
+
+    def walk(obj: Any, where: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{where}{f.name}.")
+            else:
+                out.append((f"{where}{f.name}", value))
+    walk(RunConfig(), "")
+    return out
+
+
+PATHS = config_paths()
+
+
+def near(rng: random.Random, default: Any) -> Any:
+    """A value near a default: scaled, negated, perturbed, or of the wrong shape."""
+    if isinstance(default, bool):
+        return rng.choice([not default, 0, 1, "yes"])
+    if isinstance(default, (int, float)):
+        return rng.choice([default * 10 ** rng.randint(-3, 12), -default, default + 1,
+                           default - 1, float(default) + 0.5, 0])
+    if isinstance(default, tuple):
+        items = [near(rng, v) if rng.random() < 0.3 else v for v in default]
+        return rng.choice([items, items[:-1], items + items[:1], [], list(default)])
+    return rng.choice(HOSTILE)
+
+
+def override(rng: random.Random) -> str:
+    """One ``--set`` string: a real or misspelt key, a hostile or near-default value."""
+    path, default = rng.choice(PATHS)
+    roll = rng.random()
+    if roll < 0.05:
+        path = path + rng.choice(["x", ".y", ""])[: rng.randint(0, 2)]
+    elif roll < 0.08:
+        path = rng.choice(["", ".", "train.", "a.b.c", "train..lr", "method.options.dropout"])
+    if rng.random() < 0.15:
+        return f"{path}={rng.choice(RAW_OVERRIDE_VALUES)}"
+    value = rng.choice(HOSTILE) if rng.random() < 0.5 else near(rng, default)
+    return f"{path}={json.dumps(value)}"
+
+
+def json_value(rng: random.Random, depth: int = 0) -> Any:
+    roll = rng.random()
+    if depth > 3 or roll < 0.5:
+        return rng.choice(HOSTILE)
+    if roll < 0.75:
+        return [json_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(["a", "train", "lr", "0", ""]): json_value(rng, depth + 1)
+            for _ in range(rng.randint(0, 3))}
+
+
+def config_file(rng: random.Random) -> bytes:
+    roll = rng.random()
+    if roll < 0.15:
+        return rng.randbytes(rng.randint(0, 80))
+    if roll < 0.25:
+        n = rng.choice([33, 100, 5000])
+        opener = rng.choice(["[", "{\"a\":"])
+        return (opener * n + "1" + ("]" if opener == "[" else "}") * n).encode()
+    if roll < 0.35:
+        return rng.choice([b"null", b"[]", b"1", b"\"x\"", b"true", b"\xef\xbb\xbf{}",
+                           b"{\"train\": {\"lr\": NaN}}", b"\xff\xfe{\x00}\x00"])
+    data: dict[str, Any] = {}
+    for item in (override(rng) for _ in range(rng.randint(0, 4))):
+        path, _, raw = item.partition("=")
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            value = raw
+        node = data
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else {}
+        node[keys[-1]] = value
+    if rng.random() < 0.2:
+        data[rng.choice(["train", "network", "data"])] = json_value(rng)
+    return json.dumps(data, allow_nan=True).encode()
+
+
+VALID_INFO = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "lesion": 1},
+              "numTraining": 1, "file_ending": ".png", "raters": 2, "spatial_dims": 2,
+              "groups": {"a": "p"}, "name": "x"}
+
+
+def dataset_json(rng: random.Random) -> bytes:
+    if rng.random() < 0.1:
+        return rng.randbytes(rng.randint(0, 60))
+    data: Any = dict(VALID_INFO)
+    for key in rng.sample(sorted(VALID_INFO), rng.randint(1, 3)):
+        roll = rng.random()
+        if roll < 0.4:
+            data[key] = rng.choice(HOSTILE + [10**6, 10**9, -5, 1.5, {"0": "a", "1": "b"},
+                                              {"b": 0, "a": 2}, ".nii.gz", ".jpg"])
+        elif roll < 0.6:
+            data.pop(key)
+        else:
+            data[key] = json_value(rng)
+    if rng.random() < 0.05:
+        data = json_value(rng)
+    return json.dumps(data).encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+NIFTI_FIELDS = {"dim": (40, "<8h"), "datatype": (70, "<h"), "bitpix": (72, "<h"),
+                "pixdim": (76, "<8f"), "vox_offset": (108, "<f"), "scl_slope": (112, "<f"),
+                "scl_inter": (116, "<f"), "qform_code": (252, "<h"), "sform_code": (254, "<h"),
+                "quatern": (256, "<6f"), "srow": (280, "<12f")}
+ODD_FLOATS = [0.0, -0.0, 1.0, -1.0, 1e-30, 1e30, 3.4e38, float("nan"), float("inf"),
+              -float("inf"), 2.0, 1e-7]
+ODD_SHORTS = [0, 1, 2, 3, 4, 5, 7, 8, -1, 255, 256, 2**15 - 1, -(2**15)]
+
+
+def nifti(rng: random.Random) -> tuple[str, bytes]:
+    dims = rng.choice([2, 3, 3, 4])
+    shape = tuple(rng.randint(1, 6) for _ in range(dims))
+    dtype = rng.choice([np.uint8, np.int16, np.float32, np.float64, np.int32])
+    data = np.asarray(np.random.default_rng(rng.getrandbits(32)).normal(0, 100, shape))
+    if np.issubdtype(dtype, np.floating) and rng.random() < 0.4:
+        flat = data.reshape(-1)
+        for _ in range(rng.randint(1, 3)):
+            flat[rng.randrange(flat.size)] = rng.choice([np.nan, np.inf, -np.inf, 1e300])
+    if rng.random() < 0.3:
+        data = np.abs(np.round(data)) % 3
+    affine = np.diag([rng.choice([1.0, 0.5, 2.0]) for _ in range(3)] + [1.0])
+    image = nib.Nifti1Image(np.asarray(data).astype(dtype), affine)
+    raw = bytearray(image.to_bytes())
+    for name in rng.sample(sorted(NIFTI_FIELDS), rng.randint(0, 3)):
+        offset, fmt = NIFTI_FIELDS[name]
+        count = struct.calcsize(fmt) // (2 if fmt[-1] == "h" else 4)
+        values = [rng.choice(ODD_SHORTS) if fmt[-1] == "h" else rng.choice(ODD_FLOATS)
+                  for _ in range(count)]
+        if name == "dim" and rng.random() < 0.5:  # a believable header declaring a huge volume
+            values = [3, 2048, 2048, rng.choice([256, 2048]), 1, 1, 1, 1]
+        struct.pack_into(fmt, raw, offset, *values)
+    if rng.random() < 0.1:
+        raw = raw[: rng.randint(0, len(raw))]
+    if rng.random() < 0.5:
+        return ".nii.gz", gzip.compress(bytes(raw))
+    return ".nii", bytes(raw)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png(rng: random.Random) -> tuple[str, bytes]:
+    if rng.random() < 0.2:  # a header declaring any size, with (almost) no pixel data
+        width, height = (rng.choice([0, 1, 2**31 - 1, 10000, 50000, 100000]) for _ in range(2))
+        ihdr = struct.pack(">IIBBBBB", width, height, rng.choice([1, 8, 16]),
+                           rng.choice([0, 2, 3, 4, 6, 7]), 0, 0, 0)
+        return ".png", (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+                        + png_chunk(b"IDAT", zlib.compress(rng.randbytes(rng.randint(0, 20))))
+                        + png_chunk(b"IEND", b""))
+    mode = rng.choice(["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F"])
+    shape = (rng.randint(1, 9), rng.randint(1, 9))
+    gen = np.random.default_rng(rng.getrandbits(32))
+    base = gen.integers(0, rng.choice([2, 3, 256]), size=shape).astype(np.uint8)
+    image = Image.fromarray(base).convert(mode)
+    buffer = io.BytesIO()
+    ending = ".tif" if mode in ("I", "F") or rng.random() < 0.1 else ".png"
+    image.save(buffer, format="TIFF" if ending == ".tif" else "PNG")
+    raw = buffer.getvalue()
+    if rng.random() < 0.15:
+        raw = raw[: rng.randint(0, len(raw))]
+    return ending, raw
+
+
+DICOM_TEXT = ["NaN", "Inf", "-Inf", "1e300", "abc", "0", "", "1\\2", "2", "-1", "1e-300"]
+
+
+def dicom_series(rng: random.Random, folder: Path) -> Path:
+    """1-4 slices; one gets tag changes (numbers out of range, text in numbers, missing tags)."""
+    folder.mkdir()
+    n = rng.randint(1, 4)
+    victim = rng.randrange(n)
+    for k in range(n):
+        ds = dicom_dataset(2.0 * k)
+        if k == victim:
+            for _ in range(rng.randint(0, 3)):
+                mutate_dicom(rng, ds)
+        try:
+            ds.save_as(folder / f"s{k}.dcm", enforce_file_format=True)
+        except Exception:  # noqa: BLE001 (pydicom refused the mutation; write it plain)
+            dicom_dataset(2.0 * k).save_as(folder / f"s{k}.dcm", enforce_file_format=True)
+    if rng.random() < 0.1:
+        (folder / "junk.dcm").write_bytes(rng.randbytes(rng.randint(0, 200)))
+    return folder
+
+
+def dicom_dataset(z: float) -> pydicom.Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality = "1.2.3.4", "1.2.3", "MR"
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.ImagePositionPatient = [0.0, 0.0, z]
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.Rows, ds.Columns = 3, 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.arange(12, dtype=np.uint16).tobytes()
+    return ds
+
+
+def mutate_dicom(rng: random.Random, ds: pydicom.Dataset) -> None:
+    roll = rng.random()
+    if roll < 0.35:  # a numeric tag written as text, as a broken exporter writes it
+        keyword = rng.choice(["RescaleSlope", "RescaleIntercept", "NumberOfFrames",
+                              "SliceThickness", "SpacingBetweenSlices", "Rows", "Columns"])
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        if keyword in ("Rows", "Columns"):
+            ds.add_new(tag, "US", rng.choice([0, 1, 2, 5, 65535]))
+        else:
+            ds.add_new(tag, "LO", rng.choice(DICOM_TEXT))
+    elif roll < 0.55:
+        keyword = rng.choice(["ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
+                              "Rows", "PixelData", "SeriesInstanceUID", "BitsAllocated"])
+        if keyword in ds:
+            delattr(ds, keyword)
+    elif roll < 0.75:
+        ds.PixelData = rng.randbytes(rng.choice([0, 4, 24, 40]))
+    elif roll < 0.9:
+        ds.PixelSpacing = [rng.choice([0.0, -1.0, 0.5, 1e-9]) for _ in range(rng.choice([1, 2]))]
+    else:
+        ds.BitsAllocated = rng.choice([1, 8, 12, 32, 64])
+
+
+def case_file_name(rng: random.Random) -> str:
+    alphabet = "ab._-/ \\\t\n:*?\"<>|é中\x00\x7f" + "x" * 10
+    stem = "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 2, 3, 8, 120, 300])))
+    stem = rng.choice([stem, "." * rng.randint(1, 4), ".." + stem])
+    return stem + rng.choice([".png", ".nii.gz", ".nii", ".tif", "_0000.png", ""])

@@ -1,0 +1,67 @@
+"""Guards every image read passes (docs/validation.md): a size budget checked from the header
+before any pixel is decoded, finite voxel values, and a finite, non-degenerate affine.
+
+The budget is ``DIFFUSEG_MAX_IMAGE_BYTES`` (default 2 GiB), counted as the float32 array the
+reader returns (every channel). Raster files are also held to PIL's decompression-bomb limit,
+``PIL.Image.MAX_IMAGE_PIXELS`` (about 89 million pixels unless changed).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from diffuseg.errors import DataError
+from diffuseg.validation import gib, max_image_bytes
+
+FLOAT_BYTES = 4  # readers return float32
+
+
+def check_image_size(path: Path | str, shape: tuple[int, ...], what: str = "image") -> None:
+    """Refuse a ``shape`` (every axis, channels included) whose float32 array exceeds the budget;
+    called with the header's shape, before the data are read."""
+    dims = [int(s) for s in shape]
+    if any(s < 1 for s in dims):
+        raise DataError(f"'{path}' declares a {what} of shape {tuple(dims)}; every axis needs at "
+                        "least one voxel, the header is damaged: re-export the file")
+    need = math.prod(dims) * FLOAT_BYTES
+    limit = max_image_bytes()
+    if need > limit:
+        raise DataError(f"'{path}' declares a {what} of shape {tuple(dims)} ({gib(need)} as "
+                        f"float32), over the {gib(limit)} memory budget; crop or downsample it, "
+                        "or raise DIFFUSEG_MAX_IMAGE_BYTES")
+
+
+def check_raster_size(path: Path | str, image: Image.Image) -> None:
+    """Size of a raster from its header (PIL reads the header only until ``load``)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = image.width * image.height
+    if limit is not None and pixels > limit:
+        raise DataError(f"'{path}' is {image.width}x{image.height} pixels, over PIL's limit of "
+                        f"{limit} pixels (PIL.Image.MAX_IMAGE_PIXELS); crop or downsample it")
+    check_image_size(path, (len(image.getbands()), image.height, image.width))
+
+
+def check_finite(path: Path | str, array: np.ndarray, what: str = "voxels") -> None:
+    """NaN or Inf values (after any rescaling) would give NaN maps and an empty consensus."""
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise DataError(f"'{path}' has {bad} NaN/Inf {what} (after rescaling to float32); replace "
+                        "them (e.g. with 0) or fix the scaling, then export it again")
+
+
+def check_affine(path: Path | str, affine: np.ndarray, spatial_dims: int) -> None:
+    """The voxel-to-world map must be finite and invertible on the image's axes."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise DataError(f"'{path}' has a non-finite affine (NaN/Inf in its voxel-to-world "
+                        "matrix); fix the header's qform/sform or pixdim")
+    axes = affine[:3, :spatial_dims]
+    singular = np.linalg.svd(axes, compute_uv=False)
+    if singular.max() <= 0 or singular.min() <= 1e-8 * singular.max():
+        raise DataError(f"'{path}' has a degenerate affine (zero voxel size or parallel axes, "
+                        f"spacing {np.round(np.linalg.norm(axes, axis=0), 6).tolist()}); fix the "
+                        "header's pixdim / orientation")
