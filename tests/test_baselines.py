@@ -130,7 +130,7 @@ def test_ensemble_loss_is_the_sum_of_member_losses():
 
 
 def test_options_refuse_unknown_and_mistyped_values():
-    with pytest.raises(ConfigError, match="did you mean 'members'"):
+    with pytest.raises(ConfigError, match="did you mean 'method.options.members'"):
         build("ensemble", member=3)
     with pytest.raises(ConfigError, match="unknown config key 'method.options.members'"):
         build("unet", members=2)

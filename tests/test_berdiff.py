@@ -100,5 +100,5 @@ def test_errors():
     assert build_method(config(kind="bernoulli")).process.kind == "bernoulli"
     with pytest.raises(ConfigError, match="bce_weight"):
         build_method(config(bce_weight=-1.0))
-    with pytest.raises(ConfigError, match="did you mean 'bce_weight'"):
+    with pytest.raises(ConfigError, match="did you mean 'method.options.bce_weight'"):
         build_method(config(bce_wieght=1.0))

@@ -197,7 +197,7 @@ def test_without_z_conditioning_it_is_the_papers_structure():
 
 
 def test_options_are_checked():
-    with pytest.raises(ConfigError, match="did you mean 'beta'"):
+    with pytest.raises(ConfigError, match="did you mean 'method.options.beta'"):
         build_method(config(betta=1.0))
     with pytest.raises(ConfigError, match="latent_dim=0"):
         build_method(config(latent_dim=0))

@@ -27,7 +27,7 @@ def test_suggestions_name_the_full_dotted_path_and_wording():
         from_dict(RunConfig, {"batch_size": 3})
     with pytest.raises(ConfigError, match="did you mean 'train'"):
         from_dict(RunConfig, {"trian": {"batch_size": 3}})
-    with pytest.raises(ConfigError, match="must be an int$"):
+    with pytest.raises(ConfigError, match="must be an integer"):
         from_dict(RunConfig, {"train": {"max_steps": "x"}})
 
 

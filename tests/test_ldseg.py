@@ -140,7 +140,7 @@ def test_segment_pads_any_size_and_crops_back():
 def test_user_errors():
     with pytest.raises(ConfigError, match="divisible by 8"):
         build_method(config(patch=(12, 12)))
-    with pytest.raises(ConfigError, match="did you mean 'latent_channels'"):
+    with pytest.raises(ConfigError, match="did you mean 'method.options.latent_channels'"):
         build_method(config(latent_channel=2))
     with pytest.raises(ConfigError, match="must be at least 1"):
         build_method(config(steps=0))

@@ -171,7 +171,7 @@ def test_windowed_sampling_keeps_the_shape():
 
 
 def test_options_are_checked():
-    with pytest.raises(ConfigError, match="did you mean 'latent_dim'"):
+    with pytest.raises(ConfigError, match="did you mean 'method.options.latent_dim'"):
         build_method(config(latent_dims=4))
     with pytest.raises(ConfigError, match="latent_dim=0"):
         build_method(config(latent_dim=0))

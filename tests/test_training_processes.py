@@ -94,9 +94,20 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path, phantom):
 
 
 def test_a_diverging_run_exits_2_with_one_line(tmp_path, phantom, monkeypatch, capsys):
+    from diffuseg import training
+
+    real = training.batch_at
+
+    def nan_batch(examples, cfg, seed, step, *rest):  # the run diverges at step 2
+        batch = real(examples, cfg, seed, step, *rest)
+        if step == 1:
+            batch["image"][:] = float("nan")
+        return batch
+
+    monkeypatch.setattr(training, "batch_at", nan_batch)
     monkeypatch.setattr(sys, "argv", ["diffuseg", "train", str(phantom), "-o",
                                       str(tmp_path / "run"), "--max-steps", "6", "--device", "cpu",
-                                      *settings("train.lr=1e30")])
+                                      *settings()])
     with pytest.raises(SystemExit) as exit_info:
         main()
     err = capsys.readouterr().err.strip()

@@ -147,9 +147,6 @@ class RunConfig:
                 f"sample.steps={self.sample.steps} exceeds process.T={self.process.T}; "
                 f"use at most {self.process.T}"
             )
-        if not 0.0 <= self.data.synthetic_ratio <= 1.0:
-            raise ConfigError(f"data.synthetic_ratio={self.data.synthetic_ratio} must be in "
-                              "[0, 1] (the share of training examples drawn from data.synthetic)")
         if self.sample.n_samples < 1:
             raise ConfigError(f"sample.n_samples={self.sample.n_samples} must be at least 1")
         if self.num_classes < 1 or self.num_classes == 2:

@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from diffuseg.errors import DataError
-from diffuseg.io.limits import check_image_size
+from diffuseg.io.limits import check_finite, check_image_size
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -145,6 +145,7 @@ def _assemble(path: Path, slices: list[pydicom.Dataset]) -> DicomSeries:
     spacing = (float(first.PixelSpacing[0]), float(first.PixelSpacing[1]))
     affine = dicom_affine(orientation, positions[0], spacing, step)
     array = np.stack([_pixels(ds) for ds in slices])  # [k, rows, columns]
+    check_finite(path, array.astype(np.float32, copy=False))  # e.g. a slope of 1e300
     return DicomSeries(np.ascontiguousarray(array.transpose(2, 1, 0)), affine, _extras(slices))
 
 
