@@ -54,6 +54,9 @@ class DataConfig:
     ct_window: tuple[float, float] = (-1000.0, 400.0)  # HU window when intensity == "ct"
     spacing: tuple[float, ...] | None = None  # resample 3D data to this spacing (mm); None keeps
     augment: bool = True  # flips, small rotations and intensity jitter
+    foreground_fraction: float = 0.33  # share of patches centred on a rater's foreground (nnU-Net)
+    stream: bool | None = None  # read patches from preprocessed .npy files; None: when > 1 GB
+    num_workers: int = 2  # DataLoader worker processes when streaming (0: in the main process)
 
 
 @dataclass
@@ -123,6 +126,11 @@ class RunConfig:
             raise ConfigError(
                 f"sample.steps={self.sample.steps} exceeds process.T={self.process.T}; "
                 f"use at most {self.process.T}"
+            )
+        if not 0.0 <= self.data.foreground_fraction <= 1.0 or self.data.num_workers < 0:
+            raise ConfigError(
+                f"data.foreground_fraction={self.data.foreground_fraction} must lie in [0, 1] "
+                f"and data.num_workers={self.data.num_workers} must be >= 0"
             )
         if self.sample.n_samples < 1:
             raise ConfigError(f"sample.n_samples={self.sample.n_samples} must be at least 1")

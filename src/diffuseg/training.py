@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 
 from diffuseg.config import RunConfig, save_config
 from diffuseg.data import Dataset, load_splits
-from diffuseg.data.loader import batches, load_examples, majority
+from diffuseg.data.loader import load_examples, majority
+from diffuseg.data.streaming import training_batches
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.methods import Method, build_method
 from diffuseg.runlog import RunLog, dataset_fingerprint, plot_progress
@@ -133,14 +134,15 @@ def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
     splits = load_splits(dataset.root, dataset, seed=config.train.seed)
     if not resume:
         (run_dir / "splits.json").write_text(json.dumps(splits, indent=2) + "\n")
-    train_set = load_examples(dataset, splits["train"], config)
     val_ids = (splits.get("val") or splits["train"])[: config.train.val_cases]
     val_set = load_examples(dataset, val_ids, config)
     log = RunLog(run_dir)
     log.text(f"{'resumed' if resume else 'started'} at step {step}: method={config.method.name} "
-             f"device={device} train={len(train_set)} val={len(val_set)} cases, "
+             f"device={device} train={len(splits['train'])} val={len(val_set)} cases, "
              f"{sum(p.numel() for p in method.parameters()):,} parameters")
-    data = batches(train_set, config, seed=config.train.seed + step)
+    data, source = training_batches(dataset, splits["train"], config, config.train.seed + step,
+                                    progress=progress)  # in memory, or streamed (data.stream)
+    log.text(f"training data: {source}")
     dtype = autocast_dtype(config.train.precision, device)
     generator = torch.Generator(device=device).manual_seed(config.train.seed + 7919 * step)
     run_loop(method, optimizer, ema, data, val_set, log, run_dir, device, dtype, generator,

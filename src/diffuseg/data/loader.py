@@ -1,4 +1,5 @@
-"""Training batches from a dataset folder, held in memory.
+"""Training batches from a dataset folder, held in memory (data/streaming.py reads the same
+examples from memory-mapped preprocessed files instead).
 
 Each example picks one rater's mask (``rater_mode="sample"``, the convention of the Probabilistic
 U-Net and CIMD), the majority mask (``"majority"``), or keeps all raters (``"all"``: ``raters`` is
@@ -8,7 +9,7 @@ transforms as the image.
 
 from __future__ import annotations
 
-import warnings
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 
 from diffuseg.config import RunConfig
+from diffuseg.data.patches import augmentation, draw_batch, foreground_locations
 from diffuseg.data.resample import resample_case
-from diffuseg.data.transforms import normalize_intensity, training_transforms
+from diffuseg.data.transforms import normalize_intensity
 from diffuseg.errors import DataError
 
 
@@ -35,15 +37,18 @@ def load_examples(dataset, case_ids: list[str], config: RunConfig) -> list[Examp
     if missing:
         raise DataError(f"splits.json names cases that are not in the dataset: {missing[:5]}; "
                         "fix splits.json or delete it to regenerate")
-    examples = []
-    for case_id in case_ids:
-        data = by_id[case_id].load()
-        image, raters = data.image, data.raters
-        if config.data.spacing is not None and config.spatial_dims == 3:
-            image, raters, _ = resample_case(image, raters, data.geometry, config.data.spacing)
-        image = normalize_intensity(image, config.data.intensity, config.data.ct_window)
-        examples.append(Example(case_id, image, np.asarray(raters, dtype=np.int64)))
-    return examples
+    return [Example(case_id, *prepare_case(by_id[case_id], config)) for case_id in case_ids]
+
+
+def prepare_case(case, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One case as training sees it: resampled to ``data.spacing`` (3D), intensity normalised;
+    ``image [C, *sp]`` float32 and ``raters [R, *sp]`` int64."""
+    data = case.load()
+    image, raters = data.image, data.raters
+    if config.data.spacing is not None and config.spatial_dims == 3:
+        image, raters, _ = resample_case(image, raters, data.geometry, config.data.spacing)
+    image = normalize_intensity(image, config.data.intensity, config.data.ct_window)
+    return image, np.asarray(raters, dtype=np.int64)
 
 
 def majority(raters: np.ndarray, num_labels: int) -> np.ndarray:
@@ -60,29 +65,41 @@ def choose_mask(example: Example, mode: str, num_labels: int, rng: np.random.Gen
     return example.raters[rng.integers(len(example.raters))]
 
 
+class InMemorySource:
+    """A ``PatchSource`` over loaded examples (foreground locations computed once per case)."""
+
+    def __init__(self, examples: list[Example]):
+        self.examples = examples
+        self._locations: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def shape(self, index: int) -> tuple[int, ...]:
+        return tuple(self.examples[index].image.shape[1:])
+
+    def n_raters(self, index: int) -> int:
+        return len(self.examples[index].raters)
+
+    def locations(self, index: int) -> np.ndarray:
+        if index not in self._locations:
+            self._locations[index] = foreground_locations(self.examples[index].raters)
+        return self._locations[index]
+
+    def crop(self, index: int, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
+        ex = self.examples[index]
+        return ex.image[(slice(None), *box)], ex.raters[(slice(None), *box)]
+
+
 def batches(examples: list[Example], config: RunConfig, seed: int) -> Iterator[dict]:
-    """An endless stream of augmented training batches as torch tensors."""
+    """An endless stream of augmented training batches as torch tensors (data/patches.py: the
+    same examples as the streaming loader for the same seed)."""
     if not examples:
         raise DataError("the training split is empty; check splits.json or the dataset folder")
-    rng = np.random.default_rng(seed)
-    transform = training_transforms(config.data, config.spatial_dims, seed)
-    num_labels = max(2, config.num_classes)
-    while True:
-        items = []
-        for index in rng.integers(len(examples), size=config.train.batch_size):
-            ex = examples[index]
-            mask = choose_mask(ex, config.data.rater_mode, num_labels, rng)
-            item = {
-                "image": ex.image,
-                "mask": mask[None].astype(np.float32),
-                "raters": ex.raters.astype(np.float32),
-                "foreground": (ex.raters.max(0) > 0)[None].astype(np.float32),
-            }
-            with warnings.catch_warnings():  # MONAI warns on every image with no foreground
-                warnings.filterwarnings("ignore", message="Num foregrounds 0")  # (e.g. LIDC)
-                out = transform(item)
-            items.append(out[0] if isinstance(out, list) else out)
-        yield collate(items, keep_raters=config.data.rater_mode == "all")
+    source, transform = InMemorySource(examples), augmentation(config)
+    keep = config.data.rater_mode == "all"
+    for index in itertools.count():
+        yield collate(draw_batch(source, config, seed, index, transform), keep_raters=keep)
 
 
 def collate(items: list[dict], keep_raters: bool) -> dict[str, torch.Tensor]:
