@@ -112,3 +112,18 @@ def test_train_streams_when_asked(phantom3d, tmp_path):
     _, line = training_batches(Dataset.open(phantom3d), ["phantom_0000"],
                                config_for(phantom3d), seed=0, progress=False)
     assert line == "1 cases in memory"  # small: the default (data.stream unset) keeps memory
+
+
+def test_cli_preprocess(phantom3d, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from diffuseg.cli import main
+
+    out = tmp_path / "pre"
+    monkeypatch.setattr(sys, "argv", ["diffuseg", "preprocess", str(phantom3d), "--out", str(out),
+                                      "--set", "data.intensity=minmax"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None)
+    assert f"preprocessed: {out}" in capsys.readouterr().out
+    assert json.loads((out / "index.json").read_text())["plan"]["intensity"] == "minmax"

@@ -1,0 +1,31 @@
+"""``diffuseg preprocess DATASET [--out DIR] [--set data.spacing=[1,1,1] ...]``, a thin layer over
+``diffuseg.data.preprocess.preprocess``; registered in ``diffuseg.cli`` as
+``app.command("preprocess")(preprocess_command)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def preprocess_command(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (see docs/dataset_format.md)")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folder to write", show_default="DATASET/preprocessed/<plan hash>")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="JSON config file")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Config override, e.g. data.spacing=[1,1,1] or data.intensity=ct")] = None,
+    workers: Annotated[int, typer.Option(help="Processes writing cases in parallel")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Write again even if current")] = False,
+) -> None:
+    """Resample and normalise every case once into memory-mappable .npy files (what training
+    with data.stream=true reads); skipped when the folder is current for the dataset and plan."""
+    from diffuseg.api import build_config
+    from diffuseg.data.preprocess import preprocess
+
+    run_config = build_config(config, list(overrides or []), dataset=dataset)
+    folder = preprocess(dataset, run_config, out, workers=workers, force=force)
+    typer.echo(f"preprocessed: {folder}")
