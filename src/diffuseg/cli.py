@@ -129,11 +129,12 @@ def demo(
 from diffuseg.cli_data import convert_app  # noqa: E402
 from diffuseg.cli_evaluate import evaluate_command  # noqa: E402
 from diffuseg.cli_export import export_command  # noqa: E402
-from diffuseg.cli_preprocess import preprocess_command  # noqa: E402
+from diffuseg.cli_preprocess import phantom_command, preprocess_command  # noqa: E402
 
 app.command("evaluate")(evaluate_command)
 app.command("export")(export_command)
 app.command("preprocess")(preprocess_command)
+app.command("phantom")(phantom_command)
 app.add_typer(convert_app, name="convert")
 
 

@@ -29,3 +29,20 @@ def preprocess_command(
     run_config = build_config(config, list(overrides or []), dataset=dataset)
     folder = preprocess(dataset, run_config, out, workers=workers, force=force)
     typer.echo(f"preprocessed: {folder}")
+
+
+def phantom_command(
+    output: Annotated[Path, typer.Argument(help="Dataset folder to create")],
+    dims: Annotated[int, typer.Option("--dims", help="2 (PNG) or 3 (NIfTI volumes)")] = 2,
+    cases: Annotated[int, typer.Option(help="Number of cases")] = 40,
+    size: Annotated[int, typer.Option(help="Pixels per axis")] = 64,
+    raters: Annotated[int, typer.Option(help="Raters per case (docs/phantom.md)")] = 3,
+    seed: Annotated[int, typer.Option(help="Case i uses default_rng([seed, i])")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder")] = False,
+) -> None:
+    """Write a phantom dataset whose distribution of rater masks is known (2D or 3D)."""
+    from diffuseg.data.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(output, cases, spatial_dims=dims, size=size, n_raters=raters,
+                                 seed=seed, overwrite=overwrite)
+    typer.echo(f"phantom dataset: {root}")
