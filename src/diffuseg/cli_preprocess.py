@@ -36,7 +36,7 @@ def phantom_command(
     dims: Annotated[int, typer.Option("--dims", help="2 (PNG) or 3 (NIfTI volumes)")] = 2,
     cases: Annotated[int, typer.Option(help="Number of cases")] = 40,
     size: Annotated[int, typer.Option(help="Pixels per axis")] = 64,
-    raters: Annotated[int, typer.Option(help="Raters per case (thresholds: diffuseg.data.phantom)")] = 3,
+    raters: Annotated[int, typer.Option(help="Raters per case")] = 3,
     seed: Annotated[int, typer.Option(help="Case i uses default_rng([seed, i])")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder")] = False,
 ) -> None:
