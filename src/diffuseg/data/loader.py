@@ -18,6 +18,7 @@ import torch
 
 from diffuseg.config import RunConfig
 from diffuseg.data.patches import augmentation, draw_batch, foreground_locations
+from diffuseg.data.patches import majority_labels as majority  # noqa: F401  (re-exported)
 from diffuseg.data.resample import resample_case
 from diffuseg.data.transforms import normalize_intensity
 from diffuseg.errors import DataError
@@ -49,20 +50,6 @@ def prepare_case(case, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
         image, raters, _ = resample_case(image, raters, data.geometry, config.data.spacing)
     image = normalize_intensity(image, config.data.intensity, config.data.ct_window)
     return image, np.asarray(raters, dtype=np.int64)
-
-
-def majority(raters: np.ndarray, num_labels: int) -> np.ndarray:
-    """Per-pixel most frequent label over raters ``[R, *sp]`` (ties: the higher label, so that a
-    2-of-4 split counts as foreground)."""
-    counts = np.stack([(raters == k).sum(0) for k in range(num_labels)])
-    return (num_labels - 1 - counts[::-1].argmax(0)).astype(np.int64)
-
-
-def choose_mask(example: Example, mode: str, num_labels: int, rng: np.random.Generator
-                ) -> np.ndarray:
-    if mode == "majority":
-        return majority(example.raters, num_labels)
-    return example.raters[rng.integers(len(example.raters))]
 
 
 class InMemorySource:

@@ -106,7 +106,8 @@ def augmentation(config: RunConfig) -> Compose | None:
 
 
 def majority_labels(raters: np.ndarray, num_labels: int) -> np.ndarray:
-    """Per-voxel most frequent label (ties: the higher label), as ``data.loader.majority``."""
+    """Per-voxel most frequent label over raters ``[R, *sp]`` (ties: the higher label, so that a
+    2-of-4 split counts as foreground); also ``data.loader.majority``."""
     counts = np.stack([(raters == k).sum(0) for k in range(num_labels)])
     return (num_labels - 1 - counts[::-1].argmax(0)).astype(np.int64)
 
