@@ -56,26 +56,32 @@ def load() -> str:
 # measuring a child process
 
 
-def _tree_rss_kb(root: int) -> int:
+def _tree_memory_kb(root: int) -> tuple[int, int]:
+    """(sum of VmRSS, sum of Pss) over ``root`` and its descendants, in kB. Pss divides each
+    shared page among the processes mapping it, so forked workers are not counted twice."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        pid = int(entry)
-        children.setdefault(int(fields.get("PPid", "0").strip()), []).append(pid)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
-    total, stack = 0, [root]
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    rss = pss = 0
+    stack = [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return total
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except OSError:
+            continue
+    return rss, pss
 
 
 def run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -83,20 +89,23 @@ def run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.Popen([sys.executable, __file__, "_child", json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak, t0 = 0, time.perf_counter()
+    peak, peak_pss, t0 = 0, 0, time.perf_counter()
     while proc.poll() is None:
-        peak = max(peak, _tree_rss_kb(proc.pid))
+        rss, pss = _tree_memory_kb(proc.pid)
+        peak, peak_pss = max(peak, rss), max(peak_pss, pss)
         if time.perf_counter() - t0 > timeout:
             proc.kill()
             return {**spec, "error": f"timed out after {timeout:.0f} s",
-                    "tree_peak_rss_mb": peak / 1024}
+                    "tree_peak_rss_mb": round(peak / 1024, 1),
+                    "tree_peak_pss_mb": round(peak_pss / 1024, 1)}
         time.sleep(0.05)
     out, err = proc.communicate()
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {**spec, "error": (err or out).strip().splitlines()[-3:],
-                "tree_peak_rss_mb": peak / 1024}
-    return {**json.loads(lines[-1]), "tree_peak_rss_mb": round(peak / 1024, 1)}
+                "tree_peak_rss_mb": round(peak / 1024, 1)}
+    return {**json.loads(lines[-1]), "tree_peak_rss_mb": round(peak / 1024, 1),
+            "tree_peak_pss_mb": round(peak_pss / 1024, 1)}
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
