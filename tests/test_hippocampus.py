@@ -1,5 +1,7 @@
-"""MSD hippocampus (3D, labels anterior/posterior) is learned: after a few CPU minutes the
-consensus Dice on held-out volumes is well above that of the same model untrained (slow)."""
+"""MSD hippocampus (3D, labels anterior/posterior) is learned: after 400 optimiser steps of
+``wdm`` the consensus Dice on held-out volumes is well above that of the same model untrained
+(slow: a fixed number of steps, not minutes, so the outcome does not depend on the machine's
+load; about 10 minutes on 2 idle cores)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from diffuseg.training import foreground_dice, train
 
 PRESET = ["network.channels=[16,32,64]", "network.attention_levels=[false,false,false]",
           "train.batch_size=4", "train.lr=0.001", "train.warmup_steps=20",
-          "train.max_steps=100000", "train.max_minutes=5", "train.val_every=100000",
+          "train.max_steps=400", "train.val_every=100000",
           "train.checkpoint_every=100000", "train.val_cases=1", "train.val_samples=1",
           "train.val_steps=2", "train.device=cpu", "train.precision=fp32",
           "data.patch_size=[32,32,32]", "method.name=wdm"]
