@@ -1,7 +1,7 @@
 """MSD hippocampus (3D, labels anterior/posterior) is learned: after 400 optimiser steps of
 ``wdm`` the consensus Dice on held-out volumes is well above that of the same model untrained
 (slow: a fixed number of steps, not minutes, so the outcome does not depend on the machine's
-load; about 10 minutes on 2 idle cores)."""
+load)."""
 
 from __future__ import annotations
 
