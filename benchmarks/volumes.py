@@ -319,7 +319,9 @@ def lidc(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     root = lidc_dataset(WORK / "lidc")
     rows = []
-    for mode in ("stream (first: preprocesses)", "stream (preprocessed)"):
+    modes = ["stream (preprocessed)"] if args.preprocessed_only else [
+        "stream (first: preprocesses)", "stream (preprocessed)"]
+    for mode in modes:
         if mode.startswith("stream (first"):
             shutil.rmtree(root / "preprocessed", ignore_errors=True)
         run = WORK / "lidc_run"
@@ -363,6 +365,8 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1800)
     p = sub.add_parser("lidc")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--preprocessed-only", action="store_true",
+                   help="only the row with the data already preprocessed (diffuseg preprocess)")
     p.add_argument("--timeout", type=float, default=3600)
     for p in sub.choices.values():
         p.add_argument("--out", type=Path, default=None)
