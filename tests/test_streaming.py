@@ -57,10 +57,13 @@ def test_a_changed_dataset_is_processed_again(tmp_path):
     config = config_for(data, "data.patch_size=[8,8,8]")
     folder = preprocess(data, config, progress=False)
     stamp = (folder / "index.json").stat().st_mtime_ns
+    stale = folder.with_name(f"{folder.name}.tmp-999999999")  # a killed run's leftovers
+    stale.mkdir()
     label = sorted((data / "labelsTr").iterdir())[0]
     os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
     assert preprocess(data, config, progress=False) == folder
     assert (folder / "index.json").stat().st_mtime_ns != stamp
+    assert not stale.exists() and sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
 
 
 def test_smallest_exact_dtype():

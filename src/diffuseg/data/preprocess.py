@@ -115,6 +115,7 @@ def preprocess(dataset_dir: str | Path, config: RunConfig, out: str | Path | Non
     folder = Path(out) if out is not None else default_folder(root, config)
     if not force and is_current(folder, root, config):
         return folder
+    _remove_stale(folder)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -137,6 +138,17 @@ def preprocess(dataset_dir: str | Path, config: RunConfig, out: str | Path | Non
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
+
+
+def _remove_stale(folder: Path) -> None:
+    """Delete ``folder.tmp-<pid>`` left by a run that was killed (its process is gone)."""
+    for stale in folder.parent.glob(f"{folder.name}.tmp-*"):
+        try:
+            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
 
 
 def training_bytes(dataset: Dataset, case_ids: list[str]) -> int:
