@@ -66,6 +66,9 @@ class DataConfig:
     augment: bool = True  # flips, small rotations and intensity jitter
     synthetic: str | None = None  # a synthetic dataset ('diffuseg synthesize') mixed into training
     synthetic_ratio: float = 0.5  # share of training examples drawn from `synthetic`
+    foreground_fraction: float = 0.33  # share of patches centred on a rater's foreground (nnU-Net)
+    stream: bool | None = None  # read patches from preprocessed .npy files; None: when > 1 GB
+    num_workers: int = 2  # DataLoader worker processes when streaming (0: in the main process)
 
 
 @dataclass
@@ -150,6 +153,11 @@ class RunConfig:
         if not 0.0 <= self.data.synthetic_ratio <= 1.0:
             raise ConfigError(f"data.synthetic_ratio={self.data.synthetic_ratio} must be in "
                               "[0, 1] (the share of training examples drawn from data.synthetic)")
+        if not 0.0 <= self.data.foreground_fraction <= 1.0 or self.data.num_workers < 0:
+            raise ConfigError(
+                f"data.foreground_fraction={self.data.foreground_fraction} must lie in [0, 1] "
+                f"and data.num_workers={self.data.num_workers} must be >= 0"
+            )
         if self.sample.n_samples < 1:
             raise ConfigError(f"sample.n_samples={self.sample.n_samples} must be at least 1")
         if self.num_classes < 1 or self.num_classes == 2:
