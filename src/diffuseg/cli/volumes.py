@@ -18,9 +18,11 @@ def preprocess_command(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Folder to write", show_default="DATASET/preprocessed/<plan hash>")
     ] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="JSON config file")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="JSON config file", show_default="none")] = None,
     overrides: Annotated[list[str] | None, typer.Option(
-        "--set", help="Config override, e.g. data.spacing=[1,1,1] or data.intensity=ct")] = None,
+        "--set", help="Config override, e.g. data.spacing=[1,1,1] or data.intensity=ct",
+        show_default="none")] = None,
     workers: Annotated[int, typer.Option(help="Processes writing cases in parallel")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Write again even if current")] = False,
 ) -> None:
