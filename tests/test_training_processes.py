@@ -191,3 +191,21 @@ def test_torchrun_two_processes_match_one_and_resume_with_another_world_size(tmp
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-6)
     assert json.loads((half / "checkpoint/state.json").read_text())["step"] == 4
+
+
+def test_torchrun_streaming_two_processes_match_one_in_memory(tmp_path, phantom):
+    """Streamed (data.stream=true, a DataLoader worker per rank), each of two ranks reads only its
+    own half of every batch from the preprocessed folder: the same weights as one in-memory
+    process accumulating both halves."""
+    extra = ["train.micro_batches=2", "train.val_every=1000", "data.num_workers=1"]
+    one = train(build_config(None, TINY + extra + ["train.max_steps=3", "train.device=cpu"],
+                             dataset=phantom), phantom, tmp_path / "one", progress=False)
+    two = tmp_path / "two"
+    done = torchrun(2, "train", str(phantom), "-o", str(two), "--max-steps", "3", "--device",
+                    "cpu", *settings(*extra, "data.stream=true"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "training data: streaming" in (two / "training_log.txt").read_text()
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(str(one / name)), load_file(str(two / name))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-6)

@@ -66,6 +66,9 @@ class DataConfig:
     augment: bool = True  # flips, small rotations and intensity jitter
     synthetic: str | None = None  # a synthetic dataset ('diffuseg synthesize') mixed into training
     synthetic_ratio: float = 0.5  # share of training examples drawn from `synthetic`
+    foreground_fraction: float = 0.33  # share of patches centred on a rater's foreground (nnU-Net)
+    stream: bool | None = None  # read patches from preprocessed .npy files; None: when > 1 GB
+    num_workers: int = 2  # DataLoader worker processes when streaming (0: in the main process)
 
 
 @dataclass

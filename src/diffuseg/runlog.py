@@ -149,10 +149,12 @@ def plot_progress(run_dir: Path) -> None:
 
 
 def dataset_fingerprint(dataset) -> dict:
-    """Which data a run saw: dataset.json's hash and a hash over every file's name and size."""
+    """Which data a run saw: dataset.json's hash and a hash over every file's name and size
+    (not the derived ``preprocessed/`` folder, docs/volumes.md)."""
     root = Path(dataset.root)
     h = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.is_file()
+                   and p.relative_to(root).parts[0] != "preprocessed")
     for p in files:
         h.update(f"{p.relative_to(root)}:{p.stat().st_size}\n".encode())
     return {

@@ -24,7 +24,9 @@ from diffuseg.checkpoint import complete_step, load_checkpoint, save_checkpoint
 from diffuseg.config import RunConfig
 from diffuseg.consensus import majority
 from diffuseg.data import Dataset
-from diffuseg.data.loader import batch_at, load_examples
+from diffuseg.data.loader import InMemorySource, batch_at, load_examples
+from diffuseg.data.preprocess import preprocess
+from diffuseg.data.streaming import MmapSource, StepStream, should_stream
 from diffuseg.distributed import (
     Dist,
     all_reduce_sum,
@@ -125,17 +127,12 @@ def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget, notes
     if not ctx.is_main:
         splits = splits_for_run(run_dir, dataset, c.seed, resume=True)
     run, step = build_run(config, run_dir, device, log, ctx, micro, budget)
-    train_set = load_examples(dataset, splits["train"], config)
     val_ids = (splits.get("val") or splits["train"])[: c.val_cases]
     run.val_set = load_examples(dataset, val_ids, config) if ctx.is_main else []
-    from diffuseg.synthesis.mixing import load_synthetic
-
-    run.synthetic = load_synthetic(config, splits, n_raters=len(train_set[0].raters))
-    if run.synthetic:
-        log.text(f"mixing {len(run.synthetic)} synthetic cases from {config.data.synthetic} "
-                 f"(ratio {config.data.synthetic_ratio})")
+    train_set, source = training_data(run, dataset, splits, step, progress)
+    log.text(f"training data: {source}")
     log.text(f"{'resumed' if step else 'started'} at step {step}: method={config.method.name} "
-             f"device={device} world_size={ctx.world} train={len(train_set)} "
+             f"device={device} world_size={ctx.world} train={len(splits['train'])} "
              f"val={len(run.val_set)} cases, "
              f"{sum(p.numel() for p in run.method.parameters()):,} parameters")
     with StopSignals() as signals:
@@ -148,6 +145,37 @@ def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget, notes
                                   f"'diffuseg train ... -o {run_dir} --resume'")
     run.finish(step)
     return run_dir
+
+
+def training_data(run: Run, dataset: Dataset, splits: dict, step: int, progress: bool
+                  ) -> tuple[InMemorySource | StepStream, str]:
+    """The training cases in memory, or (data.stream, or unset and over 1 GB) streamed from the
+    preprocessed folder from ``step`` on, with this rank's parts of each batch; the same items
+    either way (data/patches.py). Also loads ``data.synthetic`` into ``run.synthetic``."""
+    from diffuseg.synthesis.mixing import load_synthetic
+
+    config, ids = run.config, splits["train"]
+    streamed = should_stream(dataset, ids, config)
+    if streamed:
+        if run.ctx.is_main:
+            preprocess(dataset.root, config, progress=progress)
+        barrier(run.ctx)  # the other ranks find it current
+        folder = preprocess(dataset.root, config, progress=False)
+        n_raters = MmapSource(folder, ids).n_raters(0) if ids else 1
+    else:
+        train_set = InMemorySource(load_examples(dataset, ids, config))
+        n_raters = train_set.n_raters(0) if len(train_set) else 1
+    run.synthetic = load_synthetic(config, splits, n_raters=n_raters)
+    if run.synthetic:
+        run.log.text(f"mixing {len(run.synthetic)} synthetic cases from {config.data.synthetic} "
+                     f"(ratio {config.data.synthetic_ratio})")
+    if not streamed:
+        return train_set, f"{len(train_set)} cases in memory"
+    size = config.train.batch_size // run.micro
+    parts = [range(p * size, (p + 1) * size) for p in range(run.ctx.rank, run.micro, run.ctx.world)]
+    stream = StepStream(folder, ids, config, config.train.seed, start=step, parts=parts,
+                        synthetic=run.synthetic)
+    return stream, f"streaming {len(ids)} cases from {folder}"
 
 
 def build_run(config, run_dir, device, log, ctx, micro, budget) -> tuple[Run, int]:
@@ -261,8 +289,11 @@ def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: boo
             lr = learning_rate(step, run.budget.fraction(), run.config)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            micro = [batch_at(train_set, run.config, c.seed, step,
-                              range(p * size, (p + 1) * size), run.synthetic) for p in parts]
+            if isinstance(train_set, StepStream):  # the same items, read by DataLoader workers
+                micro = train_set.take(step)
+            else:
+                micro = [batch_at(train_set, run.config, c.seed, step,
+                                  range(p * size, (p + 1) * size), run.synthetic) for p in parts]
             loss, terms, grad_norm, votes = train_step(run, micro, parts, step, signals.requested)
             stop, run.interrupted = votes[0] or votes[1], votes[1]
             finite = math.isfinite(loss) and math.isfinite(grad_norm)

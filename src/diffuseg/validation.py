@@ -85,7 +85,9 @@ CONFIG_RANGES: dict[str, Range] = {
     "data.patch_size": closed(1, 4096),
     "data.ct_window": closed(-100_000, 100_000),  # HU; low < high checked too
     "data.spacing": Range(0, 1000, low_open=True),  # mm
-    "data.synthetic_ratio": closed(0, 1),  # share of training items from data.synthetic
+    "data.synthetic_ratio": closed(0, 1),  # a share of the training examples
+    "data.foreground_fraction": closed(0, 1),  # a share of the patches
+    "data.num_workers": closed(0, 256),  # DataLoader worker processes
     "train.max_steps": closed(1, BIG),
     "train.max_minutes": Range(0, 10**7, low_open=True),
     "train.batch_size": closed(1, 4096),

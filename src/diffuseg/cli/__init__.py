@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "diffuseg.cli.serve",  # serve (HTTP service, docs/deploying.md)
     "diffuseg.cli.synthesize",  # synthesize (docs/synthesis.md)
     "diffuseg.cli.review",  # explain, workflow-report (docs/review.md)
+    "diffuseg.cli.volumes",  # preprocess, phantom (docs/volumes.md)
 )
 
 for _module in COMMAND_MODULES:

@@ -1,15 +1,16 @@
-"""Training batches from a dataset folder, held in memory.
+"""Training batches from a dataset folder, held in memory (data/streaming.py reads the same
+examples from memory-mapped preprocessed files instead).
 
 Each example picks one rater's mask (``rater_mode="sample"``, the convention of the Probabilistic
 U-Net and CIMD), the majority mask (``"majority"``), or keeps all raters (``"all"``: ``raters`` is
 in every batch, and ``mask`` is a random rater's). All raters go through the same spatial
-transforms as the image.
+transforms as the image. Patches come from data/patches.py (foreground oversampling); item i of
+step t depends on (train.seed, t, i) alone (``patches.item_seed``).
 """
 
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,8 +19,15 @@ import torch
 
 from diffuseg.config import RunConfig
 from diffuseg.consensus import majority  # noqa: F401 (diffuseg.data.loader.majority)
+from diffuseg.data.patches import (  # noqa: F401 (item_seed: diffuseg.data.loader.item_seed)
+    PatchSource,
+    augmentation,
+    draw_items,
+    foreground_locations,
+    item_seed,
+)
 from diffuseg.data.resample import resample_case
-from diffuseg.data.transforms import normalize_intensity, training_transforms
+from diffuseg.data.transforms import normalize_intensity
 from diffuseg.errors import DataError
 
 
@@ -39,70 +47,76 @@ def load_examples(dataset, case_ids: list[str], config: RunConfig) -> list[Examp
                         "fix splits.json or delete it to regenerate")
     from diffuseg.progress import track
 
-    examples = []
-    for case_id in track(case_ids, "loading", unit="cases"):
-        data = by_id[case_id].load()
-        image, raters = data.image, data.raters
-        if config.data.spacing is not None and config.spatial_dims == 3:
-            image, raters, _ = resample_case(image, raters, data.geometry, config.data.spacing)
-        image = normalize_intensity(image, config.data.intensity, config.data.ct_window)
-        examples.append(Example(case_id, image, np.asarray(raters, dtype=np.int64)))
-    return examples
+    return [Example(case_id, *prepare_case(by_id[case_id], config))
+            for case_id in track(case_ids, "loading", unit="cases")]
 
 
-def choose_mask(example: Example, mode: str, num_labels: int, rng: np.random.Generator
-                ) -> np.ndarray:
-    if mode == "majority":
-        return majority(example.raters, num_labels)
-    return example.raters[rng.integers(len(example.raters))]
+def prepare_case(case, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One case as training sees it: resampled to ``data.spacing`` (3D), intensity normalised;
+    ``image [C, *sp]`` float32 and ``raters [R, *sp]`` int64."""
+    data = case.load()
+    image, raters = data.image, data.raters
+    if config.data.spacing is not None and config.spatial_dims == 3:
+        image, raters, _ = resample_case(image, raters, data.geometry, config.data.spacing)
+    image = normalize_intensity(image, config.data.intensity, config.data.ct_window)
+    return image, np.asarray(raters, dtype=np.int64)
 
 
-def item_seed(seed: int, step: int, index: int) -> int:
-    """The seed of item ``index`` of the global batch at ``step``: a batch depends on (seed, step)
-    alone, so a resumed run, or one split over several processes, draws the same batches."""
-    return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
+class InMemorySource:
+    """A ``PatchSource`` over loaded examples (foreground locations computed once per case)."""
+
+    def __init__(self, examples: list[Example]):
+        self.examples = examples
+        self._locations: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def shape(self, index: int) -> tuple[int, ...]:
+        return tuple(self.examples[index].image.shape[1:])
+
+    def n_raters(self, index: int) -> int:
+        return len(self.examples[index].raters)
+
+    def locations(self, index: int) -> np.ndarray:
+        if index not in self._locations:
+            self._locations[index] = foreground_locations(self.examples[index].raters)
+        return self._locations[index]
+
+    def crop(self, index: int, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
+        ex = self.examples[index]
+        return ex.image[(slice(None), *box)], ex.raters[(slice(None), *box)]
 
 
-def batch_at(examples: list[Example], config: RunConfig, seed: int, step: int,
-             items: range, synthetic: list[Example] | None = None) -> dict[str, torch.Tensor]:
+def as_source(examples: list[Example] | PatchSource | None) -> PatchSource | None:
+    """Loaded examples as a ``PatchSource`` (a source, e.g. a memory-mapped one, as it is)."""
+    return InMemorySource(examples) if isinstance(examples, list) else examples
+
+
+def batch_at(examples: list[Example] | PatchSource, config: RunConfig, seed: int, step: int,
+             items: range, synthetic: list[Example] | PatchSource | None = None
+             ) -> dict[str, torch.Tensor]:
     """Items ``items`` (indices into the global batch of ``train.batch_size``) of step ``step``'s
-    batch: each item picks a random example (with replacement), a rater and an augmentation from
-    its own seed. With ``synthetic`` examples, an item comes from them with probability
-    ``data.synthetic_ratio`` (diffuseg.synthesis.mixing)."""
-    if not examples:
+    batch: each item picks a random case (with replacement), a rater, a patch (foreground
+    oversampled) and an augmentation from its own seed ``item_seed(seed, step, index)``. With
+    ``synthetic`` examples, an item comes from them with probability ``data.synthetic_ratio``
+    (diffuseg.synthesis.mixing). ``examples`` may be loaded examples or any ``PatchSource``."""
+    if not len(examples):
         raise DataError("the training split is empty; check splits.json or the dataset folder")
-    transform = training_transforms(config.data, config.spatial_dims, 0)
-    num_labels = max(2, config.num_classes)
-    out = []
-    for index in items:
-        s = item_seed(seed, step, index)
-        rng = np.random.default_rng(s)
-        transform.set_random_state(seed=s)
-        ex = examples[int(rng.integers(len(examples)))]
-        if synthetic and rng.random() < config.data.synthetic_ratio:
-            ex = synthetic[int(rng.integers(len(synthetic)))]
-        mask = choose_mask(ex, config.data.rater_mode, num_labels, rng)
-        item = {
-            "image": ex.image,
-            "mask": mask[None].astype(np.float32),
-            "raters": ex.raters.astype(np.float32),
-            "foreground": (ex.raters.max(0) > 0)[None].astype(np.float32),
-        }
-        with warnings.catch_warnings():  # MONAI warns on every image with no foreground
-            warnings.filterwarnings("ignore", message="Num foregrounds 0")  # (e.g. LIDC)
-            result = transform(item)
-        out.append(result[0] if isinstance(result, list) else result)
+    out = draw_items(as_source(examples), config, seed, step, items, augmentation(config),
+                     as_source(synthetic) if synthetic else None)
     return collate(out, keep_raters=config.data.rater_mode == "all")
 
 
-def batches(examples: list[Example], config: RunConfig, seed: int, *, start: int = 0,
-            items: range | None = None, synthetic: list[Example] | None = None
-            ) -> Iterator[dict]:
+def batches(examples: list[Example] | PatchSource, config: RunConfig, seed: int, *,
+            start: int = 0, items: range | None = None,
+            synthetic: list[Example] | PatchSource | None = None) -> Iterator[dict]:
     """An endless stream of augmented training batches as torch tensors, from step ``start``
     (``items``: this process's share of each global batch; default all of it)."""
     items = range(config.train.batch_size) if items is None else items
+    source, extra = as_source(examples), as_source(synthetic) if synthetic else None
     for step in itertools.count(start):
-        yield batch_at(examples, config, seed, step, items, synthetic)
+        yield batch_at(source, config, seed, step, items, extra)
 
 
 def collate(items: list[dict], keep_raters: bool) -> dict[str, torch.Tensor]:

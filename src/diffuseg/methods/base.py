@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig, SampleConfig, from_dict
@@ -33,6 +32,7 @@ from diffuseg.guidance import KnownPixels, check_supported, repaint
 from diffuseg.processes import Process, build_process
 from diffuseg.samplers import Constrain, Denoise, check_sampler
 from diffuseg.samplers import sample as run_named_sampler
+from diffuseg.windows import sliding_blend
 
 
 def one_hot(mask: Tensor, num_classes: int) -> Tensor:
@@ -205,13 +205,12 @@ class Method(ABC):
         return samples[(..., *crop)]
 
     def windowed(self, fn: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
-        """Apply ``fn`` to ``inputs`` whole, or in overlapping windows when larger than the window
-        (MONAI's sliding_window_inference, Gaussian blending)."""
-        spatial = inputs.shape[2:]
-        if self.window is None or all(s <= w for s, w in zip(spatial, self.window, strict=True)):
+        """Apply ``fn`` to ``inputs`` whole, or in overlapping windows blended with a Gaussian map
+        when larger than the window (diffuseg.windows; called once per denoising step, so x_t
+        stays one global field)."""
+        if self.window is None:
             return fn(inputs)
-        return sliding_window_inference(inputs, self.window, sw_batch_size=4, predictor=fn,
-                                        overlap=0.25, mode="gaussian")
+        return sliding_blend(fn, inputs, self.window, overlap=0.25, batch_windows=4)
 
 
 def run_sampler(s: SampleConfig, process, clip: float | None, denoise: Denoise, x_T: Tensor,

@@ -36,7 +36,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
@@ -53,6 +52,7 @@ from diffuseg.methods.parts import (
 )
 from diffuseg.networks.autoencoder import ImageEncoder, MaskAutoencoder
 from diffuseg.samplers import Denoise
+from diffuseg.windows import sliding_blend
 
 CLIP = 1.0  # the latent is tanh-bounded: z0_hat is clamped to [-1, 1]
 
@@ -142,9 +142,8 @@ class LDSeg(Method):
                 return self.denoiser(inputs[:, :c], tb, inputs[:, c:]).to(inputs.dtype)
 
             latent_window = tuple(w // self.factor for w in self.window)
-            return sliding_window_inference(torch.cat([z_t, cond.to(z_t.dtype)], dim=1),
-                                            latent_window, sw_batch_size=4, predictor=window,
-                                            overlap=0.25, mode="gaussian")
+            return sliding_blend(window, torch.cat([z_t, cond.to(z_t.dtype)], dim=1),
+                                 latent_window, overlap=0.25, batch_windows=4)
 
         return denoise
 

@@ -67,9 +67,9 @@ def repeat_samples(x: Tensor, n_samples: int) -> Tensor:
 
 def windowed(method: Method, fn: Callable[[Tensor, Tensor | None], Tensor], inputs: Tensor,
              emb: Tensor | None = None) -> Tensor:
-    """``fn(inputs, emb)`` whole, or through ``method.windowed`` (MONAI sliding windows) when
+    """``fn(inputs, emb)`` whole, or through ``method.windowed`` (``windows.sliding_blend``) when
     the input is larger than ``method.window``. A per-example embedding ``emb [B, E]`` cannot
-    follow MONAI's windows (they mix examples in a window batch), so then each example is
+    follow the windows (they mix examples in a window batch), so then each example is
     windowed on its own with its own row of ``emb``."""
     spatial = inputs.shape[2:]
     if method.window is None or all(s <= w for s, w in zip(spatial, method.window, strict=True)):

@@ -1,0 +1,157 @@
+"""Training batches streamed from a preprocessed folder (data/preprocess.py) through a torch
+DataLoader with worker processes.
+
+Every crop opens the case's ``.npy`` with ``np.load(mmap_mode="r")``, copies the patch and closes
+the map again, so a process holds only the pages of the patches in flight: resident memory is
+bounded by batch size, patch size and worker count, not by the dataset. The items are
+``data/patches.draw_items``'s, the same as the in-memory loader's (``loader.batch_at``) for the same
+seed: item i of step t depends on (seed, t, i) alone. Worker w of W makes steps start + w,
+start + w + W, ..., which the DataLoader returns in order, so the stream does not depend on the
+number of workers; a resumed run starts the stream at its checkpoint's step (``start``) and each
+torchrun rank asks only for its own parts of the global batch (``parts``).
+
+``train`` streams (``StepStream``) when ``data.stream`` is true, or when it is unset (None) and the
+in-memory loader would need more than ``STREAM_THRESHOLD_BYTES`` (1 GB); otherwise it loads the
+cases into memory (``should_stream``; ``training_batches`` is the same choice as one iterator).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from diffuseg.config import RunConfig
+from diffuseg.data.dataset import Dataset
+from diffuseg.data.loader import Example, InMemorySource, batches, collate, load_examples
+from diffuseg.data.patches import augmentation, draw_items
+from diffuseg.data.preprocess import STREAM_THRESHOLD_BYTES, preprocess, training_bytes
+from diffuseg.errors import DataError
+
+
+class MmapSource:
+    """A ``PatchSource`` over the named cases of a preprocessed folder."""
+
+    def __init__(self, folder: str | Path, case_ids: list[str]):
+        self.folder = Path(folder)
+        index = json.loads((self.folder / "index.json").read_text())
+        entries = {e["case_id"]: e for e in index["cases"]}
+        missing = [c for c in case_ids if c not in entries]
+        if missing:
+            raise DataError(f"'{self.folder}' lacks the cases {missing[:5]}; run "
+                            "'diffuseg preprocess' again")
+        self.entries = [entries[c] for c in case_ids]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _path(self, index: int, kind: str) -> Path:
+        return self.folder / f"{self.entries[index]['case_id']}_{kind}.npy"
+
+    def shape(self, index: int) -> tuple[int, ...]:
+        return tuple(self.entries[index]["shape"])
+
+    def n_raters(self, index: int) -> int:
+        return int(self.entries[index]["raters"])
+
+    def locations(self, index: int) -> np.ndarray:
+        return np.load(self._path(index, "fg"))
+
+    def crop(self, index: int, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
+        return self._read(index, "image", box), self._read(index, "raters", box)
+
+    def _read(self, index: int, kind: str, box: tuple[slice, ...]) -> np.ndarray:
+        mapped = np.load(self._path(index, kind), mmap_mode="r")
+        patch = np.array(mapped[(slice(None), *box)])
+        del mapped  # unmapped: its pages leave this process's resident set
+        return patch
+
+
+class PatchStream(IterableDataset):
+    """Endless steps from ``start``: each a pair (step, [a collated batch per range of ``parts``]);
+    worker w of W makes steps start + w, start + w + W, ..."""
+
+    def __init__(self, source: MmapSource, config: RunConfig, seed: int, start: int,
+                 parts: list[range], synthetic: list[Example] | None = None):
+        self.source, self.config, self.seed = source, config, seed
+        self.start, self.parts, self.synthetic = start, parts, synthetic
+
+    def __iter__(self) -> Iterator[tuple[int, list[dict[str, torch.Tensor]]]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        transform = augmentation(self.config)
+        synthetic = InMemorySource(self.synthetic) if self.synthetic else None
+        keep = self.config.data.rater_mode == "all"
+        for step in itertools.count(self.start + worker, workers):
+            yield step, [collate(draw_items(self.source, self.config, self.seed, step, items,
+                                            transform, synthetic), keep_raters=keep)
+                         for items in self.parts]
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class StepStream:
+    """This process's parts of each step's batch, read from ``folder`` by ``data.num_workers``
+    DataLoader workers; ``take(step)`` returns them for the steps in order from ``start``."""
+
+    def __init__(self, folder: str | Path, case_ids: list[str], config: RunConfig, seed: int, *,
+                 start: int = 0, parts: list[range] | None = None,
+                 synthetic: list[Example] | None = None):
+        if not case_ids:
+            raise DataError("the training split is empty; check splits.json or the dataset "
+                            "folder")
+        self.source = MmapSource(folder, case_ids)
+        parts = [range(config.train.batch_size)] if parts is None else parts
+        workers = config.data.num_workers
+        stream = PatchStream(self.source, config, seed, start, parts, synthetic)
+        self._it = iter(DataLoader(stream, batch_size=None, num_workers=workers,
+                                   worker_init_fn=_one_thread if workers else None,
+                                   prefetch_factor=2 if workers else None,
+                                   persistent_workers=workers > 0))
+
+    def n_raters(self, index: int) -> int:
+        return self.source.n_raters(index)
+
+    def take(self, step: int) -> list[dict[str, torch.Tensor]]:
+        made, parts = next(self._it)
+        if made != step:  # the loop asks for every step in order; anything else is a bug
+            raise RuntimeError(f"streamed step {made} where step {step} was expected")
+        return parts
+
+
+def stream_batches(folder: str | Path, case_ids: list[str], config: RunConfig, seed: int, *,
+                   start: int = 0, items: range | None = None,
+                   synthetic: list[Example] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """The same batches as ``loader.batches`` (same seed, start and items), read from
+    ``folder``."""
+    parts = [range(config.train.batch_size) if items is None else items]
+    stream = StepStream(folder, case_ids, config, seed, start=start, parts=parts,
+                        synthetic=synthetic)
+    for step in itertools.count(start):
+        yield stream.take(step)[0]
+
+
+def should_stream(dataset: Dataset, case_ids: list[str], config: RunConfig) -> bool:
+    if config.data.stream is not None:
+        return config.data.stream
+    return training_bytes(dataset, case_ids) > STREAM_THRESHOLD_BYTES
+
+
+def training_batches(dataset: Dataset, case_ids: list[str], config: RunConfig, seed: int, *,
+                     start: int = 0, progress: bool = True
+                     ) -> tuple[Iterator[dict[str, torch.Tensor]], str]:
+    """The batches ``train`` would use from step ``start`` (one process) and a line for the log
+    saying which source they come from."""
+    if should_stream(dataset, case_ids, config):
+        folder = preprocess(dataset.root, config, progress=progress)
+        return (stream_batches(folder, case_ids, config, seed, start=start),
+                f"streaming {len(case_ids)} cases from {folder}")
+    examples = load_examples(dataset, case_ids, config)
+    return batches(examples, config, seed, start=start), f"{len(examples)} cases in memory"
