@@ -160,7 +160,9 @@ def predict_cases(predictor, cases: Sequence[Sequence[Path]], out_dir: Path, *,
 
     out_dir = Path(out_dir)
     done: list[tuple[str, Path, bool]] = []
-    n_steps = steps or predictor.config.sample.steps
+    method = getattr(predictor, "method", None)  # the ONNX predictor has none
+    n_steps = (method.sampling(steps)[1] if method is not None else None) or steps or \
+        predictor.config.sample.steps  # the steps sample() runs (LDSeg: its own default)
     wanted = {"n_samples": n_samples or predictor.config.sample.n_samples, "seed": seed,
               "steps": steps}
     with lock_output(out_dir), Progress("predict", len(cases), unit="cases") as bar:

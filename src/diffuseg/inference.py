@@ -142,6 +142,17 @@ class Predictor:
         if any(inside(p, case_dir) for p in paths):
             raise DataError(f"input '{paths[0]}' lies inside its output folder '{case_dir}'; "
                             "choose an -o outside the input")
+        write_dicom = None
+        if dicom or (dicom is None and (geometry.kind == "dicom" or reference is not None)):
+            from diffuseg.io.dicom_seg import reference_for, run_label_names, write_dicom_outputs
+
+            refs = reference_for(geometry, reference)  # checked before any sampling
+            labels = run_label_names(self.run_dir)
+
+            def write_dicom(folder: Path) -> None:  # inside the case folder's atomic swap
+                write_dicom_outputs(result, refs, folder / "dicom", label_names=labels,
+                                    method=self.config.method.name, samples=dicom_samples)
+
         with lock_output(out_dir):  # one writer per output folder; re-entrant
             if case_dir.exists() and any(case_dir.iterdir()) and not overwrite:
                 raise DataError(f"output folder '{case_dir}' already exists; pass --overwrite "
@@ -154,18 +165,8 @@ class Predictor:
                          extra={"run": str(self.run_dir.absolute()), "sampler": sampler,
                                 "steps": used_steps, "seed": seed,
                                 "threads": torch.get_num_threads(), "device": str(self.device),
-                                **guided_extra(constraints), **(extra or {})}, image=image)
-            if dicom or (dicom is None and (geometry.kind == "dicom" or reference is not None)):
-                from diffuseg.io.dicom_seg import (
-                    reference_for,
-                    run_label_names,
-                    write_dicom_outputs,
-                )
-
-                write_dicom_outputs(result, reference_for(geometry, reference),
-                                    case_dir / "dicom", method=self.config.method.name,
-                                    samples=dicom_samples,
-                                    label_names=run_label_names(self.run_dir))
+                                **guided_extra(constraints), **(extra or {})}, image=image,
+                         also=write_dicom)
         return case_dir
 
 

@@ -29,7 +29,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,10 +56,12 @@ def extension(geometry: Geometry) -> str:
 
 
 def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: Path,
-                 extra: dict | None = None, image: np.ndarray | None = None) -> dict:
+                 extra: dict | None = None, image: np.ndarray | None = None,
+                 also: Callable[[Path], None] | None = None) -> dict:
     """Write one case folder; an existing ``case_dir`` is replaced as a whole (atomically).
     ``image`` (the input, ``[C, *spatial]``) adds ``preview.png`` and
-    ``uncertainty_preview.png`` (diffuseg.previews)."""
+    ``uncertainty_preview.png`` (diffuseg.previews); ``also(folder)`` writes more outputs (e.g.
+    the DICOM objects) into the folder before it is swapped in, so they share its atomicity."""
     case_dir = Path(case_dir)
     case_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = case_dir.with_name(f".{case_dir.name}.tmp-{os.getpid()}")
@@ -68,6 +70,8 @@ def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: 
     tmp.mkdir()
     try:
         summary = _write_files(result, geometry, tmp, source=source, extra=extra, image=image)
+        if also is not None:
+            also(tmp)
         replace_folder(tmp, case_dir)
     finally:
         if tmp.exists():
