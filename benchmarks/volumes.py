@@ -1,6 +1,7 @@
 """3D at scale: hippocampus accuracy, whole-volume sampling cost, and training start-up.
 
     # (a) MSD hippocampus: Dice and HD95 per label on the held-out (test) fold, equal budgets
+    #     of CPU time per method (train.budget_clock=cpu: fair on a machine shared with others)
     python benchmarks/volumes.py hippocampus --minutes 2 --methods ddpm wdm ldseg unet
     # (b) sampling a synthetic volume with each 3D strategy, one subprocess per configuration
     python benchmarks/volumes.py sampling --sizes 64 128 192 256 --samples 16 --steps 2
@@ -212,13 +213,14 @@ def hippocampus(args: argparse.Namespace) -> dict[str, Any]:
     cases = load_splits(root, dataset)["test"][: args.cases]
     rows: dict[str, Any] = {"load_before": load()}
     for name in args.methods:
-        run = WORK / f"hippo_runs/{name}_{args.minutes}min"
+        run = WORK / f"hippo_runs/{name}_{args.minutes}min_{args.clock}"
         if not (run / "model.safetensors").is_file():
             import shutil
 
             shutil.rmtree(run, ignore_errors=True)
             config = build_config(None, [*PRESET_3D, *METHOD_OVERRIDES[name],
-                                         f"train.max_minutes={args.minutes}"], dataset=root)
+                                         f"train.max_minutes={args.minutes}",
+                                         f"train.budget_clock={args.clock}"], dataset=root)
             train(config, root, run, progress=False)
         steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
                  if '"loss"' in x]
@@ -346,6 +348,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("hippocampus")
     p.add_argument("--minutes", type=float, default=2.0)
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                   help="what --minutes counts (train.budget_clock): cpu = equal CPU budgets")
     p.add_argument("--methods", nargs="+", default=list(METHOD_OVERRIDES))
     p.add_argument("--cases", type=int, default=10)
     p.add_argument("--samples", type=int, default=4)

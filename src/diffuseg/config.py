@@ -76,6 +76,9 @@ class TrainConfig:
     max_steps: int = 2000  # optimiser steps
     max_minutes: float | None = None  # wall-clock budget of the whole command, validation and
     # the final save included; continues across --resume (docs/training.md)
+    budget_clock: Literal["wall", "cpu"] = "wall"  # what max_minutes counts: wall clock, or this
+    # process's CPU seconds (time.process_time; DataLoader workers not counted) for equal
+    # budgets on a machine shared with other work
     batch_size: int = 8
     lr: float = 2e-4  # AdamW learning rate
     weight_decay: float = 1e-4

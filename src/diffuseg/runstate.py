@@ -79,21 +79,30 @@ def _diff(old, new, prefix: str):
 
 @dataclass
 class Budget:
-    """``train.max_minutes`` of wall clock for the whole command, across resumes.
+    """``train.max_minutes`` of wall clock (or CPU time: ``train.budget_clock``) for the whole
+    command, across resumes.
 
     The loop stops while there is still time for one more step, a checkpoint, the final save and
     a final validation (capped by ``val_limit``, or its last measured duration if shorter)."""
 
     minutes: float | None
     val_minutes: float | None
+    clock: str = "wall"  # "wall": time.monotonic; "cpu": this process's CPU time
     prior: float = 0.0  # seconds spent by earlier commands of this run
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(init=False)
     step_seconds: float = 0.0
     save_seconds: float = 0.0
     val_seconds: float | None = None
 
+    def __post_init__(self) -> None:
+        self.started = self.now()
+
+    def now(self) -> float:
+        """Seconds on this budget's clock (only differences are meaningful)."""
+        return time.process_time() if self.clock == "cpu" else time.monotonic()
+
     def elapsed(self) -> float:
-        return self.prior + time.monotonic() - self.started
+        return self.prior + self.now() - self.started
 
     def fraction(self) -> float | None:
         return None if self.minutes is None else self.elapsed() / (60 * self.minutes)

@@ -81,7 +81,8 @@ def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
           notes: dict[str, dict] | None = None) -> Path:
     """Train (or, with ``resume``, continue) a run; under torchrun, every rank calls this.
     ``notes``: extra JSON files written into a new run folder beside config.json (plan.json)."""
-    budget = Budget(config.train.max_minutes, config.train.val_minutes)  # the clock starts now
+    budget = Budget(config.train.max_minutes, config.train.val_minutes,
+                    config.train.budget_clock)  # the clock starts now
     config.validate()
     ctx = init_distributed(config.train.device)
     run_dir = Path(run_dir)
@@ -248,20 +249,20 @@ class Run:
         if not self.ctx.is_main or step == self.saved_step:
             return
         check_finite_weights(self.method, step)
-        t0 = time.monotonic()
+        t0 = self.budget.now()
         save_checkpoint(self.run_dir, self.method.networks(), self.optimizer, self.ema.shadow,
                         {"step": step, "skipped": self.skipped,
                          "elapsed_seconds": self.budget.elapsed()})
-        self.budget.save_seconds = max(self.budget.save_seconds, time.monotonic() - t0)
+        self.budget.save_seconds = max(self.budget.save_seconds, self.budget.now() - t0)
         self.saved_step = step
 
     def validate(self, step: int, seconds: float) -> None:
         if not self.ctx.is_main:
             return
-        t0 = time.monotonic()
+        t0 = self.budget.now()
         validate(self.method, self.ema, self.val_set, self.log, step, self.device, self.dtype,
-                 seconds)
-        self.budget.val_seconds = time.monotonic() - t0
+                 seconds, self.budget.now)
+        self.budget.val_seconds = self.budget.now() - t0
         plot_progress(self.run_dir)
 
     def finish(self, step: int) -> None:
@@ -285,7 +286,7 @@ def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: boo
     with run.log.progress(total=c.max_steps, start=step, enabled=progress,
                           budget_s=budget_s) as bar:
         while step < c.max_steps:
-            t0 = time.monotonic()
+            t0 = run.budget.now()
             lr = learning_rate(step, run.budget.fraction(), run.config)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
@@ -305,7 +306,7 @@ def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: boo
             if finite:
                 run.ema.update(run.method, step)
             bar.advance(step, loss)
-            run.budget.step_seconds = time.monotonic() - t0
+            run.budget.step_seconds = run.budget.now() - t0
             if step % 20 == 0 or step == c.max_steps or stop or not finite:
                 run.log.metrics({"step": step, "lr": lr, "seconds": round(run.budget.elapsed(), 2),
                                  **terms, "loss": loss, "skipped": run.skipped})
@@ -382,18 +383,18 @@ def check_finite_weights(method: Method, step: int) -> None:
 
 @torch.no_grad()
 def validate(method: Method, ema: EMA, val_set, log: RunLog, step: int, device, dtype,
-             seconds: float = float("inf")) -> None:
+             seconds: float = float("inf"), now=time.monotonic) -> None:
     """Consensus Dice of EMA-weight samples against the majority of raters, per val case, for at
-    most ``seconds`` (cases left over are skipped, and the log says so)."""
+    most ``seconds`` on the clock ``now`` (cases left over are skipped, and the log says so)."""
     c = method.config.train
-    t0 = time.monotonic()
+    t0 = now()
     live = {k: v.clone() for k, v in state_of_live(method).items()}
     load_networks(method.networks(), ema.shadow, "EMA")
     method.eval()
     generator = torch.Generator(device=device).manual_seed(1234)
     dices = []
     for ex in val_set:
-        if time.monotonic() - t0 >= seconds:
+        if now() - t0 >= seconds:
             break
         image = torch.from_numpy(ex.image)[None].to(device)
         with autocast(device, dtype):
@@ -402,14 +403,14 @@ def validate(method: Method, ema: EMA, val_set, log: RunLog, step: int, device, 
         target = majority(ex.raters, max(2, method.config.num_classes))
         dices.append(dice(consensus > 0, target > 0))
         log.progress_line(f"validation at step {step}: {len(dices)}/{len(val_set)} cases, "
-                          f"{time.monotonic() - t0:.0f} s")
+                          f"{now() - t0:.0f} s")
     load_networks(method.networks(), live, "live weights")
     if not dices:
         log.text(f"step {step}: validation skipped (no time left in the budget)")
         return
     log.metrics({"step": step, "val_dice": round(float(np.mean(dices)), 5)})
     log.text(f"step {step}: validation consensus Dice {np.mean(dices):.4f} over {len(dices)} "
-             f"of {len(val_set)} cases in {time.monotonic() - t0:.1f} s")
+             f"of {len(val_set)} cases in {now() - t0:.1f} s")
 
 
 def foreground_dice(pred: np.ndarray, target: np.ndarray) -> float:
