@@ -114,6 +114,28 @@ def test_overlays_modes_brush_and_approve(server, browser):
     page.keyboard.press("p")
     page.keyboard.press("u")
 
+    # map values below the page's floor (0.1) are not drawn, they would veil the whole image:
+    # both maps set to a ramp over 0..255, compared with and without the overlays
+    ramp = page.evaluate("""() => {
+        const a = new Uint8Array(S.H * S.W * S.D).map((_, i) => (i * 7) % 256);
+        S.maps.probability = a; S.maps.entropy = a; render(); return Array.from(a); }""")
+    ramp = np.array(ramp).reshape(consensus.shape)
+    page.keyboard.press("c")  # no contour drawn over the maps
+    before = canvas_pixels(page, "02b_ramp_plain")
+    page.keyboard.press("p")
+    page.keyboard.press("u")
+    after = canvas_pixels(page, "02c_ramp_overlays")
+    page.keyboard.press("p")
+    page.keyboard.press("u")
+    page.keyboard.press("c")
+    zoom = before.shape[0] // consensus.shape[0]
+    centre = (slice(zoom // 2, None, zoom), slice(zoom // 2, None, zoom))
+    drawn = np.abs(after[centre] - before[centre]).sum(-1) > 0
+    floor = 255 * page.evaluate("() => FLOOR")
+    free = consensus == 0  # outside the working mask (it starts as the consensus)
+    assert (ramp[free] < floor).any() and (ramp[free] >= floor).any()
+    assert (drawn[free] == (ramp[free] >= floor)).all()
+
     # a brush stroke where the consensus is empty (a row without foreground)
     row = int(np.flatnonzero(~consensus.any(1))[0])
     box = page.locator("#view").bounding_box()
@@ -185,6 +207,8 @@ def test_keyboard_shortcuts(server, browser):
     page.keyboard.press("Shift+R")
     page.wait_for_selector("#original:not([disabled])", timeout=60000)
     assert "(guided)" in page.locator("#sample-label").inner_text()
+    page.keyboard.press("1")  # start from the first guided mode: named so in the approval
+    assert page.locator("#edit-summary").inner_text().startswith("Start: guided mode 1;")
     canvas_pixels(page, "05_guided")
     guided = sorted((data_dir / "jobs" / ids["job1"] / "guided").glob("sample_*.png"))
     assert len(guided) >= 8

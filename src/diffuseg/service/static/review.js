@@ -11,6 +11,9 @@ const authHeaders = token ? { Authorization: "Bearer " + token } : {};
 const api = "/review/api/jobs/" + encodeURIComponent(jobId);
 const MODE_COLORS = [[255, 0, 255], [0, 200, 255], [255, 160, 0], [120, 255, 120], [255, 255, 255]];
 const UNC_KINDS = ["entropy", "mutual_information", "variance"];
+const FLOOR = 0.1;  // probability and uncertainty below this are not drawn
+// colour scale 0..1 of each map: variance (of probabilities in [0, 1]) is at most 0.25
+const UNC_SCALE = { entropy: 1, mutual_information: 1, variance: 4 };
 
 const S = {
   meta: null, H: 0, W: 0, D: 1, z: 0, source: "output",
@@ -137,6 +140,7 @@ function render() {
   const ctx = off.getContext("2d"), img = ctx.createImageData(W, H), px = img.data;
   const lo = S.level - S.width / 2, showP = $("ov-probability").checked;
   const showU = $("ov-uncertainty").checked, unc = S.maps[$("unc-kind").value];
+  const uScale = UNC_SCALE[$("unc-kind").value];
   const showAgree = $("ov-agree").checked, k = +$("agree-k").value;
   const showCons = $("ov-consensus").checked, showSample = $("ov-sample").checked;
   const n = H * W * S.D;
@@ -148,8 +152,9 @@ function render() {
       const i = idx(r, c), o = (r * W + c) * 4;
       const g = Math.min(255, Math.max(0, ((S.image[i] - lo) / S.width) * 255));
       px[o] = px[o + 1] = px[o + 2] = g; px[o + 3] = 255;
-      if (showP) { const p = S.maps.probability[i] / 255; if (p > 0.02) blend(o, hot(p), 0.25 + 0.35 * p); }
-      if (showU) { const u = unc[i] / 255; if (u > 0.02) blend(o, viridis(u), 0.3 + 0.4 * u); }
+      // below FLOOR a map is not drawn: faint values everywhere would veil the whole image
+      if (showP) { const p = S.maps.probability[i] / 255; if (p >= FLOOR) blend(o, hot(p), 0.2 + 0.45 * p); }
+      if (showU) { const u = Math.min(1, uScale * unc[i] / 255); if (u >= FLOOR) blend(o, viridis(u), 0.2 + 0.5 * u); }
       if (showAgree) {
         let count = 0;
         for (let s = 0; s < S.nSamples; s++) count += S.samples[s * n + i];
@@ -177,12 +182,12 @@ function render() {
 function renderColorbars(showP, showU) {
   const box = $("colorbars");
   box.innerHTML = "";
-  const add = (title, fn, low, high) => {
+  const add = (title, fn, low, high, floor = FLOOR) => {
     const div = document.createElement("div"); div.className = "colorbar";
     const cv = document.createElement("canvas"); cv.width = 120; cv.height = 10;
     const c = cv.getContext("2d");
     for (let x = 0; x < 120; x++) { const [r, g, b] = fn(x / 119); c.fillStyle = `rgb(${r},${g},${b})`; c.fillRect(x, 0, 1, 10); }
-    div.append(low, cv, high, " " + title);
+    div.append(low, cv, high, " " + title + " (< " + floor + " not drawn)");
     box.appendChild(div);
   };
   if (showP) add("mean foreground probability", hot, "0", "1");
@@ -191,7 +196,7 @@ function renderColorbars(showP, showU) {
     const text = { entropy: "entropy / log 2 (1 = 50:50)",
       mutual_information: "mutual information / log 2 (samples disagree)",
       variance: "variance of the sample probabilities" }[kind];
-    add(text, viridis, "0", kind === "variance" ? "0.25+" : "1");
+    add(text, viridis, "0", kind === "variance" ? "0.25" : "1", FLOOR / UNC_SCALE[kind]);
   }
   const legend = document.createElement("div");
   legend.innerHTML = '<span class="swatch" style="background:#ffe600"></span> consensus ' +
@@ -256,7 +261,8 @@ function startFrom(label, mask, undoable = true) {
 
 function startFromMode(j) {
   if (j >= S.meta.modes.k) return;
-  startFrom("mode " + (j + 1), sampleMask(S.meta.modes.medoids[j]));
+  startFrom((S.source === "guided" ? "guided mode " : "mode ") + (j + 1),
+            sampleMask(S.meta.modes.medoids[j]));
 }
 
 function undo() {
