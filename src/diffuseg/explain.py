@@ -255,16 +255,21 @@ def explain_to_png(predictor, image: np.ndarray, kind: str, path: Path, *, n_sam
             modes = find_modes(result.sample_labels()[:, 0].numpy())
             axes[0, j].imshow(_mid(perturbed[0]), cmap="gray")
             axes[0, j].contour(_mid(result.consensus[0].numpy()), levels=[0.5], colors="yellow")
-            axes[0, j].set_title(f"contrast -{amount:.0%}", fontsize=9)
+            axes[0, j].set_title(f"contrast lowered {amount:.0%}" if amount else "contrast as is",
+                                 fontsize=9)
             axes[1, j].imshow(_mid(result.mean[0, 0].numpy()), cmap="magma", vmin=0, vmax=1)
             axes[1, j].set_title(modes.describe(), fontsize=7)
     elif kind == "attention":
         maps = attention_maps(predictor, image, steps=steps, seed=seed)
-        fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4), squeeze=False)
-        for ax, (name, values) in zip(axes[0], maps.items(), strict=True):
+        cols = min(2, len(maps))  # two per row: the page shows it ~650 px wide, titles legible
+        rows = -(-len(maps) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows), squeeze=False)
+        for ax in axes.ravel()[len(maps):]:
+            ax.axis("off")
+        for ax, (name, values) in zip(axes.ravel(), maps.items(), strict=False):
             ax.imshow(picture, cmap="gray")
             ax.imshow(_mid(values), cmap="viridis", alpha=0.6)
-            ax.set_title(name, fontsize=7)
+            ax.set_title(name, fontsize=10)
     else:
         raise ConfigError(f"unknown explanation {kind!r}; choose one of {', '.join(KINDS)}")
     for ax in fig.axes:
