@@ -204,6 +204,12 @@ def test_keyboard_shortcuts(server, browser):
     page.keyboard.press("i")
     box = page.locator("#view").bounding_box()
     page.mouse.click(box["x"] + 16.5 * box["width"] / 32, box["y"] + 20.5 * box["height"] / 32)
+    page.keyboard.press("c")  # consensus contour back on: the marks stay visible over it
+    marked = canvas_pixels(page, "04b_marks")
+    zoom = marked.shape[0] // 32
+    for r in range(19, 22):
+        for c in range(15, 18):
+            assert (marked[r * zoom + zoom // 2, c * zoom + zoom // 2] == [0, 255, 0]).all()
     page.keyboard.press("Shift+R")
     page.wait_for_selector("#original:not([disabled])", timeout=60000)
     assert "(guided)" in page.locator("#sample-label").inner_text()

@@ -160,8 +160,6 @@ function render() {
         for (let s = 0; s < S.nSamples; s++) count += S.samples[s * n + i];
         if (count >= k) blend(o, [0, 220, 90], 0.4);
       }
-      if (S.inside[i]) blend(o, [0, 255, 0], 0.75);  // marks under the contours
-      if (S.outside[i]) blend(o, [40, 90, 255], 0.75);
       if (S.working[i]) blend(o, [255, 40, 40], 0.3);
       if (boundary(S.working, r, c)) blend(o, [255, 40, 40], 0.9);
       if (showCons && boundary(S.consensus, r, c)) blend(o, [255, 230, 0], 1);
@@ -175,8 +173,23 @@ function render() {
   const vctx = view.getContext("2d");
   vctx.imageSmoothingEnabled = false;
   vctx.drawImage(off, 0, 0, view.width, view.height);
+  drawMarks(vctx);
   renderColorbars(showP, showU);
   updateLabels();
+}
+
+function drawMarks(vctx) {  // on top of everything, inset: the contours stay visible around them
+  const z = S.zoom, d = Math.max(2, Math.round(z * 0.6)), off = (z - d) / 2;
+  vctx.lineWidth = 1; vctx.strokeStyle = "#000";
+  for (let r = 0; r < S.H; r++) {
+    for (let c = 0; c < S.W; c++) {
+      const i = idx(r, c);
+      if (!S.inside[i] && !S.outside[i]) continue;
+      vctx.fillStyle = S.inside[i] ? "#00ff00" : "#285aff";
+      vctx.fillRect(c * z + off, r * z + off, d, d);
+      if (d >= 6) vctx.strokeRect(c * z + off + 0.5, r * z + off + 0.5, d - 1, d - 1);
+    }
+  }
 }
 
 function renderColorbars(showP, showU) {
@@ -199,7 +212,8 @@ function renderColorbars(showP, showU) {
     add(text, viridis, "0", kind === "variance" ? "0.25" : "1", FLOOR / UNC_SCALE[kind]);
   }
   const legend = document.createElement("div");
-  legend.innerHTML = '<span class="swatch" style="background:#ffe600"></span> consensus ' +
+  legend.innerHTML = '<span class="swatch" style="background:#ffe600"></span> consensus' +
+    (S.source === "guided" ? " (guided) " : " ") +
     '<span class="swatch" style="background:#ff2828"></span> your mask ' +
     '<span class="swatch" style="background:#00e6ff"></span> sample ' +
     '<span class="swatch" style="background:#00ff00"></span> inside ' +
