@@ -258,7 +258,7 @@ def explain_to_png(predictor, image: np.ndarray, kind: str, path: Path, *, n_sam
             axes[0, j].set_title(f"contrast lowered {amount:.0%}" if amount else "contrast as is",
                                  fontsize=9)
             axes[1, j].imshow(_mid(result.mean[0, 0].numpy()), cmap="magma", vmin=0, vmax=1)
-            axes[1, j].set_title(modes.describe(), fontsize=7)
+            axes[1, j].set_title(modes.describe(), fontsize=8)
     elif kind == "attention":
         maps = attention_maps(predictor, image, steps=steps, seed=seed)
         cols = min(2, len(maps))  # two per row: the page shows it ~650 px wide, titles legible
