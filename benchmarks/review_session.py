@@ -1,20 +1,28 @@
-"""A scripted review of phantom cases through the HTTP API of ``diffuseg serve`` (its review
-router), then the workflow report of its audit trail (docs/review.md).
+"""A scripted review of phantom cases on ``diffuseg serve`` (its review router), then the workflow
+report of its audit trail (docs/review.md).
 
     python benchmarks/review_session.py                       # trains a small phantom model
     python benchmarks/review_session.py --run RUN --cases 20  # reuse a 2D phantom run
-    python benchmarks/review_session.py --screenshots shots/  # + pictures of the page (chromium)
+    python benchmarks/review_session.py --screenshots shots/  # + pictures of the page
+
+The first ``--browser-cases`` cases (default 3) are reviewed through the review page itself in
+headless Chromium (benchmarks/review_page.py: the page's own keys, strokes, marks, resample and
+approve/reject buttons, so their audit events come from the page); the others through the HTTP
+API. ``--screenshots`` follows one browser case (the first that resamples with marks) and the
+worklist.
 
 The scripted reviewer knows the phantom's rater 0 (the true boundary, threshold 0.5) and acts
 like a reader: it opens the job, reads the modes, and
   * approves unchanged when the consensus has Dice >= 0.9 with rater 0;
-  * otherwise, when Dice >= 0.5: starts from the mode closest to rater 0, marks five pixels of
-    rater 0 that the start misses as certainly inside and resamples (guided) when the start
-    misses more than 20 pixels, then edits the remaining disagreement in brush/eraser strokes
-    of at most 25 voxels (each logged) and approves the corrected mask;
+  * otherwise, when Dice >= 0.5: starts from the mode closest to rater 0; when that start misses
+    more than ``--guide-above`` (default 5) pixels of rater 0, marks five of them as certainly
+    inside, resamples (guided) and starts from the guided mode closest to rater 0 if it is
+    closer; then edits the remaining disagreement and approves the corrected mask. Through the
+    API the edits are logged strokes of at most 25 voxels; on the page they are real strokes of
+    a radius-0 brush or eraser, one per run of pixels along a row;
   * rejects when Dice < 0.5.
 Its "reading time" is simulated: a pause of 0.2 s plus 0.01 s per edited voxel, so the seconds
-to approve measure the script, not a person.
+to approve measure the script (and, for browser cases, Chromium driving the page), not a person.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import socket
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -102,41 +111,59 @@ def serve(data_dir: Path, run: Path):
     return server, f"http://127.0.0.1:{port}"
 
 
-def review(client, job: str, truth: np.ndarray, rng: np.random.Generator) -> str:
+def read_arrays(client, api: str, shape: tuple[int, ...], source: str = "output"):
+    """The job's consensus and samples as boolean arrays (GETs: nothing is logged)."""
+    def array(name: str) -> np.ndarray:
+        raw = client.get(f"{api}/array/{name}", params={"source": source}).content
+        return np.frombuffer(raw, np.uint8).reshape(-1, *shape) > 0
+
+    return array("consensus")[0], array("samples")
+
+
+def plan(meta: dict, consensus: np.ndarray, samples: np.ndarray, truth: np.ndarray) -> dict:
+    """The scripted reader's decision (module docstring): approve, reject or edit from a mode."""
+    d = dice(consensus, truth)
+    if d >= 0.9:
+        return {"kind": "approve"}
+    if d < 0.5:
+        return {"kind": "reject"}
+    medoids = meta["modes"]["medoids"]
+    return {"kind": "edit",
+            "best": max(range(len(medoids)), key=lambda j: dice(samples[medoids[j]], truth))}
+
+
+def review(client, job: str, truth: np.ndarray, rng: np.random.Generator,
+           guide_above: int) -> str:
     api = f"/review/api/jobs/{job}"
     client.post(f"{api}/view").raise_for_status()
     meta = client.get(api).json()
     shape = tuple(meta["shape"])
-
-    def array(name: str, source: str = "output") -> np.ndarray:
-        raw = client.get(f"{api}/array/{name}", params={"source": source}).content
-        return np.frombuffer(raw, np.uint8).reshape(-1, *shape) > 0
-
-    consensus, samples = array("consensus")[0], array("samples")
+    consensus, samples = read_arrays(client, api, shape)
     time.sleep(0.2)  # simulated reading
-    if dice(consensus, truth) >= 0.9:
+    decision = plan(meta, consensus, samples, truth)
+    if decision["kind"] == "approve":
         client.post(f"{api}/approve", json={"mask": b64(consensus), "comment": "as proposed"}
                     ).raise_for_status()
         return "approved unchanged"
-    if dice(consensus, truth) < 0.5:
+    if decision["kind"] == "reject":
         client.post(f"{api}/reject", json={"comment": "proposal far from the lesion"}
                     ).raise_for_status()
         return "rejected"
-    medoids = meta["modes"]["medoids"]
-    best = max(range(len(medoids)), key=lambda j: dice(samples[medoids[j]], truth))
-    start, label = samples[medoids[best]].copy(), f"mode {best + 1}"
+    best = decision["best"]
+    start, label = samples[meta["modes"]["medoids"][best]].copy(), f"mode {best + 1}"
     missed = np.flatnonzero((truth & ~start).ravel())
-    if len(missed) > 20:
+    if len(missed) > guide_above:
         inside = np.zeros(shape, np.uint8)
-        inside.ravel()[rng.choice(missed, 5, replace=False)] = 1
+        inside.ravel()[rng.choice(missed, min(5, len(missed)), replace=False)] = 1
         client.post(f"{api}/resample", json={"inside": b64(inside),
                                              "outside": b64(np.zeros(shape, np.uint8)),
                                              "n_samples": 8}).raise_for_status()
         guided = client.get(api, params={"source": "guided"}).json()
-        g_samples = array("samples", "guided")
-        g_best = max(guided["modes"]["medoids"], key=lambda m: dice(g_samples[m], truth))
-        if dice(g_samples[g_best], truth) > dice(start, truth):
-            start, label = g_samples[g_best].copy(), "guided mode"
+        _, g_samples = read_arrays(client, api, shape, "guided")
+        medoids = guided["modes"]["medoids"]
+        g = max(range(len(medoids)), key=lambda j: dice(g_samples[medoids[j]], truth))
+        if dice(g_samples[medoids[g]], truth) > dice(start, truth):
+            start, label = g_samples[medoids[g]].copy(), f"guided mode {g + 1}"
     diff = np.flatnonzero((start != truth).ravel())
     for chunk in np.array_split(diff, max(1, int(np.ceil(len(diff) / 25)))):
         if len(chunk) == 0:
@@ -150,40 +177,21 @@ def review(client, job: str, truth: np.ndarray, rng: np.random.Generator) -> str
     return f"edited ({len(diff)} voxels, from {label})"
 
 
-def screenshots(base: str, job: str, out: Path, mark: tuple[int, int], size: int) -> None:
-    from playwright.sync_api import sync_playwright
-
-    out.mkdir(parents=True, exist_ok=True)
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
-        page = browser.new_page(viewport={"width": 1280, "height": 980})
-        page.goto(f"{base}/review/{job}?token={TOKEN}")
-        page.wait_for_selector("body[data-state]:not([data-state=loading])")
-        page.screenshot(path=out / "1_page.png", full_page=True)
-        for key in ("p", "u"):
-            page.keyboard.press(key)
-        page.screenshot(path=out / "2_probability_uncertainty.png", full_page=True)
-        for key in ("p", "u", "g", "]", "]"):
-            page.keyboard.press(key)
-        page.locator("#modes button").first.click()
-        page.screenshot(path=out / "3_agreement_mode.png", full_page=True)
-        page.keyboard.press("g")
-        page.keyboard.press("i")
-        box = page.locator("#view").bounding_box()
-        page.mouse.click(box["x"] + (mark[1] + 0.5) * box["width"] / size,
-                         box["y"] + (mark[0] + 0.5) * box["height"] / size)
-        page.keyboard.press("Shift+R")
-        page.wait_for_selector("#original:not([disabled])", timeout=600000)
-        page.screenshot(path=out / "5_guided.png", full_page=True)
-        page.click(".tab[data-tab=explain-tab]")
-        for kind in ("trajectory", "occlusion", "counterfactual", "attention"):
-            page.click(f"button[data-kind={kind}]")
-            page.wait_for_selector(f"#img-{kind}[data-state=done], #img-{kind}[data-state=failed]",
-                                   timeout=600000)
-        page.screenshot(path=out / "4_explain.png", full_page=True)
-        browser.close()
+def pick_shots_job(client, truth: dict, browser_jobs: list[str], guide_above: int) -> str:
+    """The browser case the screenshots follow: the first that will resample with marks, else
+    the first edited, else the first."""
+    kinds = {}
+    for job in browser_jobs:
+        api = f"/review/api/jobs/{job}"
+        meta = client.get(api).json()
+        consensus, samples = read_arrays(client, api, tuple(meta["shape"]))
+        decision = plan(meta, consensus, samples, truth[job])
+        if decision["kind"] == "edit":
+            start = samples[meta["modes"]["medoids"][decision["best"]]]
+            if int((truth[job] & ~start).sum()) > guide_above:
+                return job
+        kinds[job] = decision["kind"]
+    return next((j for j, k in kinds.items() if k == "edit"), browser_jobs[0])
 
 
 def main() -> None:
@@ -192,30 +200,53 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/review_session"))
-    parser.add_argument("--screenshots", type=Path, help="folder for page screenshots")
+    parser.add_argument("--browser-cases", type=int, default=3,
+                        help="review the first N cases through the page in headless Chromium")
+    parser.add_argument("--guide-above", type=int, default=5,
+                        help="resample with marks when the start misses more pixels than this")
+    parser.add_argument("--screenshots", type=Path,
+                        help="folder for screenshots of one browser case and the worklist")
     args = parser.parse_args()
+    if args.screenshots and args.browser_cases < 1:
+        parser.error("--screenshots needs --browser-cases >= 1")
     import httpx
 
     from diffuseg.workflow_report import format_report, workflow_report
 
+    load0 = os.getloadavg()
     predictor, run, data_dir, truth = prepare(args.out, args.run, args.cases, args.samples)
     server, base = serve(data_dir, run)
     rng = np.random.default_rng(0)
+    jobs = list(truth)
+    browser_jobs = jobs[:args.browser_cases]
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
-                      timeout=600) as client:
-        for job, mask in truth.items():
-            print(f"{job}: {review(client, job, mask, rng)}", flush=True)
+                      timeout=600) as client, ExitStack() as stack:
+        if browser_jobs:
+            from playwright.sync_api import sync_playwright
+            from review_page import launch, review_in_page, worklist_shot
+
+            browser = launch(stack.enter_context(sync_playwright()))
+            shots_job = pick_shots_job(client, truth, browser_jobs, args.guide_above)
+        for i, job in enumerate(jobs):
+            if job in browser_jobs:
+                outcome = review_in_page(
+                    browser, base, client, job, truth[job], token=TOKEN, rng=rng,
+                    guide_above=args.guide_above,
+                    approved=data_dir / "jobs" / job / "approved" / "approved_mask.png",
+                    shots=args.screenshots if job == shots_job else None, by_key=i % 2 == 1)
+                print(f"{job}: {outcome} [page]", flush=True)
+            else:
+                print(f"{job}: {review(client, job, truth[job], rng, args.guide_above)} [API]",
+                      flush=True)
+        if args.screenshots:
+            worklist_shot(browser, base, TOKEN, args.screenshots)
     report = workflow_report(data_dir)  # of the scripted review only
     (args.out / "workflow_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_report(report), flush=True)
-    if args.screenshots:
-        job, first = next(iter(truth.items()))
-        consensus = np.frombuffer(httpx.get(
-            f"{base}/review/api/jobs/{job}/array/consensus",
-            headers={"Authorization": f"Bearer {TOKEN}"}).content, np.uint8).reshape(first.shape)
-        missed = np.argwhere(first & (consensus == 0))
-        mark = tuple(missed[0]) if len(missed) else tuple(np.argwhere(first)[0])
-        screenshots(base, job, args.screenshots, mark, first.shape[0])
+    load1 = os.getloadavg()
+    print(f"data dir {data_dir}; load average (1/5/15 min) at start "
+          f"{' '.join(f'{v:.2f}' for v in load0)}, at end {' '.join(f'{v:.2f}' for v in load1)}; "
+          f"{os.cpu_count()} CPUs", flush=True)
     server.should_exit = True
 
 
