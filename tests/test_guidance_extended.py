@@ -12,7 +12,9 @@ import torch
 from helpers import SIZE, gen, randomise, tiny_config
 
 import diffuseg.methods.berdiff  # noqa: F401  (registers)
+import diffuseg.methods.cimd  # noqa: F401
 import diffuseg.methods.hidiff  # noqa: F401
+import diffuseg.methods.medsegdiff_v2  # noqa: F401
 import diffuseg.methods.wdm  # noqa: F401
 from diffuseg.config import DataConfig, ProcessConfig, SampleConfig
 from diffuseg.data.resample import spacing_geometry
@@ -83,7 +85,8 @@ def test_wdm_every_sample_holds_the_marks(spatial_dims, levels):
 
 
 @pytest.mark.parametrize(("name", "spatial_dims", "sampler"),
-                         [("ddpm", 2, "ddim"), ("ddpm", 3, "ddpm"), ("wdm", 2, "ddim"),
+                         [("ddpm", 2, "ddim"), ("ddpm", 3, "ddpm"), ("cimd", 2, "ddim"),
+                          ("medsegdiff_v2", 2, "ddim"), ("wdm", 2, "ddim"),
                           ("wdm", 3, "dpm_solver_pp")])
 def test_three_classes_hold_the_marks_of_one_class(name, spatial_dims, sampler):
     """Inside: class 2 in every sample; outside: never class 2 (the other classes stay free)."""
