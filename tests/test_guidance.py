@@ -115,7 +115,8 @@ def test_other_spaces_are_refused():
     with pytest.raises(ConfigError, match="latent"):
         build_method(ld).eval().segment(image, 2, generator=gen(0), known=known)
     multi = tiny_config("ddpm", 2, num_classes=3, process=GAUSSIAN, steps=2)
-    with pytest.raises(ConfigError, match="num_classes=1"):
+    # multi-class runs are guided (tests/test_guidance_classes.py), with per-class known pixels
+    with pytest.raises(ConfigError, match="Constraints.known\\(num_classes=3\\)"):
         build_method(multi).eval().segment(image, 2, generator=gen(0), known=known)
 
 

@@ -139,14 +139,15 @@ def test_cli_predict_inside_outside_holds_the_marks(tmp_path, run2d, monkeypatch
         return exit_info.value.code
 
     code = cli("-i", str(image), "-o", str(tmp_path / "guided"), "-n", "4", "--steps", "3",
-               "--inside", str(tmp_path / "in.png"), "--outside", str(tmp_path / "out.png"))
+               "--inside", str(tmp_path / "in.png"), "--outside", str(tmp_path / "out.png"),
+               "--jumps", "2")
     assert code in (0, None), capsys.readouterr().err
     folder = tmp_path / "guided" / case_name(image)
     for s in range(4):
         sample = read_mask(folder / f"sample_{s:02d}.png")[0] > 0
         assert sample[3:6, 3:6].all() and not sample[12:15, 10:16].any()
     summary = json.loads((folder / "result.json").read_text())
-    assert summary["constraints"] == {"inside": 9, "outside": 18}
+    assert summary["constraints"] == {"inside": 9, "outside": 18, "label": 1, "jumps": 2}
     capsys.readouterr()
     Image.fromarray(np.zeros((20, 24), np.uint8)).save(tmp_path / "small.png")
     assert cli("-i", str(image), "-o", str(tmp_path / "bad"), "--inside",
@@ -155,3 +156,6 @@ def test_cli_predict_inside_outside_holds_the_marks(tmp_path, run2d, monkeypatch
     assert cli("-i", str(data / "imagesTr"), "-o", str(tmp_path / "bad"), "--inside",
                str(tmp_path / "in.png")) == 2
     assert "single image" in capsys.readouterr().err
+    assert cli("-i", str(image), "-o", str(tmp_path / "bad"), "--inside",
+               str(tmp_path / "in.png"), "--label", "2") == 2  # a binary run has label 1 only
+    assert "label" in capsys.readouterr().err

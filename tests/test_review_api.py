@@ -122,6 +122,10 @@ def test_guided_resampling_honours_the_marks(service):
     samples = np.frombuffer(raw, np.uint8).reshape(4, 32, 32)
     assert samples[:, 16, 16].all() and samples[:, 3, 3].all() and not samples[:, 10, 20].any()
     assert read_events(data_dir)[-1]["event"] == "resample"
+    res = client.post(f"/review/api/jobs/{ids['job1']}/resample", headers=ANN,
+                      json={"inside": b64(inside), "outside": b64(outside), "n_samples": 2,
+                            "label": 2})  # a binary run has one class
+    assert res.status_code == 400 and "label" in res.text
 
 
 def test_a_3d_job_round_trips_on_its_nifti_grid(tmp_path):

@@ -109,6 +109,8 @@ class SampleConfig:
     # sampler the process cannot run is refused. dpm_solver_pp: DPM-Solver++(2M)
     sampler: Literal["ddim", "ddpm", "dpm_solver_pp"] | None = None
     eta: float = 0.0  # DDIM stochasticity; 0 is deterministic given x_T
+    # guided resampling only: RePaint resamplings per step (Lugmayr et al. 2022); 1 = one pass
+    resample_jumps: int = 1
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Guided resampling: new samples that honour pixels a reviewer marked as certainly inside or
-certainly outside the structure.
+certainly outside the structure (or, for a multi-class run, one class: ``Constraints.label``).
 
 The reverse process is conditioned on the known pixels as in RePaint (Lugmayr et al., CVPR 2022,
 eq. 8): after every step t -> t_prev, the known region of x_{t_prev} is replaced by a forward-
@@ -8,20 +8,51 @@ keeps the model's step; at the last step (t_prev = -1) the known pixels get x0_k
 every returned sample holds them exactly. For a Gaussian process q_sample draws
 sqrt(ab) x0 + sqrt(1 - ab) eps; for a Bernoulli process it draws the known pixels' state from
 B(ab x0 + (1 - ab) / 2) (or the process's own q(x_t | x0), e.g. HiDiff's anchored prior).
-RePaint's resampling jumps (r > 1) are not applied: one pass per step.
 
-Which methods support it: every method that diffuses the mask itself (binary, ``num_classes = 1``)
-with a Gaussian or Bernoulli process: ``ddpm``, ``cimd`` and ``medsegdiff_v2`` with
-``method.target = mask``, ``berdiff``, ``hidiff``. Methods that diffuse another space are refused
-with a ConfigError: ``ldseg`` (a latent: a partial mask has no latent code), and the ``sdf``
-target (the signed distance of a pixel depends on the unknown rest of the mask).
+**Resampling jumps** (RePaint Alg. 1, U resamplings, here ``jumps`` = r): with r > 1, after the
+step t -> t_prev (and the replacement) the state goes back to t by the process's forward
+transition q(x_t | x_{t_prev}) (``process.forward_step``; Gaussian: sqrt(ab_t / ab_p) x +
+sqrt(1 - ab_t / ab_p) eps; Bernoulli: B(a x + (1 - a) p), a = ab_t / ab_p) and the step is
+redone, r times per step; the last step (to t = -1) is done once, as in RePaint's ``t > 1``.
+The jump length is one sampler step (the strided DDIM / DDPM timesteps), not RePaint's j = 10
+original steps. r = ``sample.resample_jumps`` (default 1: one pass per step) or
+``Constraints.jumps``; each step then costs r network calls.
+
+**Wavelet methods** (``wdm``): the Haar transform (diffuseg.wavelets) is orthonormal, so the
+forward-noised coefficients sqrt(ab) H x0 + sqrt(1 - ab) eps map back to pixels as
+sqrt(ab) x0 + sqrt(1 - ab) H^T eps, with H^T eps again standard Gaussian: the pixels follow the
+same Gaussian process. The replacement is therefore done exactly in pixel space: inverse-
+transform x_{t_prev}, replace the known pixels by q_sample of their encoded values (2m - 1),
+transform back (``repaint(..., to_pixels=, from_pixels=)``).
+
+**Multi-class runs** (K = ``num_classes`` > 1, Gaussian one-hot target; the Bernoulli methods
+are binary only): the K channels are diffused independently, so conditioning on a subset of the
+channels of a pixel is exact RePaint. A pixel marked *inside* has every channel known: the one-hot
+of ``label``. A pixel marked *outside* has only channel ``label`` known (= 0): "not this class",
+the other classes stay free (it is not forced to background). With K = 1, ``label`` must be 1.
+
+**The final projection** (``KnownPixels.hold``, applied to the returned probabilities): the
+known channels get their values, and at an outside pixel of a K > 1 run the free channels are
+rescaled to sum to one (uniform when they are all zero). After the exact last-step replacement
+this only removes float round-off (the Haar round trip) and the decoder's uniform fallback where
+all channels are zero. A run that resamples 3D inputs to ``data.spacing`` guides on the model
+grid (the marks resampled there, nearest) and applies the projection again to the samples
+mapped back (trilinear) to the input grid, so every returned sample holds the marks there too.
+
+Which methods support it: every method that diffuses the mask itself, or an orthonormal
+transform of it, with a Gaussian or Bernoulli process: ``ddpm``, ``cimd`` and ``medsegdiff_v2``
+with ``method.target = mask``, ``wdm`` (binary or K > 1), ``berdiff``, ``hidiff`` (binary).
+Methods that diffuse another space are refused with a ConfigError: ``ldseg`` (a latent: a
+partial mask has no latent code), and the ``sdf`` target (the signed distance of a pixel depends
+on the unknown rest of the mask).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,20 +61,25 @@ from torch import Tensor
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.samplers import Constrain  # (x_{t_prev}, t_prev) -> x_{t_prev} with known set
 
+MAX_JUMPS = 100  # RePaint resamplings per step; each costs one network call per step
+
 
 @dataclass(frozen=True)
 class Constraints:
     """Reviewer marks on the image grid (spatial shape, no channel axis): pixels certainly inside
-    and certainly outside the foreground."""
+    and certainly outside class ``label`` (the foreground, 1, for a binary run). ``jumps``: RePaint
+    resamplings per step (None: the run's ``sample.resample_jumps``)."""
 
     inside: np.ndarray
     outside: np.ndarray
+    label: int = 1
+    jumps: int | None = None
 
     @classmethod
     def empty(cls, shape: tuple[int, ...]) -> Constraints:
         return cls(np.zeros(shape, bool), np.zeros(shape, bool))
 
-    def check(self, shape: tuple[int, ...]) -> None:
+    def check(self, shape: tuple[int, ...], num_classes: int = 1) -> None:
         for name, mask in (("inside", self.inside), ("outside", self.outside)):
             if tuple(mask.shape) != tuple(shape):
                 raise DataError(f"the {name} mask has shape {tuple(mask.shape)} but the image is "
@@ -51,33 +87,83 @@ class Constraints:
         both = int(np.logical_and(self.inside, self.outside).sum())
         if both:
             raise DataError(f"{both} pixel(s) are marked both inside and outside; clear one mark")
+        check_label(self.label, num_classes)
+        if self.jumps is not None:
+            check_jumps(self.jumps)
 
-    def known(self, device: torch.device | str = "cpu") -> KnownPixels:
-        """As tensors ``[1, 1, *spatial]`` (batch of one binary image)."""
+    def known(self, device: torch.device | str = "cpu", num_classes: int = 1,
+              jumps: int = 1) -> KnownPixels:
+        """As tensors ``[1, C, *spatial]`` (batch of one image; C = 1 for a binary run, else K):
+        inside pixels know every channel (the one-hot of ``label``), outside pixels know channel
+        ``label`` only (= 0); K = 1: the foreground channel, 1 inside and 0 outside.
+        ``self.jumps`` wins over ``jumps``."""
         inside = torch.from_numpy(np.asarray(self.inside, bool))
         outside = torch.from_numpy(np.asarray(self.outside, bool))
-        return KnownPixels(values=inside.float()[None, None].to(device),
-                           mask=(inside | outside)[None, None].to(device))
+        if num_classes == 1:
+            values, mask = inside.float()[None], (inside | outside)[None]
+        else:
+            channel = (torch.arange(num_classes) == self.label).view(-1, *[1] * inside.ndim)
+            values = (inside & channel).float()
+            mask = inside | (outside & channel)
+        return KnownPixels(values=values[None].to(device), mask=mask[None].to(device),
+                           jumps=self.jumps if self.jumps is not None else jumps)
+
+
+def check_label(label: Any, num_classes: int) -> None:
+    if num_classes == 1:
+        if label != 1:
+            raise ConfigError(f"label={label!r}: a binary run (num_classes=1) has one class, the "
+                              "foreground; use label 1 (mark background as outside)")
+    elif isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
+        raise ConfigError(f"label={label!r} is not a class of this run; use 0..{num_classes - 1}")
+
+
+def check_jumps(jumps: Any) -> None:
+    if isinstance(jumps, bool) or not isinstance(jumps, int) or not 1 <= jumps <= MAX_JUMPS:
+        raise ConfigError(f"resampling jumps={jumps!r} is out of range; use 1..{MAX_JUMPS} "
+                          "(1 = one pass per step; RePaint used 10)")
 
 
 @dataclass(frozen=True)
 class KnownPixels:
-    """Known foreground values ``values`` in {0, 1} where ``mask`` is True; both ``[B, 1, *sp]``."""
+    """Known values ``values`` in {0, 1} where ``mask`` is True; both ``[B, C, *sp]`` with C = 1
+    (binary) or K (a per-channel mask, module docstring). ``jumps``: RePaint resamplings per
+    sampler step (1 = none)."""
 
     values: Tensor
     mask: Tensor
+    jumps: int = 1
 
     def pad(self, flat_pads: list[int]) -> KnownPixels:
         """Zero padding (padded pixels are unknown), as ``F.pad``'s flat list."""
         f = torch.nn.functional.pad
-        return KnownPixels(f(self.values, flat_pads), f(self.mask.float(), flat_pads) > 0.5)
+        return replace(self, values=f(self.values, flat_pads),
+                       mask=f(self.mask.float(), flat_pads) > 0.5)
+
+    def hold(self, probabilities: Tensor) -> Tensor:
+        """The final projection (module docstring) of probabilities ``[S, B, C, *sp]`` (or
+        ``[B, C, *sp]``): known channels take their values; with C > 1 the free channels of a
+        marked pixel are rescaled to sum to 1 - (the known ones), uniform where they are all 0.
+        Unmarked pixels are returned unchanged."""
+        p = probabilities
+        mask = self.mask.to(p.device)
+        values = self.values.to(device=p.device, dtype=p.dtype)
+        out = torch.where(mask, values, p)
+        if p.shape[-mask.ndim + 1] == 1:
+            return out
+        axis = p.ndim - mask.ndim + 1  # the class axis of p (the mask's is 1)
+        free = ~mask
+        rest = (1 - (values * mask).sum(1, keepdim=True)).clamp(min=0)
+        free_sum = (out * free).sum(axis, keepdim=True)
+        n_free = free.sum(1, keepdim=True).clamp(min=1)
+        scaled = torch.where(free_sum > 0, out * rest / free_sum.clamp_min(1e-12), rest / n_free)
+        touched = mask.any(1, keepdim=True)  # a marked pixel
+        return torch.where(free & touched, scaled, out)
 
 
 def check_supported(method_name: str, num_classes: int, target: object | None) -> None:
-    """Raise a ConfigError naming the reason when the method cannot be guided."""
-    if num_classes != 1:
-        raise ConfigError(f"guided resampling needs a binary model (num_classes=1); this "
-                          f"'{method_name}' run has num_classes={num_classes}")
+    """Raise a ConfigError naming the reason when the method cannot be guided (multi-class runs
+    can: per-channel marks; the Bernoulli methods refuse K > 1 when they are built)."""
     if target is not None and not getattr(target, "pointwise", False):
         raise ConfigError(f"guided resampling is not available for method '{method_name}' with "
                           f"target '{type(target).__name__}': the diffused value of a pixel "
@@ -86,10 +172,14 @@ def check_supported(method_name: str, num_classes: int, target: object | None) -
 
 def repaint(process, known: KnownPixels, n_samples: int, *,
             encode: Callable[[Tensor], Tensor] = lambda m: m,
-            generator: torch.Generator | None = None) -> Constrain:
+            generator: torch.Generator | None = None,
+            to_pixels: Callable[[Tensor], Tensor] | None = None,
+            from_pixels: Callable[[Tensor], Tensor] | None = None) -> Constrain:
     """The RePaint replacement (module docstring) for ``n_samples`` chains per image, sample-major
     like the methods' batches; ``encode`` maps {0, 1} masks to the diffused space (Gaussian mask
-    target: 2m - 1)."""
+    target: 2m - 1). ``to_pixels`` / ``from_pixels``: an orthonormal map from the diffused state
+    to pixels and its inverse (wdm: the inverse and forward Haar transform); the replacement is
+    done on the pixels."""
     reps = (n_samples, *([1] * (known.values.ndim - 1)))
     x0_known = encode(known.values.repeat(*reps))
     mask = known.mask.repeat(*reps)
@@ -99,15 +189,28 @@ def repaint(process, known: KnownPixels, n_samples: int, *,
             value = x0_known
         else:
             value = process.q_sample(x0_known, t_prev, generator=generator)
-        return torch.where(mask.to(x.device), value.to(x.dtype).to(x.device), x)
+        pixels = x if to_pixels is None else to_pixels(x)
+        pixels = torch.where(mask.to(x.device), value.to(pixels.dtype).to(x.device), pixels)
+        return pixels if from_pixels is None else from_pixels(pixels)
 
     return constrain
 
 
-def read_constraints(inside: str | Path | None, outside: str | Path | None
-                     ) -> Constraints | None:
+def on_grid(constraints: Constraints, geometry, spacing) -> Constraints:
+    """The marks resampled (nearest) onto the grid of ``spacing`` that the Predictor segments a
+    ``data.spacing`` run on (``diffuseg.data.resample.resample_to_spacing``)."""
+    from diffuseg.data.resample import resample_to_spacing
+
+    stacked = np.stack([constraints.inside, constraints.outside]).astype(np.uint8)
+    moved, _ = resample_to_spacing(stacked, geometry, spacing, "nearest")
+    return replace(constraints, inside=moved[0] > 0, outside=moved[1] > 0)
+
+
+def read_constraints(inside: str | Path | None, outside: str | Path | None, *,
+                     label: int = 1, jumps: int | None = None) -> Constraints | None:
     """``--inside`` / ``--outside`` mask files (any mask format diffuseg reads; nonzero = marked);
-    None when neither is given; a missing one is empty."""
+    None when neither is given; a missing one is empty. ``label``: the class the marks are about
+    (``--label``); ``jumps``: RePaint resamplings per step (``--jumps``)."""
     if inside is None and outside is None:
         return None
     from diffuseg.io import read_mask
@@ -119,5 +222,7 @@ def read_constraints(inside: str | Path | None, outside: str | Path | None
                 raise DataError(f"--{name} mask '{path}' does not exist; check the path")
             masks[name] = read_mask(path)[0] > 0
     shape = next(iter(masks.values())).shape
+    if jumps is not None:
+        check_jumps(jumps)
     return Constraints(masks.get("inside", np.zeros(shape, bool)),
-                       masks.get("outside", np.zeros(shape, bool)))
+                       masks.get("outside", np.zeros(shape, bool)), label=label, jumps=jumps)

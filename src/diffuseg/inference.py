@@ -19,8 +19,8 @@ from diffuseg.config import RunConfig, load_config
 from diffuseg.data.resample import resample_to_reference, resample_to_spacing
 from diffuseg.data.transforms import normalize_intensity
 from diffuseg.ensemble import Result, summarise
-from diffuseg.errors import ConfigError, DataError
-from diffuseg.guidance import Constraints
+from diffuseg.errors import DataError
+from diffuseg.guidance import Constraints, on_grid
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
 from diffuseg.paths import inside, safe_name
@@ -90,21 +90,26 @@ class Predictor:
         resampled to that spacing, and every sample's probabilities are mapped back onto the
         input's grid (trilinear) before the consensus and uncertainty are formed there.
         ``progress(k)`` is called after each sampling step k. ``constraints``: pixels marked
-        certainly inside / outside, on the image's grid; every sample holds them (guided
-        resampling, ``diffuseg.guidance``)."""
+        certainly inside / outside (of class ``label``), on the image's grid; every sample holds
+        them (guided resampling, ``diffuseg.guidance``; with ``data.spacing`` the marks are
+        resampled to the model grid (nearest) for the sampling, and the samples mapped back are
+        projected onto them on the input grid, ``KnownPixels.hold``)."""
         steps, n_samples = self.check_steps(steps, n_samples)
         spacing = self.config.data.spacing if self.config.spatial_dims == 3 else None
         grid = None
+        known = held = None
+        if constraints is not None:
+            k = self.config.num_classes
+            constraints.check(tuple(image.shape[1:]), k)
+            held = constraints.known("cpu", k)  # the marks on the input grid
         if spacing is not None and geometry is not None:
             if constraints is not None:
-                raise ConfigError("guided resampling on a run that resamples to data.spacing is "
-                                  "not supported yet; use a run without data.spacing")
+                constraints = on_grid(constraints, geometry, spacing)
             image, grid = resample_to_spacing(image, geometry, spacing, "bilinear")
         x = self.prepare(image, source)
-        known = None
         if constraints is not None:
-            constraints.check(tuple(image.shape[1:]))
-            known = constraints.known(self.device)
+            known = constraints.known(self.device, self.config.num_classes,
+                                      self.config.sample.resample_jumps)
         check_seed(seed)
         window = self.method.window or x.shape[2:]
         voxels = int(np.prod([min(s, w) for s, w in zip(x.shape[2:], window, strict=True)]))
@@ -118,6 +123,8 @@ class Predictor:
         samples = samples.float().cpu()
         if grid is not None:
             samples = map_back(samples, grid, geometry)
+            if held is not None:
+                samples = held.hold(samples)
         return summarise(samples)
 
     def predict_file(self, path: str | Path | Sequence[Path], out_dir: str | Path, *,
@@ -165,7 +172,8 @@ class Predictor:
                          extra={"run": str(self.run_dir.absolute()), "sampler": sampler,
                                 "steps": used_steps, "seed": seed,
                                 "threads": torch.get_num_threads(), "device": str(self.device),
-                                **guided_extra(constraints), **(extra or {})}, image=image,
+                                **guided_extra(constraints, self.config.sample.resample_jumps),
+                                **(extra or {})}, image=image,
                          also=write_dicom)
         return case_dir
 
@@ -238,9 +246,12 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def guided_extra(constraints: Constraints | None) -> dict:
-    """What a prediction records of the reviewer's marks: the marked pixel counts."""
+def guided_extra(constraints: Constraints | None, default_jumps: int = 1) -> dict:
+    """What a prediction records of the reviewer's marks: the marked pixel counts, the class
+    they are about and the RePaint resamplings per step that were used."""
     if constraints is None:
         return {}
     return {"constraints": {"inside": int(constraints.inside.sum()),
-                            "outside": int(constraints.outside.sum())}}
+                            "outside": int(constraints.outside.sum()),
+                            "label": constraints.label,
+                            "jumps": constraints.jumps or default_jumps}}

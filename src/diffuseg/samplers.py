@@ -12,7 +12,10 @@ samplers differ only in that update:
 
 Every sampler takes `constrain` (`Constrain`, or None): the loop applies it to each new state
 with the next timestep; guided resampling (`diffuseg.guidance`, RePaint) uses it to hold the
-pixels a reviewer marked.
+pixels a reviewer marked. `jumps` = r > 1 adds RePaint's resampling (Lugmayr et al. 2022,
+Alg. 1): after the step t -> t_prev the state goes back to t by `process.forward_step`
+(q(x_t | x_{t_prev})) and the step is redone, r times in all (not for the last step to -1); one
+Step is yielded per (t, t_prev), the last attempt.
 
 The solver maths live here, not in the processes: a process gives q, its posterior and the
 conversions; a sampler decides how to walk back. Which sampler a process kind can run, and its
@@ -73,19 +76,21 @@ def check_sampler(name: str | None, kind: str) -> str:
 
 def ddpm(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int], *,
          generator: torch.Generator | None = None, clip: float | None = None,
-         constrain: Constrain | None = None) -> Iterator[Step]:
+         constrain: Constrain | None = None, jumps: int = 1) -> Iterator[Step]:
     """Ancestral sampling (Ho et al. 2020, Alg. 2) over respaced `timesteps`: x_{t_p} ~
     q(x_{t_p} | x_t, x0_hat) via `process.ancestral_step`; works for every Process."""
 
     def update(x: Tensor, t: int, t_prev: int, x0_hat: Tensor) -> Tensor:
         return process.ancestral_step(x, t, t_prev, x0_hat, generator=generator)
 
-    return _trajectory(denoise, process, x_T, timesteps, update, clip, constrain)
+    return _trajectory(denoise, process, x_T, timesteps, update, clip, constrain,
+                       jumps=jumps, generator=generator)
 
 
 def ddim(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int], *,
          eta: float = 0.0, generator: torch.Generator | None = None,
-         clip: float | None = None, constrain: Constrain | None = None) -> Iterator[Step]:
+         clip: float | None = None, constrain: Constrain | None = None,
+         jumps: int = 1) -> Iterator[Step]:
     """DDIM (Song et al. 2021, eq. 12; `ddim_update`); eta = 0 is deterministic given x_T.
     Needs a Gaussian process."""
     _require_kind(process, "ddim")
@@ -94,27 +99,31 @@ def ddim(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[in
     def update(x: Tensor, t: int, t_prev: int, x0_hat: Tensor) -> Tensor:
         return ddim_update(process, x, t, t_prev, x0_hat, eta=eta, generator=generator)
 
-    return _trajectory(denoise, process, x_T, timesteps, update, clip, constrain)
+    return _trajectory(denoise, process, x_T, timesteps, update, clip, constrain,
+                       jumps=jumps, generator=generator)
 
 
 def dpm_solver_pp(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int], *,
                   generator: torch.Generator | None = None, clip: float | None = None,
-                  constrain: Constrain | None = None) -> Iterator[Step]:
+                  constrain: Constrain | None = None, jumps: int = 1) -> Iterator[Step]:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): first order at the first step, second-order
     multistep after, and x0_hat at the final step to t = -1 (as diffusers' multistep scheduler
-    with solver_order=2, final_sigmas_type="zero"). Deterministic; `generator` is unused and
-    kept for the shared signature. Needs a Gaussian process."""
-    del generator
+    with solver_order=2, final_sigmas_type="zero"). Deterministic; `generator` only draws the
+    resampling jumps' noise. Needs a Gaussian process. A redone step (jumps) replaces its own
+    history entry, so the multistep term always uses the previous timestep."""
     _require_kind(process, "dpm_solver_pp")
     history: list[tuple[int, Tensor]] = []
 
     def update(x: Tensor, t: int, t_prev: int, x0_hat: Tensor) -> Tensor:
+        if history and history[-1][0] == t:  # this step again, after a resampling jump
+            history.pop()
         x_prev = dpm_solver_pp_update(process, x, t, t_prev, x0_hat,
                                       history[-1] if history else None)
         history.append((t, x0_hat))
         return x_prev
 
-    return _trajectory(denoise, process, x_T, timesteps, update, clip, constrain)
+    return _trajectory(denoise, process, x_T, timesteps, update, clip, constrain,
+                       jumps=jumps, generator=generator)
 
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
@@ -123,13 +132,13 @@ SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
 def sample(name: str, denoise: Denoise, process: Process, x_T: Tensor,
            timesteps: Sequence[int], *, generator: torch.Generator | None = None,
            clip: float | None = None, eta: float = 0.0,
-           constrain: Constrain | None = None) -> Tensor:
+           constrain: Constrain | None = None, jumps: int = 1) -> Tensor:
     """The final state of sampler `name` (checked against the process's kind); `eta` is used by
-    DDIM only."""
+    DDIM only; `jumps`: RePaint resamplings per step (module docstring)."""
     check_sampler(name, process.kind)
     extra = {"eta": eta} if name == "ddim" else {}
     return last(SAMPLERS[name](denoise, process, x_T, timesteps, generator=generator, clip=clip,
-                               constrain=constrain, **extra))
+                               constrain=constrain, jumps=jumps, **extra))
 
 
 _STEP_HOOK: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
@@ -220,21 +229,33 @@ def _log_snr(process, t: int) -> tuple[float, float, float]:
 
 def _trajectory(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int],
                 update: Update, clip: float | None,
-                constrain: Constrain | None = None) -> Iterator[Step]:
-    """Checks `timesteps` now (at the call), then yields one Step per (t, t_prev) pair;
-    `constrain` (when given) replaces each new state by `constrain(x, t_prev)`."""
+                constrain: Constrain | None = None, *, jumps: int = 1,
+                generator: torch.Generator | None = None) -> Iterator[Step]:
+    """Checks `timesteps` and `jumps` now (at the call), then yields one Step per (t, t_prev)
+    pair; `constrain` (when given) replaces each new state by `constrain(x, t_prev)`; `jumps` > 1
+    redoes each step but the last after a jump back to t (module docstring)."""
     pairs = _pairs(timesteps, process.T)
+    if isinstance(jumps, bool) or not isinstance(jumps, int) or jumps < 1:
+        raise ConfigError(f"jumps={jumps!r} must be an integer >= 1 (1 = no resampling)")
+
+    def step(x: Tensor, t: int, t_prev: int) -> tuple[Tensor, Tensor]:
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        x0_hat = process.predict_x0(x, t, denoise(x, t_batch))
+        if clip is not None:
+            x0_hat = x0_hat.clamp(-clip, clip)
+        x = update(x, t, t_prev, x0_hat)
+        if constrain is not None:
+            x = constrain(x, t_prev)
+        return x, x0_hat
 
     def run() -> Iterator[Step]:
         x = x_T
         for t, t_prev in pairs:
-            t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-            x0_hat = process.predict_x0(x, t, denoise(x, t_batch))
-            if clip is not None:
-                x0_hat = x0_hat.clamp(-clip, clip)
-            x = update(x, t, t_prev, x0_hat)
-            if constrain is not None:
-                x = constrain(x, t_prev)
+            x_new, x0_hat = step(x, t, t_prev)
+            for _ in range(jumps - 1 if t_prev >= 0 else 0):  # RePaint Alg. 1, lines 4-10
+                x_t = process.forward_step(x_new, t_prev, t, generator=generator)
+                x_new, x0_hat = step(x_t, t, t_prev)
+            x = x_new
             yield Step(x=x, x0_hat=x0_hat, t=t)
 
     return run()

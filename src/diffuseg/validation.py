@@ -105,6 +105,7 @@ CONFIG_RANGES: dict[str, Range] = {
     "sample.n_samples": closed(1, MAX_SAMPLES),
     "sample.steps": closed(1, 100_000),
     "sample.eta": closed(0, 1),
+    "sample.resample_jumps": closed(1, 100),  # guidance.MAX_JUMPS; each costs a network call
 }
 LENGTHS: dict[str, Range] = {  # number of items of tuple fields
     "network.channels": closed(1, 8),

@@ -57,6 +57,12 @@ def predict_command(
     outside: Annotated[Path | None, typer.Option(
         "--outside", help="Mask of pixels certainly outside (guided resampling)",
         show_default="none")] = None,
+    label: Annotated[int, typer.Option(
+        "--label", help="The class --inside/--outside mark (multi-class runs: inside = this "
+        "class, outside = not this class)")] = 1,
+    jumps: Annotated[int | None, typer.Option(
+        "--jumps", help="RePaint resamplings per step for --inside/--outside (1 = one pass)",
+        show_default="the run's sample.resample_jumps")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Draw samples; write them, the consensus, uncertainty maps and previews in the input's
@@ -71,7 +77,7 @@ def predict_command(
     cases, chosen = select_cases(run, input=input, dataset=dataset, split=split, series=series)
     from diffuseg.guidance import read_constraints
 
-    constraints = read_constraints(inside, outside)
+    constraints = read_constraints(inside, outside, label=label, jumps=jumps)
     if constraints is not None and len(cases) > 1:
         raise DiffusegError("--inside/--outside mark one image; give a single image with -i")
     file_options = {"constraints": constraints} if constraints is not None else {}

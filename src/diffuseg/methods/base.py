@@ -12,7 +12,9 @@ number of steps are defaulted and checked; ``diffuse`` runs them.
 Guided resampling (``diffuseg.guidance``): a method that diffuses the mask itself sets
 ``guidable = True``, takes ``known=`` in ``sample`` and hands it to ``diffuse``, which builds the
 RePaint callback for the sampler (encoding the marks with ``self.target`` when the method has
-one). ``segment(..., known=)`` pads the marks with the image and refuses other methods.
+one; ``guide`` is overridden by a method that diffuses a transform of the mask, e.g. wdm) and
+runs ``known.jumps`` resamplings per step. ``segment(..., known=)`` pads the marks with the
+image, refuses other methods, and applies the final projection ``known.hold`` to the samples.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ class Method(ABC):
         constrain = self.guide(process, known, x_T.shape[0], generator)
         return run_named_sampler(sampler, denoise, process, x_T, process.timesteps(n),
                                  generator=generator, clip=clip, eta=self.config.sample.eta,
-                                 constrain=constrain)
+                                 constrain=constrain, jumps=1 if known is None else known.jumps)
 
     def guide(self, process: Process, known: KnownPixels | None, chains: int,
               generator: torch.Generator | None) -> Constrain | None:
@@ -197,12 +199,18 @@ class Method(ABC):
             if not self.guidable:
                 raise ConfigError(
                     f"guided resampling is not available for method '{self.name}': only methods "
-                    "that diffuse the mask itself support it (ddpm, cimd, medsegdiff_v2, berdiff, "
-                    "hidiff; ldseg diffuses a latent code); see docs/review.md")
+                    "that diffuse the mask itself support it (ddpm, cimd, medsegdiff_v2, wdm, "
+                    "berdiff, hidiff; ldseg diffuses a latent code); see docs/review.md")
+            if known.values.shape[1] != self.config.num_classes:
+                raise ConfigError(
+                    f"the known pixels have {known.values.shape[1]} channel(s) but the run has "
+                    f"num_classes={self.config.num_classes}; build them with "
+                    f"Constraints.known(num_classes={self.config.num_classes})")
             guided = {"known": known.pad(flat) if any(pads) else known}
         samples = self.sample(padded, n_samples, steps=steps, generator=generator, **guided)
         crop = tuple(slice(0, s) for s in spatial)
-        return samples[(..., *crop)]
+        samples = samples[(..., *crop)]
+        return samples if known is None else known.hold(samples)
 
     def windowed(self, fn: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
         """Apply ``fn`` to ``inputs`` whole, or in overlapping windows blended with a Gaussian map

@@ -22,6 +22,10 @@ Gaussian noise of the same variance on the voxels and the inverse is exact. Opti
 
 Sampling runs on the whole volume (one window, the point of the method); x0_hat is clipped to
 +-2^(d L / 2), the largest magnitude a coefficient of a [-1, 1] mask can take.
+
+Guided resampling (``diffuseg.guidance``): since the transform is orthonormal, the RePaint
+replacement is done exactly on the pixels: x_{t_prev} is inverse-transformed, its known pixels
+replaced by q(x_{t_prev} | 2m - 1), and transformed back (``guide``).
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
+from diffuseg.guidance import KnownPixels, check_supported, repaint
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import at_least, build_denoiser, noised, regression_loss
-from diffuseg.samplers import Denoise
+from diffuseg.processes import Process
+from diffuseg.samplers import Constrain, Denoise
 from diffuseg.wavelets import haar_forward, haar_inverse
 
 
@@ -54,6 +60,7 @@ class WaveletDiffusion(Method):
 
     process_kind = "gaussian"
     options_type = WDMOptions
+    guidable = True  # sample(known=): guided resampling, in pixel space (``guide``)
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -101,14 +108,31 @@ class WaveletDiffusion(Method):
 
         return denoise
 
+    def guide(self, process: Process, known: KnownPixels | None, chains: int,
+              generator: torch.Generator | None) -> Constrain | None:
+        """RePaint on the pixels: the coefficients are mapped to pixels by the inverse Haar
+        transform, the known pixels replaced (encoded 2m - 1), and mapped back (module
+        docstring; orthonormal, so the pixels' forward noise is q(x_t | x_0) of the mask)."""
+        if known is None:
+            return None
+        check_supported(self.name, self.config.num_classes, None)
+        levels = self.levels
+        return repaint(process, known, chains // known.values.shape[0],
+                       encode=lambda m: m * 2.0 - 1.0, generator=generator,
+                       to_pixels=lambda c: haar_inverse(c, levels),
+                       from_pixels=lambda x: haar_forward(x, levels))
+
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None,
+               known: KnownPixels | None = None) -> Tensor:
+        """``[S, B, K, *sp]``; ``known``: pixels every sample holds (guided resampling)."""
         b = image.shape[0]
         coeffs = haar_forward(image.float(), self.levels)
         cond = coeffs.repeat(n_samples, *([1] * (coeffs.ndim - 1))).to(image.dtype)
         shape = (n_samples * b, self.config.num_classes * self.bands, *coeffs.shape[2:])
         x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
-        x0 = self.diffuse(self.denoise_fn(cond), x_T, steps, generator=generator, clip=self.clip)
+        x0 = self.diffuse(self.denoise_fn(cond), x_T, steps, generator=generator, clip=self.clip,
+                          known=known)
         masks = self.decode(x0)
         return masks.reshape(n_samples, b, *masks.shape[1:])

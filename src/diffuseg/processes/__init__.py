@@ -43,6 +43,10 @@ class Process(Protocol):
         generator: torch.Generator | None = None,
     ) -> Tensor: ...
 
+    def forward_step(
+        self, x_s: Tensor, s: int, t: int, *, generator: torch.Generator | None = None
+    ) -> Tensor: ...  # x_t ~ q(x_t | x_s), s < t (RePaint's resampling jumps)
+
     def prior_sample(
         self,
         shape: tuple[int, ...] | torch.Size,

@@ -90,6 +90,19 @@ class BernoulliProcess(Schedule):
             noise = rand_like(x0, generator)
         return (noise < self.q_probs(x0, t)).to(x0.dtype)
 
+    def forward_step(self, x_s: Tensor, s: int, t: int, *,
+                     generator: torch.Generator | None = None) -> Tensor:
+        """x_t ~ q(x_t | x_s) = B(a x_s + (1 - a) p), a = ab_t / ab_s, for s < t (s = -1: x_s is
+        x_0): the skipped steps compose to one keep-or-redraw step (module docstring), so
+        composed with q(x_s | x_0) it gives q(x_t | x_0); p is the prior (HiDiff's map when
+        anchored). ``x_s`` may be a probability (a mixture over x_s ~ B(x_s)). RePaint's jump
+        back (Lugmayr et al. 2022, Alg. 1)."""
+        if not -1 <= s < t:
+            raise ConfigError(f"forward_step needs -1 <= s < t; got s={s}, t={t}")
+        a = coef(self.alpha_bar_at(t) / self.alpha_bar_at(s), x_s)
+        probs = a * x_s + (1 - a) * self.prior
+        return (rand_like(x_s, generator) < probs).to(x_s.dtype)
+
     def prior_sample(
         self,
         shape: tuple[int, ...] | torch.Size,

@@ -61,6 +61,18 @@ class GaussianProcess(Schedule):
         ab = self.alpha_bar_at(t)
         return coef(ab.sqrt(), x0) * x0 + coef((1 - ab).sqrt(), x0) * noise
 
+    def forward_step(self, x_s: Tensor, s: int, t: int, *,
+                     generator: torch.Generator | None = None) -> Tensor:
+        """x_t ~ q(x_t | x_s) for s < t (s = -1: x_s is x_0): with a = ab_t / ab_s,
+        x_t = sqrt(a) x_s + sqrt(1 - a) eps (Ho et al. 2020, eq. 2 composed over s+1..t), so
+        composed with q(x_s | x_0) it gives q(x_t | x_0). RePaint's jump back (Lugmayr et al.
+        2022, Alg. 1)."""
+        if not -1 <= s < t:
+            raise ConfigError(f"forward_step needs -1 <= s < t; got s={s}, t={t}")
+        a = self.alpha_bar_at(t) / self.alpha_bar_at(s)
+        noise = randn_like(x_s, generator)
+        return coef(a.sqrt(), x_s) * x_s + coef((1 - a).sqrt(), x_s) * noise
+
     def prior_sample(
         self,
         shape: tuple[int, ...] | torch.Size,

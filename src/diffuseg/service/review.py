@@ -57,6 +57,8 @@ class ResampleBody(BaseModel):
     n_samples: int = Field(8, ge=1, le=64)
     steps: int | None = Field(None, ge=1, le=1000)
     seed: int = 0
+    label: int = Field(1, ge=0)  # the class the marks are about (binary runs: 1)
+    jumps: int | None = Field(None, ge=1, le=20)  # RePaint resamplings per step
 
 
 def static_text(name: str) -> str:
@@ -259,7 +261,8 @@ def review_router(settings, state) -> APIRouter:
             with lock:
                 result = model.segment(image, geometry=geometry, n_samples=body.n_samples,
                                        steps=body.steps, seed=body.seed,
-                                       constraints=Constraints(inside, outside))
+                                       constraints=Constraints(inside, outside, body.label,
+                                                               body.jumps))
         except DiffusegError as err:
             raise HTTPException(400, str(err)) from None
         write_result(result, geometry, job / "guided", source=paths[0],
