@@ -12,9 +12,10 @@ RePaint's resampling jumps (r > 1) are not applied: one pass per step.
 
 Which methods support it: every method that diffuses the mask itself (binary, ``num_classes = 1``)
 with a Gaussian or Bernoulli process: ``ddpm``, ``cimd`` and ``medsegdiff_v2`` with
-``method.target = mask``, ``berdiff``, ``hidiff``. Methods that diffuse another space are refused
-with a ConfigError: ``ldseg`` (a latent: a partial mask has no latent code), and the ``sdf``
-target (the signed distance of a pixel depends on the unknown rest of the mask).
+``method.target = mask``, ``berdiff``, ``hidiff``. Methods that diffuse another space have no
+known value to paint in (``ldseg``: a partial mask has no latent code; the ``sdf`` target: the
+signed distance of a pixel depends on the unknown rest of the mask); they are guided through
+their x0 estimate instead, in ``diffuseg.guidance_latent``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def check_supported(method_name: str, num_classes: int, target: object | None) -
     if num_classes != 1:
         raise ConfigError(f"guided resampling needs a binary model (num_classes=1); this "
                           f"'{method_name}' run has num_classes={num_classes}")
-    if target is not None and not getattr(target, "pointwise", False):
+    if target is not None and not (getattr(target, "pointwise", False)
+                                   or getattr(target, "signed", False)):  # guidance_latent
         raise ConfigError(f"guided resampling is not available for method '{method_name}' with "
                           f"target '{type(target).__name__}': the diffused value of a pixel "
                           "depends on unknown pixels; use method.target=mask")

@@ -12,7 +12,9 @@ number of steps are defaulted and checked; ``diffuse`` runs them.
 Guided resampling (``diffuseg.guidance``): a method that diffuses the mask itself sets
 ``guidable = True``, takes ``known=`` in ``sample`` and hands it to ``diffuse``, which builds the
 RePaint callback for the sampler (encoding the marks with ``self.target`` when the method has
-one). ``segment(..., known=)`` pads the marks with the image and refuses other methods.
+one); with the ``sdf`` target (``signed``) it projects x0_hat's sign instead
+(``diffuseg.guidance_latent``). ``segment(..., known=)`` pads the marks with the image and refuses
+other methods.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 from diffuseg.config import RunConfig, SampleConfig, from_dict
 from diffuseg.errors import ConfigError
 from diffuseg.guidance import KnownPixels, check_supported, repaint
+from diffuseg.guidance_latent import sign_projection, x0_guided
 from diffuseg.processes import Process, build_process
 from diffuseg.samplers import Constrain, Denoise, check_sampler
 from diffuseg.samplers import sample as run_named_sampler
@@ -130,10 +133,17 @@ class Method(ABC):
         (guided resampling; ``x_T`` holds S chains per image of ``known``, sample-major)."""
         sampler, n = self.sampling(steps)
         process = self.process if process is None else process
-        constrain = self.guide(process, known, x_T.shape[0], generator)
-        return run_named_sampler(sampler, denoise, process, x_T, process.timesteps(n),
-                                 generator=generator, clip=clip, eta=self.config.sample.eta,
-                                 constrain=constrain)
+        signed = known is not None and getattr(self.target, "signed", False)
+        if signed:  # sdf target: x0_hat's sign projected at the marks (diffuseg.guidance_latent)
+            check_supported(self.name, self.config.num_classes, self.target)
+            project = sign_projection(self.target.band, known, x_T.shape[0])
+            denoise, constrain = x0_guided(denoise, process, project), None
+        else:
+            constrain = self.guide(process, known, x_T.shape[0], generator)
+        x0 = run_named_sampler(sampler, denoise, process, x_T, process.timesteps(n),
+                               generator=generator, clip=clip, eta=self.config.sample.eta,
+                               constrain=constrain)
+        return project(x0) if signed else x0
 
     def guide(self, process: Process, known: KnownPixels | None, chains: int,
               generator: torch.Generator | None) -> Constrain | None:
@@ -196,9 +206,9 @@ class Method(ABC):
         if known is not None:
             if not self.guidable:
                 raise ConfigError(
-                    f"guided resampling is not available for method '{self.name}': only methods "
-                    "that diffuse the mask itself support it (ddpm, cimd, medsegdiff_v2, berdiff, "
-                    "hidiff; ldseg diffuses a latent code); see docs/review.md")
+                    f"guided resampling is not available for method '{self.name}': only the "
+                    "diffusion methods support it (ddpm, cimd, medsegdiff_v2, berdiff, hidiff, "
+                    "ldseg); see docs/review.md")
             guided = {"known": known.pad(flat) if any(pads) else known}
         samples = self.sample(padded, n_samples, steps=steps, generator=generator, **guided)
         crop = tuple(slice(0, s) for s in spatial)

@@ -1,0 +1,141 @@
+"""Guided resampling for the methods that do not diffuse the mask itself: the Gaussian methods
+with ``method.target = sdf`` and LDSeg (a latent code). RePaint (``diffuseg.guidance``) cannot
+serve them: it replaces the known pixels of x_t by a forward-noised copy of their known values,
+and here no known value exists: a pixel's signed distance depends on the unknown rest of the
+mask, and a partial mask has no latent code. Both are guided through the x0 estimate instead.
+
+**x0 correction.** A sampler step is determined by x_t and x0_hat (DDIM, Song et al. 2021,
+eq. 12; the ancestral step's posterior mean, Ho et al. 2020, eq. 7; DPM-Solver++'s data
+prediction). ``x0_guided`` wraps the denoiser so that the sampler reads a corrected estimate
+``correct(x0_hat)``: it returns the network output (eps, x0 or v) that ``process.predict_x0`` turns
+into the corrected x0_hat (the conversions of Salimans & Ho 2022, App. D). The samplers are
+unchanged, so every sampler (ddim, ddpm, dpm_solver_pp) is guided the same way; the unknown pixels
+follow the correction through x_{t_prev} and the next network call, as in RePaint.
+
+**sdf target** (``sign_projection``): the marks constrain the SIGN of the signed distance
+(``diffuseg.methods.sdf``: negative inside). At every step x0_hat is projected at the marked
+pixels onto the allowed half-line: inside -> min(x0, -margin), outside -> max(x0, +margin), with
+margin = 1 / (2 band): a true signed distance is at least half a pixel from zero at every pixel
+centre (|phi| >= 1/2), so the projection is onto the values a real SDF can take there. The final
+x0 (t_prev = -1, which every sampler returns as x0_hat) is projected once more, exactly, so
+every decoded sample has p = sigmoid(-band x0 / temperature) >= sigmoid(2) = 0.88 at inside marks
+and <= 0.12 at outside marks. Unlike RePaint, the marked pixels' x_t is not replaced by a sample
+of q(x_t | x0_known) (there is no x0_known): only x0_hat's sign is fixed, and its magnitude stays
+the model's, so the state stays close to what the network expects (RePaint's harmonisation by
+resampling jumps has no counterpart here).
+
+**LDSeg** (``decoder_guidance``): reconstruction guidance in the latent (DPS, Chung et al., ICLR
+2023, Alg. 1, with the gradient taken w.r.t. x0_hat rather than through the denoiser, as in
+MPGD, He et al., ICLR 2024, eq. 9). With l = D(z0_hat) the decoder's logits and y the marks on
+the known pixels K,
+
+    L(z0_hat) = sum_{i in K} BCE(l_i, y_i),   r = (sigmoid(l) - y) on K,
+    z0_hat <- clip(z0_hat) - zeta * grad_{z0_hat} L / ||r||_2,
+
+per sample. grad L = J_D^T r (the BCE's gradient w.r.t. a logit is p - y), so the step is the
+unit residual pulled back through the decoder, DPS's zeta_i = zeta' / ||y - A(x0_hat)||
+normalisation; zeta is LDSeg's option ``guidance_scale`` (default 1.0; 0 turns the guidance off
+and leaves only the final projection). The decoded marks are then held exactly by projection: the
+final probabilities at the known pixels are set to the marks (1 inside, 0 outside). Between the
+marks and the decoded rest there is no such guarantee: the decoder gets the guided latent, and
+the projection only overwrites the marked pixels themselves.
+
+Binary models only (``num_classes = 1``), as for RePaint; 2D and 3D alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffuseg.errors import ConfigError
+from diffuseg.guidance import KnownPixels
+from diffuseg.samplers import Denoise
+
+Correct = Callable[[Tensor], Tensor]  # x0_hat [N, 1, *sp] -> corrected x0_hat
+
+
+def output_from_x0(process, x_t: Tensor, t: Tensor | int, x0: Tensor) -> Tensor:
+    """The network output that ``process.predict_x0(x_t, t, .)`` reads as ``x0`` (eps, x0 or v
+    prediction; Salimans & Ho 2022, App. D)."""
+    if process.prediction == "x0":
+        return x0
+    eps = process.eps_from_x0(x_t, t, x0)
+    return eps if process.prediction == "eps" else process.v_from(x0, eps, t)
+
+
+def x0_guided(denoise: Denoise, process, correct: Correct) -> Denoise:
+    """``denoise`` as the sampler sees it when x0_hat is replaced by ``correct(x0_hat)`` (module
+    docstring); float32, whatever the network's dtype under autocast."""
+
+    def guided(x_t: Tensor, t: Tensor) -> Tensor:
+        x_t32 = x_t.float()
+        x0 = process.predict_x0(x_t32, t, denoise(x_t, t).float())
+        return output_from_x0(process, x_t32, t, correct(x0)).to(x_t.dtype)
+
+    return guided
+
+
+def expand(known: KnownPixels, chains: int) -> KnownPixels:
+    """``known`` for ``chains`` chains, sample-major like the methods' batches."""
+    n_samples, rest = divmod(chains, known.values.shape[0])
+    assert rest == 0, "chains must be a whole number of samples per image"
+    reps = (n_samples, *([1] * (known.values.ndim - 1)))
+    return KnownPixels(known.values.repeat(*reps), known.mask.repeat(*reps))
+
+
+def check_binary(channels: int, known: KnownPixels) -> None:
+    if channels != known.values.shape[1]:
+        raise ConfigError(f"guided resampling of this method needs a binary model "
+                          f"(num_classes=1); the model has {channels} channels")
+
+
+def sign_projection(band: float, known: KnownPixels, chains: int) -> Correct:
+    """x0 (signed distance / band, negative inside) projected at the marks onto the sign the
+    mark demands, at least ``margin = 1 / (2 band)`` from zero (module docstring)."""
+    k = expand(known, chains)
+    margin = 0.5 / band
+
+    def project(x0: Tensor) -> Tensor:
+        check_binary(x0.shape[1], k)
+        mask, inside = k.mask.to(x0.device), k.values.to(x0.device) > 0.5
+        wanted = torch.where(inside, x0.clamp(max=-margin), x0.clamp(min=margin))
+        return torch.where(mask, wanted, x0)
+
+    return project
+
+
+def decoder_guidance(decode: Callable[[Tensor], Tensor], known: KnownPixels, chains: int, *,
+                     scale: float, clip: float) -> Correct:
+    """One DPS/MPGD step on the latent x0_hat towards decoded logits ``decode(z)`` that agree
+    with the marks (module docstring); ``scale`` = zeta, ``clip`` bounds the latent."""
+    k = expand(known, chains)
+
+    def correct(z0: Tensor) -> Tensor:
+        z = z0.detach().float().clamp(-clip, clip)
+        if scale == 0:
+            return z
+        mask, y = k.mask.to(z.device), k.values.to(z.device)
+        with torch.enable_grad():
+            z.requires_grad_(True)
+            logits = decode(z).float()
+            check_binary(logits.shape[1], k)
+            bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+            (grad,) = torch.autograd.grad((bce * mask).sum(), z)
+        residual = ((torch.sigmoid(logits.detach()) - y) * mask).flatten(1).norm(dim=1)
+        norm = residual.clamp_min(1e-12).view(-1, *([1] * (z.ndim - 1)))
+        return (z - scale * grad / norm).detach()
+
+    return correct
+
+
+def hold_marks(probabilities: Tensor, known: KnownPixels, chains: int) -> Tensor:
+    """Decoded probabilities ``[N, 1, *sp]`` with the marked pixels set to the marks (1 inside,
+    0 outside): the final projection that makes every sample hold them exactly."""
+    k = expand(known, chains)
+    check_binary(probabilities.shape[1], k)
+    return torch.where(k.mask.to(probabilities.device),
+                       k.values.to(probabilities), probabilities)
