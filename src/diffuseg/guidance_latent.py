@@ -13,16 +13,21 @@ unchanged, so every sampler (ddim, ddpm, dpm_solver_pp) is guided the same way; 
 follow the correction through x_{t_prev} and the next network call, as in RePaint.
 
 **sdf target** (``sign_projection``): the marks constrain the SIGN of the signed distance
-(``diffuseg.methods.sdf``: negative inside). At every step x0_hat is projected at the marked
-pixels onto the allowed half-line: inside -> min(x0, -margin), outside -> max(x0, +margin), with
-margin = 1 / (2 band): a true signed distance is at least half a pixel from zero at every pixel
-centre (|phi| >= 1/2), so the projection is onto the values a real SDF can take there. The final
-x0 (t_prev = -1, which every sampler returns as x0_hat) is projected once more, exactly, so
-every decoded sample has p = sigmoid(-band x0 / temperature) >= sigmoid(2) = 0.88 at inside marks
-and <= 0.12 at outside marks. Unlike RePaint, the marked pixels' x_t is not replaced by a sample
-of q(x_t | x0_known) (there is no x0_known): only x0_hat's sign is fixed, and its magnitude stays
-the model's, so the state stays close to what the network expects (RePaint's harmonisation by
-resampling jumps has no counterpart here).
+(``diffuseg.methods.sdf``: phi < 0 inside, |phi| >= 1/2 at every pixel centre, x0 = phi / band).
+Any signed distance that honours the marks is 1-Lipschitz, so it lies in the envelope
+
+    phi(x) <= d(x, inside marks) - 1/2,     phi(x) >= 1/2 - d(x, outside marks)
+
+(d: Euclidean distance in pixels, as the target's EDT); at a mark this is the half-line its sign
+demands, at least half a pixel from zero, and around it the bound says how far the boundary can
+be from the mark. At every step x0_hat is clamped to this envelope (``sdf_envelope``; the set is
+never empty: the marks are disjoint, so low <= high). The final x0 (t_prev = -1, which every
+sampler returns as x0_hat) is clamped once more, exactly, so every decoded sample has
+p = sigmoid(-band x0 / temperature) >= sigmoid(2) = 0.88 at inside marks and <= 0.12 at outside
+marks. Unlike RePaint, the marked pixels' x_t is not replaced by a sample of q(x_t | x0_known)
+(there is no x0_known): the correction acts through x0_hat alone, so it is weak at the
+high-noise steps where DDIM weighs x0_hat by sqrt(ab), and RePaint's resampling jumps (which
+harmonise the known and unknown regions) have no counterpart here.
 
 **LDSeg** (``decoder_guidance``): reconstruction guidance in the latent (DPS, Chung et al., ICLR
 2023, Alg. 1, with the gradient taken w.r.t. x0_hat rather than through the denoiser, as in
@@ -47,8 +52,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
 from diffuseg.errors import ConfigError
@@ -94,18 +101,39 @@ def check_binary(channels: int, known: KnownPixels) -> None:
 
 
 def sign_projection(band: float, known: KnownPixels, chains: int) -> Correct:
-    """x0 (signed distance / band, negative inside) projected at the marks onto the sign the
-    mark demands, at least ``margin = 1 / (2 band)`` from zero (module docstring)."""
-    k = expand(known, chains)
-    margin = 0.5 / band
+    """x0 (signed distance / band, negative inside) clamped to the envelope ``[low, high]`` of
+    every signed distance that honours the marks (module docstring): at the marks themselves the
+    sign the mark demands, at least 1 / (2 band) from zero."""
+    low, high = sdf_envelope(known, band)
+    reps = (chains // known.values.shape[0], *([1] * (known.values.ndim - 1)))
+    low, high = low.repeat(*reps), high.repeat(*reps)
 
     def project(x0: Tensor) -> Tensor:
-        check_binary(x0.shape[1], k)
-        mask, inside = k.mask.to(x0.device), k.values.to(x0.device) > 0.5
-        wanted = torch.where(inside, x0.clamp(max=-margin), x0.clamp(min=margin))
-        return torch.where(mask, wanted, x0)
+        check_binary(x0.shape[1], known)
+        return torch.maximum(torch.minimum(x0, high.to(x0)), low.to(x0))
 
     return project
+
+
+def sdf_envelope(known: KnownPixels, band: float) -> tuple[Tensor, Tensor]:
+    """``(low, high)`` ``[B, 1, *sp]`` in x0 units: a signed distance phi with phi <= -1/2 at the
+    inside marks p and phi >= 1/2 at the outside marks q is 1-Lipschitz, so at every pixel x
+    phi(x) <= d(x, inside marks) - 1/2 and phi(x) >= 1/2 - d(x, outside marks) (EDT in pixels,
+    as the sdf target's); divided by ``band``. low <= high everywhere (marks are disjoint, so
+    d_in + d_out >= 1); +-inf where there is no mark of that kind."""
+    inside = (known.mask & (known.values > 0.5)).cpu().numpy()
+    outside = (known.mask & (known.values <= 0.5)).cpu().numpy()
+    high = np.stack([_bound(m, band) for m in inside])
+    low = -np.stack([_bound(m, band) for m in outside])
+    return (torch.from_numpy(low).to(known.values.device),
+            torch.from_numpy(high).to(known.values.device))
+
+
+def _bound(marks: np.ndarray, band: float) -> np.ndarray:
+    """(distance to the nearest mark - 1/2) / band, float32; +inf without marks."""
+    if not marks.any():
+        return np.full(marks.shape, np.inf, np.float32)
+    return ((distance_transform_edt(~marks) - 0.5) / band).astype(np.float32)
 
 
 def decoder_guidance(decode: Callable[[Tensor], Tensor], known: KnownPixels, chains: int, *,
