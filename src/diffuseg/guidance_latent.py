@@ -11,6 +11,12 @@ prediction). ``x0_guided`` wraps the denoiser so that the sampler reads a correc
 into the corrected x0_hat (the conversions of Salimans & Ho 2022, App. D). The samplers are
 unchanged, so every sampler (ddim, ddpm, dpm_solver_pp) is guided the same way; the unknown pixels
 follow the correction through x_{t_prev} and the next network call, as in RePaint.
+The sampler derives eps_hat from x_t and the corrected x0_hat (as it does for a clipped x0_hat;
+diffusers' use_clipped_model_output). MPGD instead keeps the network's eps, i.e. also moves x_t
+by sqrt(ab_t) (x0' - x0_hat); tried on the phantom runs of tests/test_guidance_latent_learned.py
+(docs/review.md), that variant was not better (share in the marked mode, unguided / this / MPGD:
+sdf inside 0.450 / 0.506 / 0.531, sdf outside 0.083 / 0.089 / 0.089, ldseg inside 0.412 /
+0.963 / 0.963, ldseg outside 0.130 / 0.177 / 0.052), and it would need a hook in the samplers.
 
 **sdf target** (``sign_projection``): the marks constrain the SIGN of the signed distance
 (``diffuseg.methods.sdf``: phi < 0 inside, |phi| >= 1/2 at every pixel centre, x0 = phi / band).
@@ -31,8 +37,8 @@ harmonise the known and unknown regions) have no counterpart here.
 
 **LDSeg** (``decoder_guidance``): reconstruction guidance in the latent (DPS, Chung et al., ICLR
 2023, Alg. 1, with the gradient taken w.r.t. x0_hat rather than through the denoiser, as in
-MPGD, He et al., ICLR 2024, eq. 9). With l = D(z0_hat) the decoder's logits and y the marks on
-the known pixels K,
+MPGD, He et al., ICLR 2024, so no backward pass through the U-Net). With l = D(z0_hat) the
+decoder's logits and y the marks on the known pixels K,
 
     L(z0_hat) = sum_{i in K} BCE(l_i, y_i),   r = (sigmoid(l) - y) on K,
     z0_hat <- clip(z0_hat) - zeta * grad_{z0_hat} L / ||r||_2,
