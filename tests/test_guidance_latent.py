@@ -173,19 +173,29 @@ TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
 RUNS = {"sdf": ["method.target=sdf"], "ldseg": ["method.name=ldseg", "method.options.width=8"]}
 
 
-def tiny_run(root, method: str, spatial_dims: int):
-    size = 24 if spatial_dims == 2 else 16
-    data = write_phantom_dataset(root / "p", n_cases=4, spatial_dims=spatial_dims, size=size,
-                                 n_raters=2)
-    extra = [] if spatial_dims == 2 else ["data.patch_size=[16,16,16]"]
-    config = build_config(None, TINY + RUNS[method] + extra, dataset=data)
-    return train(config, data, root / "run", progress=False), data
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """``tiny_run(method, spatial_dims)``: (run folder, dataset) trained one step, made once."""
+    made = {}
+
+    def make(method: str, spatial_dims: int):
+        if (method, spatial_dims) not in made:
+            root = tmp_path_factory.mktemp(f"{method}{spatial_dims}d")
+            size = 24 if spatial_dims == 2 else 16
+            data = write_phantom_dataset(root / "p", n_cases=4, spatial_dims=spatial_dims,
+                                         size=size, n_raters=2)
+            extra = [] if spatial_dims == 2 else ["data.patch_size=[16,16,16]"]
+            config = build_config(None, TINY + RUNS[method] + extra, dataset=data)
+            made[method, spatial_dims] = train(config, data, root / "run", progress=False), data
+        return made[method, spatial_dims]
+
+    return make
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("method", sorted(RUNS))
-def test_predictor_segment_accepts_constraints(method, spatial_dims, tmp_path):
-    run, data = tiny_run(tmp_path, method, spatial_dims)
+def test_predictor_segment_accepts_constraints(method, spatial_dims, tiny_run):
+    run, data = tiny_run(method, spatial_dims)
     predictor = Predictor.from_run(run)
     image = np.random.default_rng(0).random((1, *([20] * spatial_dims))).astype(np.float32)
     c = marks(image.shape[1:], seed=2)
@@ -196,12 +206,12 @@ def test_predictor_segment_accepts_constraints(method, spatial_dims, tmp_path):
 
 
 @pytest.mark.parametrize("method", sorted(RUNS))
-def test_cli_predict_inside_outside(method, tmp_path, monkeypatch, capsys):
+def test_cli_predict_inside_outside(method, tiny_run, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
     from diffuseg.cli import main
 
-    run, data = tiny_run(tmp_path, method, 2)
+    run, data = tiny_run(method, 2)
     image = sorted((data / "imagesTr").iterdir())[0]
     inside, outside = np.zeros((24, 24), np.uint8), np.zeros((24, 24), np.uint8)
     inside[3:6, 3:6] = 255  # a corner the phantom's lesion does not reach
