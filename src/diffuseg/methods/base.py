@@ -12,9 +12,9 @@ number of steps are defaulted and checked; ``diffuse`` runs them.
 Guided resampling (``diffuseg.guidance``): a method that diffuses the mask itself sets
 ``guidable = True``, takes ``known=`` in ``sample`` and hands it to ``diffuse``, which builds the
 RePaint callback for the sampler (encoding the marks with ``self.target`` when the method has
-one); with the ``sdf`` target (``signed``) it projects x0_hat's sign instead
-(``diffuseg.guidance_latent``). ``segment(..., known=)`` pads the marks with the image and refuses
-other methods.
+one); with the ``sdf`` target (``signed``) it clamps x0_hat to the marks' sign envelope
+instead (``diffuseg.guidance_latent``). ``segment(..., known=)`` pads the marks with the image
+and refuses other methods.
 """
 
 from __future__ import annotations
@@ -133,8 +133,9 @@ class Method(ABC):
         (guided resampling; ``x_T`` holds S chains per image of ``known``, sample-major)."""
         sampler, n = self.sampling(steps)
         process = self.process if process is None else process
-        signed = known is not None and getattr(self.target, "signed", False)
-        if signed:  # sdf target: x0_hat's sign projected at the marks (diffuseg.guidance_latent)
+        project = None
+        if known is not None and getattr(self.target, "signed", False):
+            # sdf target: x0_hat clamped to the marks' sign envelope (diffuseg.guidance_latent)
             check_supported(self.name, self.config.num_classes, self.target)
             project = sign_projection(self.target.band, known, x_T.shape[0])
             denoise, constrain = x0_guided(denoise, process, project), None
@@ -143,7 +144,7 @@ class Method(ABC):
         x0 = run_named_sampler(sampler, denoise, process, x_T, process.timesteps(n),
                                generator=generator, clip=clip, eta=self.config.sample.eta,
                                constrain=constrain)
-        return project(x0) if signed else x0
+        return x0 if project is None else project(x0)
 
     def guide(self, process: Process, known: KnownPixels | None, chains: int,
               generator: torch.Generator | None) -> Constrain | None:
