@@ -31,9 +31,10 @@ never empty: the marks are disjoint, so low <= high). The final x0 (t_prev = -1,
 sampler returns as x0_hat) is clamped once more, exactly, so every decoded sample has
 p = sigmoid(-band x0 / temperature) >= sigmoid(2) = 0.88 at inside marks and <= 0.12 at outside
 marks. Unlike RePaint, the marked pixels' x_t is not replaced by a sample of q(x_t | x0_known)
-(there is no x0_known): the correction acts through x0_hat alone, so it is weak at the
-high-noise steps where DDIM weighs x0_hat by sqrt(ab), and RePaint's resampling jumps (which
-harmonise the known and unknown regions) have no counterpart here.
+(there is no x0_known): a correction Delta of x0_hat moves x_{t_prev} by
+(sqrt(ab_p) - sqrt(ab_t (1 - ab_p) / (1 - ab_t))) Delta in a DDIM step, little at the high-noise
+steps, and RePaint's resampling jumps (which harmonise the known and unknown regions) have no
+counterpart here.
 
 **LDSeg** (``decoder_guidance``): reconstruction guidance in the latent (DPS, Chung et al., ICLR
 2023, Alg. 1, with the gradient taken w.r.t. x0_hat rather than through the denoiser, as in
