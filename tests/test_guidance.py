@@ -104,16 +104,10 @@ def test_sampler_calls_constrain_once_per_step_with_the_next_timestep():
 
 
 def test_other_spaces_are_refused():
+    """(The sdf target and ldseg are guided through x0: tests/test_guidance_latent.py.)"""
     spatial = SIZE[2]
     image = torch.randn((1, 1, *spatial), generator=gen(1))
     known = marks(spatial).known()
-    sdf = tiny_config("ddpm", 2, process=GAUSSIAN, steps=2)
-    sdf = dataclasses.replace(sdf, method=dataclasses.replace(sdf.method, target="sdf"))
-    with pytest.raises(ConfigError, match="target 'SDFTarget'"):
-        build_method(sdf).eval().segment(image, 2, generator=gen(0), known=known)
-    ld = tiny_config("ldseg", 2, process=GAUSSIAN, steps=2, width=8)
-    with pytest.raises(ConfigError, match="latent"):
-        build_method(ld).eval().segment(image, 2, generator=gen(0), known=known)
     multi = tiny_config("ddpm", 2, num_classes=3, process=GAUSSIAN, steps=2)
     # multi-class runs are guided (tests/test_guidance_classes.py), with per-class known pixels
     with pytest.raises(ConfigError, match="Constraints.known\\(num_classes=3\\)"):

@@ -42,9 +42,10 @@ mapped back (trilinear) to the input grid, so every returned sample holds the ma
 Which methods support it: every method that diffuses the mask itself, or an orthonormal
 transform of it, with a Gaussian or Bernoulli process: ``ddpm``, ``cimd`` and ``medsegdiff_v2``
 with ``method.target = mask``, ``wdm`` (binary or K > 1), ``berdiff``, ``hidiff`` (binary).
-Methods that diffuse another space are refused with a ConfigError: ``ldseg`` (a latent: a
-partial mask has no latent code), and the ``sdf`` target (the signed distance of a pixel depends
-on the unknown rest of the mask).
+Methods that diffuse another space have no known value to paint in (``ldseg``: a partial mask
+has no latent code; the ``sdf`` target: the signed distance of a pixel depends on the unknown
+rest of the mask); they are guided through their x0 estimate instead, in
+``diffuseg.guidance_latent`` (binary runs).
 """
 
 from __future__ import annotations
@@ -164,7 +165,12 @@ class KnownPixels:
 def check_supported(method_name: str, num_classes: int, target: object | None) -> None:
     """Raise a ConfigError naming the reason when the method cannot be guided (multi-class runs
     can: per-channel marks; the Bernoulli methods refuse K > 1 when they are built)."""
-    if target is not None and not getattr(target, "pointwise", False):
+    signed = getattr(target, "signed", False)  # the sdf target: diffuseg.guidance_latent
+    if signed and num_classes != 1:
+        raise ConfigError(f"guided resampling of the sdf target needs a binary model "
+                          f"(num_classes=1); this '{method_name}' run has "
+                          f"num_classes={num_classes}; use method.target=mask")
+    if target is not None and not (getattr(target, "pointwise", False) or signed):
         raise ConfigError(f"guided resampling is not available for method '{method_name}' with "
                           f"target '{type(target).__name__}': the diffused value of a pixel "
                           "depends on unknown pixels; use method.target=mask")

@@ -13,8 +13,10 @@ Guided resampling (``diffuseg.guidance``): a method that diffuses the mask itsel
 ``guidable = True``, takes ``known=`` in ``sample`` and hands it to ``diffuse``, which builds the
 RePaint callback for the sampler (encoding the marks with ``self.target`` when the method has
 one; ``guide`` is overridden by a method that diffuses a transform of the mask, e.g. wdm) and
-runs ``known.jumps`` resamplings per step. ``segment(..., known=)`` pads the marks with the
-image, refuses other methods, and applies the final projection ``known.hold`` to the samples.
+runs ``known.jumps`` resamplings per step; with the ``sdf`` target (``signed``) it clamps x0_hat
+to the marks' sign envelope instead (``diffuseg.guidance_latent``). ``segment(..., known=)``
+pads the marks with the image, refuses other methods, and applies the final projection
+``known.hold`` to the samples.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import Tensor, nn
 from diffuseg.config import RunConfig, SampleConfig, from_dict
 from diffuseg.errors import ConfigError
 from diffuseg.guidance import KnownPixels, check_supported, repaint
+from diffuseg.guidance_latent import sign_projection, x0_guided
 from diffuseg.processes import Process, build_process
 from diffuseg.samplers import Constrain, Denoise, check_sampler
 from diffuseg.samplers import sample as run_named_sampler
@@ -132,10 +135,18 @@ class Method(ABC):
         (guided resampling; ``x_T`` holds S chains per image of ``known``, sample-major)."""
         sampler, n = self.sampling(steps)
         process = self.process if process is None else process
-        constrain = self.guide(process, known, x_T.shape[0], generator)
-        return run_named_sampler(sampler, denoise, process, x_T, process.timesteps(n),
-                                 generator=generator, clip=clip, eta=self.config.sample.eta,
-                                 constrain=constrain, jumps=1 if known is None else known.jumps)
+        project = None
+        if known is not None and getattr(self.target, "signed", False):
+            # sdf target: x0_hat clamped to the marks' sign envelope (diffuseg.guidance_latent)
+            check_supported(self.name, self.config.num_classes, self.target)
+            project = sign_projection(self.target.band, known, x_T.shape[0])
+            denoise, constrain = x0_guided(denoise, process, project), None
+        else:
+            constrain = self.guide(process, known, x_T.shape[0], generator)
+        x0 = run_named_sampler(sampler, denoise, process, x_T, process.timesteps(n),
+                               generator=generator, clip=clip, eta=self.config.sample.eta,
+                               constrain=constrain, jumps=1 if known is None else known.jumps)
+        return x0 if project is None else project(x0)
 
     def guide(self, process: Process, known: KnownPixels | None, chains: int,
               generator: torch.Generator | None) -> Constrain | None:
@@ -198,9 +209,9 @@ class Method(ABC):
         if known is not None:
             if not self.guidable:
                 raise ConfigError(
-                    f"guided resampling is not available for method '{self.name}': only methods "
-                    "that diffuse the mask itself support it (ddpm, cimd, medsegdiff_v2, wdm, "
-                    "berdiff, hidiff; ldseg diffuses a latent code); see docs/review.md")
+                    f"guided resampling is not available for method '{self.name}': only the "
+                    "diffusion methods support it (ddpm, cimd, medsegdiff_v2, wdm, berdiff, "
+                    "hidiff, ldseg); see docs/review.md")
             if known.values.shape[1] != self.config.num_classes:
                 raise ConfigError(
                     f"the known pixels have {known.values.shape[1]} channel(s) but the run has "

@@ -26,9 +26,14 @@ samples (sample-major), and all S x B latents are denoised as one batch per step
 named by ``sample.sampler`` (ddim, ddpm or dpm_solver_pp), ``steps`` (default the option ``steps`` =
 2, which ``sampling`` reports) respaced steps; x0 or v prediction makes 1-2 DDIM steps usable.
 
+Guided resampling (``sample(known=)``, ``diffuseg.guidance_latent``): a partial mask has no
+latent code, so the marks are not painted into z_t (RePaint) but pull the latent x0 estimate at
+every step by a DPS step through the decoder (``decoder_guidance``, size ``guidance_scale``); the
+decoded probabilities at the marks are then set to the marks, so every sample holds them.
+
 Options (``method.options``, ``LDSegOptions``): latent_channels 4, downsamples 2, width 16
 (autoencoder and image encoder base width), cond_channels 8 (image embedding channels), steps 2,
-rec_weight 1, diff_weight 1, seg_weight 1.
+rec_weight 1, diff_weight 1, seg_weight 1, guidance_scale 1.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError
+from diffuseg.guidance import KnownPixels, check_supported
+from diffuseg.guidance_latent import decoder_guidance, hold_marks, x0_guided
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import (
     at_least,
@@ -67,10 +74,13 @@ class LDSegOptions:
     rec_weight: float = 1.0  # w_rec
     diff_weight: float = 1.0  # w_diff
     seg_weight: float = 1.0  # w_seg
+    # guided resampling: DPS step size zeta on the latent x0 estimate (guidance_latent); 0 = off
+    guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
         at_least(self, 1, "latent_channels", "width", "cond_channels", "steps")
-        at_least(self, 0, "downsamples", "rec_weight", "diff_weight", "seg_weight")
+        at_least(self, 0, "downsamples", "rec_weight", "diff_weight", "seg_weight",
+                 "guidance_scale")
 
 
 def check_patch(options: LDSegOptions, config: RunConfig) -> None:
@@ -87,6 +97,7 @@ class LDSeg(Method):
 
     process_kind = "gaussian"
     options_type = LDSegOptions
+    guidable = True  # sample(known=): decoder-guided resampling (guidance_latent)
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -153,16 +164,26 @@ class LDSeg(Method):
 
     @torch.no_grad()
     def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               generator: torch.Generator | None = None,
+               known: KnownPixels | None = None) -> Tensor:
         """``[S, B, K, *sp]`` probabilities: one image encoding, S x B latents per step, one
-        decoding of all S x B final latents."""
+        decoding of all S x B final latents. ``known``: marks every sample holds (module
+        docstring; guided through the decoder, then projected)."""
         b = image.shape[0]
         features = self.image_encoder(image)  # once per image per call, not per step
         cond = repeat_samples(features, n_samples)
         shape = (n_samples * b, self.latent_channels, *features.shape[2:])
         z_T = self.process.prior_sample(shape, generator=generator, device=image.device)
-        z0 = self.diffuse(self.denoise_fn(cond), z_T, steps, generator=generator, clip=CLIP)
+        denoise = self.denoise_fn(cond)
+        if known is not None:
+            check_supported(self.name, self.config.num_classes, None)
+            correct = decoder_guidance(self.autoencoder.decode, known, shape[0],
+                                       scale=self.options.guidance_scale, clip=CLIP)
+            denoise = x0_guided(denoise, self.process, correct)
+        z0 = self.diffuse(denoise, z_T, steps, generator=generator, clip=CLIP)
         p = probabilities(self.autoencoder.decode(z0.to(features.dtype)))
+        if known is not None:
+            p = hold_marks(p, known, shape[0])
         return p.reshape(n_samples, b, *p.shape[1:])
 
     def size_multiple(self) -> int:

@@ -57,6 +57,8 @@ class SDFTarget:
     renormalised over channels when K > 1."""
 
     clip = 1.0
+    # x0 < 0 exactly inside: guided resampling fixes the sign at the marks (guidance_latent)
+    signed = True
 
     def __init__(self, band: float = BAND, temperature: float = TEMPERATURE):
         assert band > 0 and temperature > 0, "band and temperature are positive pixel widths"

@@ -102,7 +102,8 @@ class JobStore:
 
     def all(self) -> list[Job]:
         jobs = [self.get(p.name) for p in self.root.iterdir() if JOB_ID.match(p.name)]
-        return sorted((j for j in jobs if j is not None), key=lambda j: (j.created, j.input_name, j.id))
+        return sorted((j for j in jobs if j is not None),
+                      key=lambda j: (j.created, j.input_name, j.id))
 
     def recover(self) -> int:
         """Mark jobs a stopped service left queued or running as failed; returns their count."""
