@@ -232,3 +232,19 @@ def test_cli_predict_inside_outside(method, tiny_run, tmp_path, monkeypatch, cap
         assert sample[3:6, 3:6].all() and not sample[12:15, 10:16].any()
     summary = json.loads((folder / "result.json").read_text())
     assert summary["constraints"] == {"inside": 9, "outside": 18, "label": 1, "jumps": 1}
+
+
+@pytest.mark.parametrize("name", ["ldseg", "ddpm"])
+def test_resampling_jumps_reach_the_x0_guided_methods(name):
+    """``Constraints.jumps`` is run by ldseg and the sdf target too (not silently dropped): the
+    chains change, and every sample still holds the marks."""
+    method = build(name, "ddim", 2)
+    spatial = SIZE[2]
+    image = torch.randn((1, 1, *spatial), generator=gen(1))
+    c = marks(spatial)
+    once = method.segment(image, 4, generator=gen(2), known=c.known())
+    jumped = method.segment(image, 4, generator=gen(2),
+                            known=dataclasses.replace(c, jumps=3).known())
+    assert not torch.equal(once, jumped)
+    fg = jumped[:, 0, 0].numpy() > 0.5
+    assert fg[:, c.inside].all() and not fg[:, c.outside].any()

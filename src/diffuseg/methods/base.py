@@ -129,10 +129,13 @@ class Method(ABC):
 
     def diffuse(self, denoise: Denoise, x_T: Tensor, steps: int | None, *,
                 generator: torch.Generator | None = None, clip: float | None = None,
-                process: Process | None = None, known: KnownPixels | None = None) -> Tensor:
+                process: Process | None = None, known: KnownPixels | None = None,
+                jumps: int | None = None) -> Tensor:
         """The final state of ``sampling(steps)``'s sampler from ``x_T`` over that many respaced
         steps of ``process`` (default ``self.process``). ``known``: pixels every chain must hold
-        (guided resampling; ``x_T`` holds S chains per image of ``known``, sample-major)."""
+        (guided resampling; ``x_T`` holds S chains per image of ``known``, sample-major).
+        ``jumps``: resamplings per step (default ``known.jumps``, 1 without marks), for a method
+        that guides through its own ``denoise`` (ldseg)."""
         sampler, n = self.sampling(steps)
         process = self.process if process is None else process
         project = None
@@ -145,7 +148,8 @@ class Method(ABC):
             constrain = self.guide(process, known, x_T.shape[0], generator)
         x0 = run_named_sampler(sampler, denoise, process, x_T, process.timesteps(n),
                                generator=generator, clip=clip, eta=self.config.sample.eta,
-                               constrain=constrain, jumps=1 if known is None else known.jumps)
+                               constrain=constrain,
+                               jumps=jumps or (1 if known is None else known.jumps))
         return x0 if project is None else project(x0)
 
     def guide(self, process: Process, known: KnownPixels | None, chains: int,

@@ -180,7 +180,8 @@ class LDSeg(Method):
             correct = decoder_guidance(self.autoencoder.decode, known, shape[0],
                                        scale=self.options.guidance_scale, clip=CLIP)
             denoise = x0_guided(denoise, self.process, correct)
-        z0 = self.diffuse(denoise, z_T, steps, generator=generator, clip=CLIP)
+        z0 = self.diffuse(denoise, z_T, steps, generator=generator, clip=CLIP,
+                          jumps=None if known is None else known.jumps)
         p = probabilities(self.autoencoder.decode(z0.to(features.dtype)))
         if known is not None:
             p = hold_marks(p, known, shape[0])
