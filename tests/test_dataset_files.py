@@ -58,7 +58,7 @@ def data(tmp_path):
 
 def hashes(root: Path) -> tuple[str, str]:
     files = scan(root)
-    return files.files_sha256(), files.preprocess_sha256()
+    return files.files_sha256, files.preprocess_sha256
 
 
 def test_one_scan_gives_the_earlier_hashes(data):
@@ -74,13 +74,12 @@ def test_one_scan_gives_the_earlier_hashes(data):
     (data / "imagesTr" / "sub" / "x.png").write_bytes(b"1")
     os.symlink(data / "notes", data / "linked")  # a linked folder outside the case folders
     files = scan(data)
-    assert (files.files_sha256(), len(files.entries)) == reference_files_sha256(data)
-    assert files.preprocess_sha256() == reference_preprocess_sha256(data)
+    assert (files.files_sha256, files.n_files) == reference_files_sha256(data)
+    assert files.preprocess_sha256 == reference_preprocess_sha256(data)
     assert fingerprint(data) == reference_preprocess_sha256(data)
     recorded = dataset_fingerprint(Dataset.open(data))
     assert recorded["files_sha256"] == reference_files_sha256(data)[0]
     assert recorded["n_files"] == reference_files_sha256(data)[1]
-    assert not any(name.split("/")[0] in ("preprocessed", "linked") for name, _, _ in files.entries)
 
 
 def test_every_change_to_a_case_changes_the_fingerprints(data):
@@ -113,7 +112,7 @@ def test_a_preprocessed_folder_is_current_only_for_its_files(data):
     folder = preprocess(data, config, progress=False, files=files)
     assert folder == default_folder(data, config)
     assert json.loads((folder / "index.json").read_text())["fingerprint"] == \
-        files.preprocess_sha256()
+        files.preprocess_sha256
     assert is_current(folder, data, config) and is_current(folder, data, config, files)
     (data / "imagesTr" / "phantom_0000_0000.png").unlink()
     assert not is_current(folder, data, config)
@@ -157,3 +156,34 @@ def test_the_memory_estimate_stops_once_it_decides(data):
     assert training_bytes(dataset, ids, stop_above=full) == full
     config = build_config(None, [], dataset=data)
     assert not should_stream(dataset, ids, config) and full < STREAM_THRESHOLD_BYTES
+
+
+def test_the_train_command_opens_and_lists_the_dataset_once(data, tmp_path, monkeypatch, capsys):
+    """Plan, config defaults and training share one ``Dataset.open``; both fingerprints share
+    one ``scan``."""
+    import sys
+
+    from diffuseg.cli import main
+
+    opened: list[Path] = []
+    real_open = Dataset.open.__func__
+
+    def open_spy(cls, root):
+        opened.append(Path(root))
+        return real_open(cls, root)
+
+    scans: list[Path] = []
+    real_scan = dataset_files.scan
+    monkeypatch.setattr(Dataset, "open", classmethod(open_spy))
+    monkeypatch.setattr(dataset_files, "scan", lambda root: scans.append(root) or real_scan(root))
+    monkeypatch.setattr(sys, "argv", [
+        "diffuseg", "train", str(data), "-o", str(tmp_path / "run"), "--max-steps", "1",
+        "--quiet", "--set", "network.channels=[8,16]", "--set",
+        "network.attention_levels=[false,false]", "--set", "network.norm_groups=4",
+        "--set", "train.val_cases=1", "--set", "train.val_samples=1", "--set",
+        "train.val_steps=1", "--set", "process.T=10", "--set", "train.device=cpu"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    assert opened == [data] and scans == [data]
+    assert (tmp_path / "run" / "model.safetensors").is_file()

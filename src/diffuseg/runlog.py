@@ -159,7 +159,7 @@ def dataset_fingerprint(dataset, files=None) -> dict:
     return {
         "dataset": str(root.resolve()),
         "dataset_json_sha256": hashlib.sha256((root / "dataset.json").read_bytes()).hexdigest(),
-        "files_sha256": listing.files_sha256(),
-        "n_files": len(listing.entries),
+        "files_sha256": listing.files_sha256,
+        "n_files": listing.n_files,
         "n_cases": len(dataset.cases),
     }

@@ -77,10 +77,11 @@ def state_of_live(method: Method) -> dict[str, torch.Tensor]:
             for k, v in net.state_dict().items()}
 
 
-def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
+def train(config: RunConfig, dataset_dir: str | Path | Dataset, run_dir: str | Path, *,
           resume: bool = False, progress: bool = True,
           notes: dict[str, dict] | None = None) -> Path:
     """Train (or, with ``resume``, continue) a run; under torchrun, every rank calls this.
+    ``dataset_dir``: a dataset folder, or the ``Dataset`` the caller opened already.
     ``notes``: extra JSON files written into a new run folder beside config.json (plan.json)."""
     budget = Budget(config.train.max_minutes, config.train.val_minutes,
                     config.train.budget_clock)  # the clock starts now
@@ -91,7 +92,7 @@ def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
     try:
         micro = micro_batches_of(config, ctx)
         with (run_lock_for(run_dir, resume) if ctx.is_main else contextlib.nullcontext()):
-            return _train(config, Dataset.open(Path(dataset_dir)), run_dir, resume, progress,
+            return _train(config, Dataset.of(dataset_dir), run_dir, resume, progress,
                           ctx, micro, budget, notes or {})
     except BaseException:
         if created and ctx.is_main and run_dir.is_dir() and not holds_files(run_dir):

@@ -315,6 +315,12 @@ class Dataset:
             if (root / "imagesTs").is_dir() else []
         return cls(root, info, train.cases, test)
 
+    @classmethod
+    def of(cls, dataset: str | Path | Dataset) -> Dataset:
+        """``dataset`` itself when it is opened already, else ``Dataset.open(dataset)``: one
+        command lists a large dataset once (plan, config defaults and training share it)."""
+        return dataset if isinstance(dataset, Dataset) else cls.open(dataset)
+
     def __len__(self) -> int:
         return len(self.cases)
 

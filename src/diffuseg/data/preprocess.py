@@ -62,7 +62,7 @@ def plan_hash(plan: dict[str, Any]) -> str:
 def fingerprint(root: Path, files: DatasetFiles | None = None) -> str:
     """sha256 over (name, size, mtime) of dataset.json and every file of imagesTr/, labelsTr/,
     from ``files`` (``data.files.scan(root)``) or a new scan."""
-    return (files if files is not None else dataset_files.scan(root)).preprocess_sha256()
+    return (files if files is not None else dataset_files.scan(root)).preprocess_sha256
 
 
 def default_folder(root: Path, config: RunConfig) -> Path:
