@@ -153,6 +153,7 @@ def child_startup(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from diffuseg.api import build_config
+    from diffuseg.data import Dataset
     from diffuseg.training import train
 
     first: list[float] = []
@@ -165,8 +166,9 @@ def child_startup(spec: dict[str, Any]) -> dict[str, Any]:
         return out
 
     torch.optim.AdamW.step = step
-    config = build_config(None, spec["overrides"], dataset=Path(spec["dataset"]))
-    train(config, spec["dataset"], spec["run"], progress=False)
+    dataset = Dataset.open(spec["dataset"])  # as `diffuseg train` does: listed once per command
+    config = build_config(None, spec["overrides"], dataset=dataset)
+    train(config, dataset, spec["run"], progress=False)
     return {"first_step_s": round(first[0], 1)}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -11,12 +11,16 @@ from diffuseg.config import RunConfig, load_config, merge  # noqa: F401 (api.mer
 from diffuseg.errors import DiffusegError
 from diffuseg.planning import Plan, make_plan
 
-
-def dataset_defaults(dataset_dir: Path) -> dict[str, Any]:
-    """What a dataset fixes: spatial_dims, channels, classes, and a patch that fits its images."""
+if TYPE_CHECKING:
     from diffuseg.data import Dataset
 
-    dataset = Dataset.open(dataset_dir)
+
+def dataset_defaults(dataset_dir: Path | Dataset) -> dict[str, Any]:
+    """What a dataset fixes: spatial_dims, channels, classes, and a patch that fits its images.
+    ``dataset_dir`` may be the opened ``Dataset`` (one listing per command)."""
+    from diffuseg.data import Dataset
+
+    dataset = Dataset.of(dataset_dir)
     info = dataset.info
     labels = sorted(set(int(v) for v in info.labels.values()))
     num_classes = 1 if len(labels) <= 2 else len(labels)
@@ -37,7 +41,7 @@ def intensity_for(channel_names: dict[str, str]) -> str:
     return "ct" if modalities == {"CT"} else "zscore"
 
 
-def build_config(config_path: Path | None, overrides: list[str], *, dataset: Path | None,
+def build_config(config_path: Path | None, overrides: list[str], *, dataset: Path | Dataset | None,
                  base: Path | None = None, plan: Plan | None = None) -> RunConfig:
     """Dataset-derived defaults and the plan (``diffuseg.planning``), then ``base`` and the
     user's config file, then ``--set`` overrides: ``config.load_config`` with those defaults."""
@@ -47,13 +51,13 @@ def build_config(config_path: Path | None, overrides: list[str], *, dataset: Pat
     return load_config(config_path, overrides, defaults=defaults, base=base)
 
 
-def plan_for(dataset: Path, preset: str = "auto") -> Plan | None:
+def plan_for(dataset: Path | Dataset, preset: str = "auto") -> Plan | None:
     """The plan for ``dataset`` on this machine (``preset`` auto|cpu|gpu|quick), None for
     ``none``."""
     return None if preset == "none" else make_plan(dataset, preset)
 
 
-def train_run(config: RunConfig, dataset: Path, output: Path, *, resume: bool = False,
+def train_run(config: RunConfig, dataset: Path | Dataset, output: Path, *, resume: bool = False,
               progress: bool = True, plan: Plan | None = None) -> Path:
     """Train into ``output``; a new run that fails on a user mistake before its first checkpoint
     leaves no half-written run folder behind."""

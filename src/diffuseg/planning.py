@@ -77,7 +77,7 @@ def fingerprint(dataset_dir: str | Path, max_cases: int = 12) -> dict[str, Any]:
     up to ``max_cases`` cases spread evenly through the dataset."""
     from diffuseg.data import Dataset
 
-    dataset = Dataset.open(dataset_dir)
+    dataset = Dataset.of(dataset_dir)  # a path, or the Dataset the command opened
     cases = dataset.cases
     picks = np.unique(np.linspace(0, len(cases) - 1, min(max_cases, len(cases))).astype(int))
     shapes, spacings = [], []

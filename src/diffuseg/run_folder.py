@@ -56,8 +56,9 @@ def held_out_cases(run_dir: str | Path, fold: str) -> list[str]:
     return sorted(run_splits(run_dir)[fold])
 
 
-def check_same_dataset(run_dir: str | Path, dataset: Dataset) -> None:
-    """Refuse to continue a run on other data than it started with (``fingerprint.json``)."""
+def check_same_dataset(run_dir: str | Path, dataset: Dataset, files=None) -> None:
+    """Refuse to continue a run on other data than it started with (``fingerprint.json``);
+    ``files``: the dataset's ``data.files.scan`` when the caller has made it."""
     from diffuseg.runlog import dataset_fingerprint
 
     path = Path(run_dir) / FINGERPRINT
@@ -67,7 +68,7 @@ def check_same_dataset(run_dir: str | Path, dataset: Dataset) -> None:
         recorded = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"'{path}' is not valid JSON; the run folder is damaged") from None
-    current = dataset_fingerprint(dataset)
+    current = dataset_fingerprint(dataset, files)
     differ = [k for k in FINGERPRINT_KEYS if recorded.get(k) != current.get(k)]
     if differ:
         raise DataError(f"cannot resume: '{dataset.root}' is not the dataset run '{run_dir}' "

@@ -148,19 +148,18 @@ def plot_progress(run_dir: Path) -> None:
     plt.close(fig)
 
 
-def dataset_fingerprint(dataset) -> dict:
+def dataset_fingerprint(dataset, files=None) -> dict:
     """Which data a run saw: dataset.json's hash and a hash over every file's name and size
-    (not the derived ``preprocessed/`` folder, docs/volumes.md)."""
+    (not the derived ``preprocessed/`` folder, docs/volumes.md). ``files``: the folder's
+    ``data.files.scan``, when the caller has made it already (``train`` scans once)."""
+    from diffuseg.data import files as dataset_files
+
     root = Path(dataset.root)
-    h = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file()
-                   and p.relative_to(root).parts[0] != "preprocessed")
-    for p in files:
-        h.update(f"{p.relative_to(root)}:{p.stat().st_size}\n".encode())
+    listing = files if files is not None else dataset_files.scan(root)
     return {
         "dataset": str(root.resolve()),
         "dataset_json_sha256": hashlib.sha256((root / "dataset.json").read_bytes()).hexdigest(),
-        "files_sha256": h.hexdigest(),
-        "n_files": len(files),
+        "files_sha256": listing.files_sha256,
+        "n_files": listing.n_files,
         "n_cases": len(dataset.cases),
     }

@@ -30,20 +30,20 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def describe_run(run_dir: Path, config: RunConfig, dataset) -> None:
+def describe_run(run_dir: Path, config: RunConfig, dataset, files=None) -> None:
     """config.json, dataset.json and fingerprint.json, each written atomically (splits.json is
-    written by ``run_folder.splits_for_run``)."""
+    written by ``run_folder.splits_for_run``). ``files``: the dataset's ``data.files.scan``."""
     write_json_atomic(run_dir / "config.json", to_dict(config))
     write_text_atomic(run_dir / "dataset.json", (dataset.root / "dataset.json").read_text())
-    write_json_atomic(run_dir / "fingerprint.json", dataset_fingerprint(dataset))
+    write_json_atomic(run_dir / "fingerprint.json", dataset_fingerprint(dataset, files))
 
 
-def resume_run(run_dir: Path, config: RunConfig, dataset, splits: dict, log: RunLog
-               ) -> int | None:
+def resume_run(run_dir: Path, config: RunConfig, dataset, splits: dict, log: RunLog,
+               files=None) -> int | None:
     """Recover the newest complete checkpoint, refuse other data, record changed settings, drop
     metrics of steps to be replayed. Returns the checkpoint's step (None: none was written, the
-    run restarts from step 0 in its folder)."""
-    check_same_dataset(run_dir, dataset)
+    run restarts from step 0 in its folder). ``files``: the dataset's ``data.files.scan``."""
+    check_same_dataset(run_dir, dataset, files)
     step = recover_checkpoint(run_dir)
     if step is None and (run_dir / "checkpoint").is_dir():
         raise DataError(f"checkpoint folder '{run_dir / 'checkpoint'}' is incomplete (its "
@@ -51,7 +51,7 @@ def resume_run(run_dir: Path, config: RunConfig, dataset, splits: dict, log: Run
                         "a new run folder, or put back an older copy of the checkpoint folder")
     changes = config_changes(run_dir / "config.json", to_dict(config))
     if step is None:
-        describe_run(run_dir, config, dataset)
+        describe_run(run_dir, config, dataset, files)
         log.text("no complete checkpoint in the run folder: starting again from step 0")
     elif changes:
         write_json_atomic(run_dir / "config.json", to_dict(config))

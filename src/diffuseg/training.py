@@ -24,6 +24,7 @@ from diffuseg.checkpoint import complete_step, load_checkpoint, save_checkpoint
 from diffuseg.config import RunConfig
 from diffuseg.consensus import majority
 from diffuseg.data import Dataset
+from diffuseg.data import files as dataset_files
 from diffuseg.data.loader import InMemorySource, batch_at, load_examples
 from diffuseg.data.preprocess import preprocess
 from diffuseg.data.streaming import MmapSource, StepStream, should_stream
@@ -76,10 +77,11 @@ def state_of_live(method: Method) -> dict[str, torch.Tensor]:
             for k, v in net.state_dict().items()}
 
 
-def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
+def train(config: RunConfig, dataset_dir: str | Path | Dataset, run_dir: str | Path, *,
           resume: bool = False, progress: bool = True,
           notes: dict[str, dict] | None = None) -> Path:
     """Train (or, with ``resume``, continue) a run; under torchrun, every rank calls this.
+    ``dataset_dir``: a dataset folder, or the ``Dataset`` the caller opened already.
     ``notes``: extra JSON files written into a new run folder beside config.json (plan.json)."""
     budget = Budget(config.train.max_minutes, config.train.val_minutes,
                     config.train.budget_clock)  # the clock starts now
@@ -90,7 +92,7 @@ def train(config: RunConfig, dataset_dir: str | Path, run_dir: str | Path, *,
     try:
         micro = micro_batches_of(config, ctx)
         with (run_lock_for(run_dir, resume) if ctx.is_main else contextlib.nullcontext()):
-            return _train(config, Dataset.open(Path(dataset_dir)), run_dir, resume, progress,
+            return _train(config, Dataset.of(dataset_dir), run_dir, resume, progress,
                           ctx, micro, budget, notes or {})
     except BaseException:
         if created and ctx.is_main and run_dir.is_dir() and not holds_files(run_dir):
@@ -116,21 +118,23 @@ def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget, notes
         prepare_run_dir(run_dir, resume=False)  # re-checked under the lock, before any write
     log = RunLog(run_dir, enabled=ctx.is_main, show_progress=progress,
                  tensorboard=c.tensorboard)
+    # the dataset folder, listed once for both fingerprints (the run's and the preprocessed one's)
+    files = dataset_files.scan(dataset.root) if ctx.is_main else None
     if ctx.is_main:  # a new run describes itself; a resumed one recovers its checkpoint
         splits = splits_for_run(run_dir, dataset, c.seed, resume=resume)  # the run's own folds
         if not resume:
-            describe_run(run_dir, config, dataset)
+            describe_run(run_dir, config, dataset, files)
             for name, content in notes.items():
                 write_json_atomic(run_dir / name, content)
         else:
-            resume_run(run_dir, config, dataset, splits, log)
+            resume_run(run_dir, config, dataset, splits, log, files)
     barrier(ctx)
     if not ctx.is_main:
         splits = splits_for_run(run_dir, dataset, c.seed, resume=True)
     run, step = build_run(config, run_dir, device, log, ctx, micro, budget)
     val_ids = (splits.get("val") or splits["train"])[: c.val_cases]
     run.val_set = load_examples(dataset, val_ids, config) if ctx.is_main else []
-    train_set, source = training_data(run, dataset, splits, step, progress)
+    train_set, source = training_data(run, dataset, splits, step, progress, files)
     log.text(f"training data: {source}")
     log.text(f"{'resumed' if step else 'started'} at step {step}: method={config.method.name} "
              f"device={device} world_size={ctx.world} train={len(splits['train'])} "
@@ -148,20 +152,24 @@ def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget, notes
     return run_dir
 
 
-def training_data(run: Run, dataset: Dataset, splits: dict, step: int, progress: bool
+def training_data(run: Run, dataset: Dataset, splits: dict, step: int, progress: bool,
+                  files: dataset_files.DatasetFiles | None = None
                   ) -> tuple[InMemorySource | StepStream, str]:
     """The training cases in memory, or (data.stream, or unset and over 1 GB) streamed from the
     preprocessed folder from ``step`` on, with this rank's parts of each batch; the same items
-    either way (data/patches.py). Also loads ``data.synthetic`` into ``run.synthetic``."""
+    either way (data/patches.py). Also loads ``data.synthetic`` into ``run.synthetic``.
+    ``files``: the dataset's listing (``data.files.scan``) made by ``_train`` on rank 0."""
     from diffuseg.synthesis.mixing import load_synthetic
 
     config, ids = run.config, splits["train"]
     streamed = should_stream(dataset, ids, config)
     if streamed:
         if run.ctx.is_main:
-            preprocess(dataset.root, config, progress=progress)
-        barrier(run.ctx)  # the other ranks find it current
-        folder = preprocess(dataset.root, config, progress=False)
+            folder = preprocess(dataset.root, config, progress=progress, dataset=dataset,
+                                files=files)
+        barrier(run.ctx)
+        if not run.ctx.is_main:  # the other ranks find it current
+            folder = preprocess(dataset.root, config, progress=False, dataset=dataset)
         n_raters = MmapSource(folder, ids).n_raters(0) if ids else 1
     else:
         train_set = InMemorySource(load_examples(dataset, ids, config))

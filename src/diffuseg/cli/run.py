@@ -78,13 +78,16 @@ def train_command(
                               f"{config} (use --set for changes)")
         run_config = build_config(None, extra, dataset=None, base=output / "config.json")
     else:
-        run_plan = plan_for(dataset, plan)
-        run_config = build_config(config, extra, dataset=dataset, plan=run_plan)
+        from diffuseg.data import Dataset
+
+        opened = Dataset.open(dataset)  # listed once for the plan, the defaults and training
+        run_plan = plan_for(opened, plan)
+        run_config = build_config(config, extra, dataset=opened, plan=run_plan)
         if run_plan is not None:
             log(f"plan '{plan}' for {dataset} on this machine: about "
                 f"{run_plan.estimate_seconds_per_step} s per step (reasons: {output}/plan.json)")
-    run = train_run(run_config, dataset, output, resume=resume, plan=run_plan,
-                    progress=not quiet)
+    run = train_run(run_config, dataset if resume else opened, output, resume=resume,
+                    plan=run_plan, progress=not quiet)
     typer.echo(f"run folder: {run}")
 
 

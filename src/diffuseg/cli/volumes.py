@@ -29,10 +29,12 @@ def preprocess_command(
     """Resample and normalise every case once into memory-mappable .npy files (what training
     with data.stream=true reads); skipped when the folder is current for the dataset and plan."""
     from diffuseg.api import build_config
+    from diffuseg.data import Dataset
     from diffuseg.data.preprocess import preprocess
 
-    run_config = build_config(config, list(overrides or []), dataset=dataset)
-    folder = preprocess(dataset, run_config, out, workers=workers, force=force)
+    opened = Dataset.open(dataset)  # listed once for the config defaults and the preprocessing
+    run_config = build_config(config, list(overrides or []), dataset=opened)
+    folder = preprocess(dataset, run_config, out, workers=workers, force=force, dataset=opened)
     typer.echo(f"preprocessed: {folder}")
 
 

@@ -141,7 +141,8 @@ def stream_batches(folder: str | Path, case_ids: list[str], config: RunConfig, s
 def should_stream(dataset: Dataset, case_ids: list[str], config: RunConfig) -> bool:
     if config.data.stream is not None:
         return config.data.stream
-    return training_bytes(dataset, case_ids) > STREAM_THRESHOLD_BYTES
+    return training_bytes(dataset, case_ids, stop_above=STREAM_THRESHOLD_BYTES) > \
+        STREAM_THRESHOLD_BYTES
 
 
 def training_batches(dataset: Dataset, case_ids: list[str], config: RunConfig, seed: int, *,
@@ -150,7 +151,7 @@ def training_batches(dataset: Dataset, case_ids: list[str], config: RunConfig, s
     """The batches ``train`` would use from step ``start`` (one process) and a line for the log
     saying which source they come from."""
     if should_stream(dataset, case_ids, config):
-        folder = preprocess(dataset.root, config, progress=progress)
+        folder = preprocess(dataset.root, config, progress=progress, dataset=dataset)
         return (stream_batches(folder, case_ids, config, seed, start=start),
                 f"streaming {len(case_ids)} cases from {folder}")
     examples = load_examples(dataset, case_ids, config)
