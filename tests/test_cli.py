@@ -255,26 +255,23 @@ def test_overwrite_leaves_no_stale_sample(monkeypatch, capsys, tmp_path, tiny_ru
 
 
 def test_second_writer_is_refused(monkeypatch, capsys, tmp_path, tiny_run, phantom):
-    import json
     import subprocess
 
     image = sorted((phantom / "imagesTr").iterdir())[0]
     out = tmp_path / "out"
-    out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = ("import sys, time; from diffuseg.atomic import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
+                              text=True)
     try:
-        import socket
-
-        (out / ".diffuseg.lock").write_text(json.dumps(
-            {"pid": holder.pid, "host": socket.gethostname(), "since": "now"}))
+        assert holder.stdout.readline().strip() == "held"
         code, _, err = run_cli(monkeypatch, capsys, "predict", str(tiny_run), "-i", str(image),
                                "-o", str(out), "-n", "1", "--steps", "1")
-        assert_one_line_error(code, err, f"pid {holder.pid}", "being written")
+        assert_one_line_error(code, err, f"in use by pid {holder.pid}", "output folder")
         assert not sample_files(out)
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL: its lock file stays behind, the kernel drops the lock
         holder.wait()
-    # the holder is gone: its stale lock is taken over
     code, _, err = run_cli(monkeypatch, capsys, "predict", str(tiny_run), "-i", str(image),
                            "-o", str(out), "-n", "1", "--steps", "1")
     assert code == 0, err

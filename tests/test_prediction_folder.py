@@ -58,24 +58,61 @@ def test_reader_takes_the_samples_result_json_lists(tmp_path, geometry):
 def test_lock_is_exclusive_reentrant_and_released(tmp_path):
     folder = tmp_path / "out"
     with lock_output(folder):
-        holder = json.loads((folder / LOCK_NAME).read_text())
-        assert holder["pid"] == os.getpid()
+        assert (folder / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} on ")
         with lock_output(folder):  # the same process may nest
             pass
         assert (folder / LOCK_NAME).exists()
     assert not (folder / LOCK_NAME).exists()
 
 
-def test_lock_of_a_live_process_refuses(tmp_path):
-    import socket
+def hold_in_child(folder):
+    """A child process holding ``folder``'s lock until killed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from diffuseg.atomic import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_lock_of_a_live_process_refuses_and_a_killed_one_frees(tmp_path):
+    folder = tmp_path / "out"
+    child = hold_in_child(folder)
+    try:
+        with pytest.raises(DataError, match=f"in use by pid {child.pid} on ") as err:
+            with lock_output(folder):
+                pass
+        assert "\n" not in str(err.value)
+        assert (folder / LOCK_NAME).read_text().startswith(f"pid {child.pid} ")  # left alone
+    finally:
+        child.kill()  # SIGKILL: no cleanup runs, the file stays, the kernel drops the lock
+        child.wait()
+    assert (folder / LOCK_NAME).exists()
+    with lock_output(folder):
+        assert (folder / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} ")
+    assert not (folder / LOCK_NAME).exists()
+
+
+def test_a_waiter_never_holds_a_removed_lock_file(tmp_path, monkeypatch):
+    """A process that opened the file just before its holder removed it retries on a new one."""
+    import diffuseg.atomic as atomic
 
     folder = tmp_path / "out"
     folder.mkdir()
-    parent = os.getppid()  # alive, and not this process
-    (folder / LOCK_NAME).write_text(json.dumps({"pid": parent, "host": socket.gethostname(),
-                                                "since": "x"}))
-    with pytest.raises(DataError, match=f"pid {parent}") as err:
-        with lock_output(folder):
-            pass
-    assert "\n" not in str(err.value)
-    assert json.loads((folder / LOCK_NAME).read_text())["pid"] == parent  # left alone
+    real_open, opened = os.open, []
+
+    def open_then_lose_race(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        if not opened:  # the first time: the file is removed (by a finishing holder) at once
+            opened.append(path)
+            os.unlink(path)
+        return fd
+
+    monkeypatch.setattr(atomic.os, "open", open_then_lose_race)
+    with lock_output(folder):
+        assert len(opened) == 1
+        assert (folder / LOCK_NAME).exists()  # held on the file that is there
+    assert not (folder / LOCK_NAME).exists()

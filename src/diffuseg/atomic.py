@@ -3,7 +3,8 @@ second writer.
 
 Every file is written to a temporary name, flushed to disk (fsync) and renamed over the final
 name, so a reader sees the old file or the new one, never half of one. One process at a time may
-write a run folder: it holds an advisory lock (``fcntl.flock``) on ``.lock``, which names it.
+write a folder (a run folder, a prediction folder): ``folder_lock`` holds an advisory kernel lock
+(``fcntl.flock``) on ``.diffuseg.lock``, which names the holder; the one lock of the project.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from diffuseg.errors import DataError
 
-LOCK_NAME = ".lock"
+LOCK_NAME = ".diffuseg.lock"
+_held: dict[Path, int] = {}  # folders this process holds -> nesting depth
 
 
 def fsync_dir(folder: Path) -> None:
@@ -60,24 +63,59 @@ def save_tensors_atomic(tensors: dict, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir/.lock`` for the duration; a second holder gets a one-line error naming the
-    first one's pid and command. The kernel drops the lock when the holder dies, even by kill -9,
-    so a stale ``.lock`` file never blocks anyone."""
-    path = Path(run_dir) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def folder_lock(folder: str | Path, what: str = "folder") -> Iterator[Path]:
+    """Hold ``folder/.diffuseg.lock`` while writing into ``folder`` (created if missing). A second
+    holder gets a one-line DataError naming the first one's pid, host and command. The kernel
+    drops the lock when its holder dies, even by kill -9, so a stale file never blocks anyone.
+    Re-entrant within one process; the file is removed on release."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield folder
+        finally:
+            _held[key] -= 1
+        return
+    path = folder / LOCK_NAME
+    fd = _acquire(path, folder, what)
+    _held[key] = 1
     try:
+        yield folder
+    finally:
+        del _held[key]
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # while still held: a waiter that opened it retries on a fresh file
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _acquire(path: Path, folder: Path, what: str) -> int:
+    for _ in range(20):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-            raise DataError(f"run folder '{run_dir}' is in use by {holder}; wait for it to finish "
-                            "or choose another output folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({' '.join(sys.argv)[:300]})\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+            os.close(fd)
+            raise DataError(f"{what} '{folder}' is in use by {holder}; wait for it to finish or "
+                            f"choose another {what}") from None
+        try:  # the holder we waited for may have removed the file between our open and flock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} "
+                          f"({' '.join(sys.argv)[:300]})\n".encode(), 0)
+            return fd
+        os.close(fd)
+    raise DataError(f"could not lock {what} '{folder}' (its lock file keeps changing); retry")
+
+
+def run_lock(run_dir: Path) -> contextlib.AbstractContextManager[Path]:
+    """The one-writer lock of a run folder (``folder_lock``)."""
+    return folder_lock(run_dir, "run folder")
 
 
 def holds_files(run_dir: Path) -> bool:

@@ -15,9 +15,9 @@ scaled as documented in ``diffuseg.io``); 3D inputs give NIfTI with the input's 
 
 A case folder is written into a hidden temporary sibling (``.<case>.tmp-<pid>``) and then swapped
 in, so replacing a case (``predict --overwrite``) never leaves a file of the previous prediction
-(e.g. a ``sample_15`` from a run with more samples). ``lock_output(folder)`` is an advisory lock
-(``folder/.diffuseg.lock``, holding the writer's pid) so that two ``predict`` commands never write
-one output folder at once.
+(e.g. a ``sample_15`` from a run with more samples). ``lock_output(folder)`` is the project's one
+folder lock (``atomic.folder_lock``: a kernel lock on ``folder/.diffuseg.lock``, naming the
+writer) so that two ``predict`` commands never write one output folder at once.
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ import json
 import os
 import re
 import shutil
-import socket
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from diffuseg.atomic import LOCK_NAME, folder_lock  # noqa: F401  (LOCK_NAME: re-exported)
 from diffuseg.ensemble import Result
 from diffuseg.errors import DataError
 from diffuseg.io import (
@@ -141,78 +140,10 @@ def _write_files(result: Result, geometry: Geometry, case_dir: Path, *, source: 
 # ---------------------------------------------------------------------------------------------
 # the lock: one writer per output folder
 
-LOCK_NAME = ".diffuseg.lock"
-_held: dict[Path, int] = {}  # folders this process holds -> nesting depth
 
-
-@contextlib.contextmanager
-def lock_output(folder: str | Path) -> Iterator[Path]:
-    """Hold ``folder/.diffuseg.lock`` (created exclusively, holding this pid) while writing into
-    ``folder``. Another live holder is refused with a one-line DataError naming its pid; the lock
-    of a process that is gone is taken over. Re-entrant within one process."""
-    folder = Path(folder)
-    key = folder.resolve()
-    if key in _held:
-        _held[key] += 1
-        try:
-            yield folder
-        finally:
-            _held[key] -= 1
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_NAME
-    _acquire(lock)
-    _held[key] = 1
-    try:
-        yield folder
-    finally:
-        del _held[key]
-        with contextlib.suppress(FileNotFoundError):
-            if _holder(lock).get("pid") == os.getpid():
-                lock.unlink()
-
-
-def _acquire(lock: Path) -> None:
-    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                         "since": time.strftime("%Y-%m-%d %H:%M:%S")})
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _holder(lock)
-            pid = holder.get("pid")
-            if isinstance(pid, int) and _alive(pid, holder.get("host")):
-                raise DataError(
-                    f"output folder '{lock.parent}' is being written by another diffuseg "
-                    f"(pid {pid} on {holder.get('host')}, since {holder.get('since')}); wait for "
-                    f"it to finish, or delete '{lock}' if that process is gone") from None
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()  # a stale lock: its writer is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(record + "\n")
-        return
-    raise DataError(f"could not lock output folder '{lock.parent}'; delete '{lock}' and retry")
-
-
-def _holder(lock: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(lock.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _alive(pid: int, host: str | None) -> bool:
-    if host not in (None, socket.gethostname()):
-        return True  # another machine's process: cannot check, assume it runs
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def lock_output(folder: str | Path) -> contextlib.AbstractContextManager[Path]:
+    """One writer per prediction folder: the project's one folder lock (``atomic.folder_lock``)."""
+    return folder_lock(folder, "output folder")
 
 
 # ---------------------------------------------------------------------------------------------
