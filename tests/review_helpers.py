@@ -9,9 +9,12 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+
 from diffuseg.api import build_config
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.inference import Predictor
+from diffuseg.io import read_mask, write_mask
 from diffuseg.service.app import create_app, segment_job
 from diffuseg.service.jobs import JobStore, now
 from diffuseg.service.settings import ServiceSettings
@@ -33,6 +36,24 @@ def tiny_run(root: Path, *, n_cases: int = 4, size: int = 32, extra: list[str] =
                                  spatial_dims=spatial_dims)
     config = build_config(None, TINY + list(extra), dataset=data)
     return train(config, data, root / "run", progress=False), data
+
+
+def tiny_multiclass_run(root: Path, *, n_cases: int = 4, size: int = 32) -> tuple:
+    """``tiny_run`` on a K = 3 phantom: every rater's lesion split at its mean column into label 1
+    ('anterior', left) and label 2 ('posterior', right), declared so in dataset.json."""
+    data = write_phantom_dataset(root / "phantom3", n_cases=n_cases, size=size, n_raters=3)
+    info = json.loads((data / "dataset.json").read_text())
+    info["labels"] = {"background": 0, "anterior": 1, "posterior": 2}
+    (data / "dataset.json").write_text(json.dumps(info, indent=2))
+    for path in sorted((data / "labelsTr").iterdir()):
+        mask, geometry = read_mask(path)
+        columns = np.flatnonzero(mask.any(0))
+        split = int(columns.mean()) if len(columns) else size // 2
+        mask[:, split:] *= 2
+        write_mask(path, mask.astype(np.uint8), geometry)
+    config = build_config(None, TINY, dataset=data)
+    assert config.num_classes == 3
+    return train(config, data, root / "run3", progress=False), data
 
 
 def make_job(data_dir: Path, predictor: Predictor, image: Path, *, n_samples: int = 6,

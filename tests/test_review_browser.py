@@ -19,7 +19,13 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 from PIL import Image  # noqa: E402
-from review_helpers import ANN_TOKEN, make_app, make_job, tiny_run  # noqa: E402
+from review_helpers import (  # noqa: E402
+    ANN_TOKEN,
+    make_app,
+    make_job,
+    tiny_multiclass_run,
+    tiny_run,
+)
 
 from diffuseg.audit import read_events  # noqa: E402
 from diffuseg.inference import Predictor  # noqa: E402
@@ -52,17 +58,21 @@ def server(tmp_path_factory):
                            extra=["data.patch_size=[16,16,16]"])
     ids["vol"] = make_job(data_dir, Predictor.from_run(run3),
                           sorted((data3 / "imagesTr").iterdir())[0], n_samples=3)
+    for base in serve(make_app(data_dir, run)):
+        yield base, data_dir, ids
+
+
+def serve(app):
+    """Yields the base URL of ``app`` served by uvicorn in a thread, stopped afterwards."""
     port = free_port()
-    config = uvicorn.Config(make_app(data_dir, run), host="127.0.0.1", port=port,
-                            log_level="warning")
-    srv = uvicorn.Server(config)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     for _ in range(200):
         if srv.started:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", data_dir, ids
+    yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(10)
 
@@ -264,4 +274,88 @@ def test_worklist_lists_the_jobs(server, browser):
     page.wait_for_selector("#jobs tr >> nth=1", timeout=10000)
     text = page.locator("#jobs").inner_text()
     assert ids["job0"] in text and ids["job1"] in text and "approved by ann" in text
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def server3(tmp_path_factory):
+    """A K = 3 run ('anterior' 1, 'posterior' 2) served with one finished job."""
+    root = tmp_path_factory.mktemp("browser3")
+    run, data = tiny_multiclass_run(root)
+    data_dir = root / "data"
+    job = make_job(data_dir, Predictor.from_run(run), sorted((data / "imagesTr").iterdir())[0])
+    for base in serve(make_app(data_dir, run)):
+        yield base, data_dir, job
+
+
+def test_multiclass_job_brush_paints_the_active_label(server3, browser):
+    base, data_dir, job = server3
+    page, errors = open_job(browser, base, job)
+    assert page.locator("#label-row").is_visible()
+    assert page.locator("#label option").all_inner_texts() == ["1 anterior", "2 posterior"]
+    legend = page.locator("#colorbars").inner_text()
+    assert "anterior" in legend and "posterior" in legend
+    # the consensus contour is drawn per label in its own colour: a synthetic consensus with
+    # a square of each label, the working mask emptied so that only the contours show
+    colours = page.evaluate("""() => {
+        const saved = [S.consensus, S.working];
+        S.consensus = new Uint8Array(S.H * S.W);
+        S.working = new Uint8Array(S.H * S.W);
+        for (let r = 4; r < 12; r++) for (let c = 4; c < 12; c++) {
+            S.consensus[r * S.W + c] = 1; S.consensus[(r + 14) * S.W + c + 14] = 2; }
+        render(); [S.consensus, S.working] = saved; return [labelColor(1), labelColor(2)]; }""")
+    drawn = canvas_pixels(page, "06a_multiclass_contours")
+    zoom = drawn.shape[0] // 32
+    for k, (r, c) in ((0, (4, 8)), (1, (18, 22))):  # top edge of each square
+        assert (drawn[r * zoom + zoom // 2, c * zoom + zoom // 2] == colours[k]).all()
+    assert colours[0] != colours[1]
+    page.evaluate("() => render()")
+    page.keyboard.press("l")  # L: next label
+    assert page.evaluate("() => S.label") == 2
+    page.keyboard.press("Shift+L")
+    assert page.evaluate("() => S.label") == 1
+    page.select_option("#label", "2")
+    assert page.evaluate("() => S.label") == 2
+    box = page.locator("#view").bounding_box()
+
+    def at(r: float, c: float) -> tuple[float, float]:
+        return box["x"] + (c + 0.5) * box["width"] / 32, box["y"] + (r + 0.5) * box["height"] / 32
+
+    page.keyboard.press("b")
+    page.keyboard.press("q")  # radius 2 -> 1
+    page.mouse.move(*at(4, 4))
+    page.mouse.down()
+    for c in range(5, 13):
+        page.mouse.move(*at(4, c))
+    page.mouse.up()
+    page.wait_for_selector("body[data-edits='1']", timeout=10000)
+    canvas_pixels(page, "06_multiclass_label2")
+    assert page.evaluate("() => S.working[idx(4, 8)]") == 2
+    page.select_option("#label", "1")  # the eraser clears the active label only
+    page.keyboard.press("e")
+    page.mouse.click(*at(4, 8))
+    assert page.evaluate("() => S.working[idx(4, 8)]") == 2
+    page.select_option("#label", "2")
+
+    # marks are about the active label: the guided samples hold label 2 at the inside mark
+    page.keyboard.press("i")
+    page.keyboard.press("q")  # radius 1 -> 0: one pixel
+    page.mouse.click(*at(16, 16))
+    page.keyboard.press("Shift+R")
+    page.wait_for_selector("#original:not([disabled])", timeout=60000)
+    guided = sorted((data_dir / "jobs" / job / "guided").glob("sample_*.png"))
+    assert len(guided) >= 8
+    assert all(read_mask(p, labels=range(3))[0][16, 16] == 2 for p in guided)
+    assert read_events(data_dir)[-1]["label"] == 2
+    page.keyboard.press("Shift+A")
+    page.wait_for_selector("body[data-state=approved]", timeout=10000)
+    saved, _ = read_mask(data_dir / "jobs" / job / "approved/approved_mask.png", labels=range(3))
+    assert (saved[3:6, 5:12] == 2).all()  # the stroke holds label 2
+    consensus, _ = read_mask(data_dir / "jobs" / job / "output/consensus.png", labels=range(3))
+    changed = np.argwhere(saved != consensus)
+    assert len(changed) and (changed[:, 0] >= 3).all() and (changed[:, 0] <= 5).all()
+    edits = [(e["tool"], e["label"]) for e in read_events(data_dir) if e["event"] == "edit"]
+    assert edits == [("brush", 2), ("inside", 2)]  # the eraser over label 2 changed nothing
+    assert "dice_2" in read_events(data_dir)[-1]
+    assert errors == []
     page.close()

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, HTTPException, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from diffuseg.audit import append_event, last_view, mask_change
+from diffuseg.audit import append_event, label_change, last_view
 from diffuseg.errors import DiffusegError
 from diffuseg.service import review_data as rd
 from diffuseg.service.auth import current_user
@@ -43,6 +43,7 @@ class EditBody(BaseModel):
     tool: str = Field(max_length=32)
     slice: int | None = None
     voxels: int = Field(ge=0)
+    label: int | None = Field(None, ge=0)  # the active label of a brush/eraser/mark stroke
 
 
 class DecisionBody(BaseModel):
@@ -66,25 +67,44 @@ def static_text(name: str) -> str:
 
 
 @lru_cache(maxsize=16)
-def _cached_case(folder: str, source: str, stamp: float) -> rd.Case:
-    return rd.load_case(Path(folder), source)
+def _cached_case(folder: str, source: str, stamp: float, n_labels: int) -> rd.Case:
+    return rd.load_case(Path(folder), source, n_labels)
 
 
-def load(job: Path, source: str) -> rd.Case:
+def load(job: Path, source: str, n_labels: int = 2) -> rd.Case:
     result = rd.case_folder(job, source) / "result.json"
-    return _cached_case(str(job), source, result.stat().st_mtime)
+    return _cached_case(str(job), source, result.stat().st_mtime, n_labels)
 
 
 def quantise(values: np.ndarray) -> np.ndarray:
     return np.round(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def label_name(run_dir: Path | None) -> str:
-    """The run's name of foreground label 1 (dataset.json), else 'foreground'."""
+def label_names(run_dir: Path | None, n_labels: int) -> dict[int, str]:
+    """{label: name} of the foreground labels 1..n_labels-1: the run's dataset.json names, else
+    'foreground' (binary) or 'label k'."""
     from diffuseg.io.dicom_seg import run_label_names
 
-    names = run_label_names(run_dir) if run_dir is not None else None
-    return (names or {}).get(1, "foreground")
+    names = (run_label_names(run_dir) if run_dir is not None else None) or {}
+    default = "foreground" if n_labels <= 2 else "label {}"
+    return {k: names.get(k, default.format(k)) for k in range(1, n_labels)}
+
+
+def run_labels(state, run_dir: Path | None) -> int:
+    """How many label values the run's masks hold (background included): 2 for a binary run
+    (num_classes 1), K for a K-class run; from the loaded predictor's config, else the run's
+    config.json, else binary."""
+    predictor = getattr(state, "predictor", None)
+    if predictor is not None:
+        return max(2, int(predictor.config.num_classes))
+    if run_dir is not None and (Path(run_dir) / "config.json").is_file():
+        from diffuseg.config import load_config
+
+        try:
+            return max(2, int(load_config(Path(run_dir) / "config.json").num_classes))
+        except DiffusegError:
+            pass
+    return 2
 
 
 def store_reviewed(state, job: Job, seg: Path, user: str) -> dict:
@@ -110,7 +130,7 @@ def store_reviewed(state, job: Job, seg: Path, user: str) -> dict:
 def review_router(settings, state) -> APIRouter:
     data_dir = Path(settings.data_dir)
     store: JobStore = state.jobs
-    label = label_name(getattr(settings, "run_dir", None))
+    run_dir = getattr(settings, "run_dir", None)
     router = APIRouter(prefix="/review", tags=["review"])
     lock = threading.Lock()  # one review model call at a time
 
@@ -123,9 +143,12 @@ def review_router(settings, state) -> APIRouter:
     def job_or_404(job_id: str) -> Path:
         return store.folder(find(job_id).id)
 
+    def n_labels() -> int:
+        return run_labels(state, run_dir)
+
     def case_or_409(job: Path, source: str) -> rd.Case:
         try:
-            return load(job, source)
+            return load(job, source, n_labels())
         except DiffusegError as err:
             raise HTTPException(409, str(err)) from None
 
@@ -135,11 +158,12 @@ def review_router(settings, state) -> APIRouter:
             raise HTTPException(503, "no model is loaded in this service")
         return model
 
-    def mask_from(b64: str | None, shape: tuple[int, ...], what: str) -> np.ndarray:
+    def mask_from(b64: str | None, shape: tuple[int, ...], what: str, labels: int = 2
+                  ) -> np.ndarray:
         if b64 is None:
             raise HTTPException(400, f"{what}: no mask sent")
         try:
-            return rd.decode_mask(base64.b64decode(b64, validate=True), shape)
+            return rd.decode_mask(base64.b64decode(b64, validate=True), shape, labels)
         except (ValueError, DiffusegError) as err:
             raise HTTPException(400, f"{what}: {err}") from None
 
@@ -176,7 +200,10 @@ def review_router(settings, state) -> APIRouter:
                 "image_range": [float(case.image.min()), float(case.image.max())],
                 "modes": find_modes(case.samples).to_json(),
                 "review": rd.read_json(job / "review.json"),
-                "guided": (job / "guided").is_dir(), "dicom": rd.is_dicom(job)}
+                "guided": (job / "guided").is_dir(), "dicom": rd.is_dicom(job),
+                "num_classes": 1 if case.n_labels <= 2 else case.n_labels,
+                "labels": [{"value": k, "name": name}
+                           for k, name in label_names(run_dir, case.n_labels).items()]}
 
     @router.get("/api/jobs/{job_id}/array/{name}")
     def array(job_id: str, name: str, source: Source = "output",
@@ -205,17 +232,18 @@ def review_router(settings, state) -> APIRouter:
     @router.post("/api/jobs/{job_id}/edit")
     def edit(job_id: str, body: EditBody, user: str = Depends(current_user)) -> dict:
         job_or_404(job_id)
+        extra = {} if body.label is None else {"label": body.label}
         return append_event(data_dir, "edit", user, job_id, tool=body.tool, slice=body.slice,
-                            voxels=body.voxels)
+                            voxels=body.voxels, **extra)
 
     @router.post("/api/jobs/{job_id}/approve")
     def approve(job_id: str, body: DecisionBody, user: str = Depends(current_user)) -> dict:
         info = find(job_id)
         job = store.folder(info.id)
         case = case_or_409(job, "output")
-        mask = mask_from(body.mask, case.consensus.shape, "approve")
+        mask = mask_from(body.mask, case.consensus.shape, "approve", case.n_labels)
         opened = last_view(data_dir, job_id, user)
-        change = mask_change(case.consensus, mask)
+        change = label_change(case.consensus, mask, case.n_labels)
         seconds = None if opened is None else round(time.time() - opened, 3)
         event = append_event(data_dir, "approve", user, job_id, comment=body.comment,
                              start_from=body.start_from, seconds_open=seconds, **change)
@@ -225,7 +253,8 @@ def review_router(settings, state) -> APIRouter:
         method = state.predictor.config.method.name if state.predictor is not None else (
             rd.read_json(rd.case_folder(job) / "result.json") or {}).get("method", "diffuseg")
         try:
-            files = rd.write_approved(job, mask, case, record, method=method, label=label)
+            files = rd.write_approved(job, mask, case, record, method=method,
+                                      label_names=label_names(run_dir, case.n_labels))
         except DiffusegError as err:
             raise HTTPException(400, " ".join(str(err).split())) from None
         record["files"] = files
@@ -269,7 +298,7 @@ def review_router(settings, state) -> APIRouter:
                      extra={"guided": True, "inside": int(inside.sum()),
                             "outside": int(outside.sum()), "seed": body.seed})
         append_event(data_dir, "resample", user, job_id, inside=int(inside.sum()),
-                     outside=int(outside.sum()), n_samples=body.n_samples)
+                     outside=int(outside.sum()), n_samples=body.n_samples, label=body.label)
         return {"source": "guided", "n_samples": body.n_samples}
 
     @router.get("/api/jobs/{job_id}/explain/{kind}.png")

@@ -71,30 +71,38 @@ class Case:
     samples: np.ndarray  # [S, *spatial] uint8
     maps: dict[str, np.ndarray]  # probability, variance, entropy, mutual_information in [0, 1]
     ext: str
+    n_labels: int = 2  # label values 0..n_labels-1: 2 for a binary run, K for a K-class run
 
 
-def load_case(job: Path, source: str = "output") -> Case:
+def load_case(job: Path, source: str = "output", n_labels: int = 2) -> Case:
+    """The job's image, consensus, samples and maps. ``n_labels`` = 2 (binary run): masks as
+    0/1 (any non-zero value is foreground); K > 2 (a K-class run): label maps 0..K-1."""
     from diffuseg.inference import read_channels
 
     folder = case_folder(job, source)
     summary = read_json(folder / "result.json") or {}
     ext = ".png" if (folder / "consensus.png").is_file() else ".nii.gz"
     image, _ = read_channels(input_paths(job))
-    consensus, geometry = read_mask(folder / f"consensus{ext}")
-    samples = np.stack([read_mask(folder / f"sample_{s:02d}{ext}")[0]
+    labels = None if n_labels <= 2 else range(n_labels)
+    consensus, geometry = read_mask(folder / f"consensus{ext}", labels=labels)
+    samples = np.stack([read_mask(folder / f"sample_{s:02d}{ext}", labels=labels)[0]
                         for s in range(int(summary.get("n_samples", 0)))])
     maps = {}
     for name in MAPS:
         values = read_image(folder / f"{name}{ext}")[0][0].astype(np.float32)
         maps[name] = values / 255.0 if ext == ".png" else values
-    return Case(image[0].astype(np.float32), geometry, (consensus > 0).astype(np.uint8),
-                (samples > 0).astype(np.uint8), maps, ext)
+    if n_labels <= 2:
+        consensus, samples = consensus > 0, samples > 0
+    return Case(image[0].astype(np.float32), geometry, consensus.astype(np.uint8),
+                samples.astype(np.uint8), maps, ext, max(2, n_labels))
 
 
 def write_approved(job: Path, mask: np.ndarray, case: Case, record: dict, *,
-                   method: str = "diffuseg", label: str = "foreground") -> list[str]:
-    """The approved mask in the output's format (on the output grid) and, for a DICOM series, a
-    reviewed DICOM-SEG (``reviewed_seg``); returns the files written under ``approved/``."""
+                   method: str = "diffuseg", label_names: dict[int, str] | None = None
+                   ) -> list[str]:
+    """The approved mask (a label map) in the output's format (on the output grid) and, for a
+    DICOM series, a reviewed DICOM-SEG (``reviewed_seg``) with one segment per foreground label
+    present (binary runs: always segment 1); returns the files written under ``approved/``."""
     out = job / "approved"
     out.mkdir(exist_ok=True)
     name = f"approved_mask{case.ext}"
@@ -104,7 +112,7 @@ def write_approved(job: Path, mask: np.ndarray, case: Case, record: dict, *,
     files = [name]
     if is_dicom(job):
         reviewed_seg(job, mask, out / SEG_FILE, reviewer=record["user"], method=method,
-                     label=label)
+                     label_names=seg_labels(mask, case.n_labels, label_names))
         files.append(SEG_FILE)
     record = {**record, "files": files,
               "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -112,9 +120,20 @@ def write_approved(job: Path, mask: np.ndarray, case: Case, record: dict, *,
     return files
 
 
+def seg_labels(mask: np.ndarray, n_labels: int, names: dict[int, str] | None
+               ) -> dict[int, str]:
+    """{label: name} of the SEG's segments: label 1 for a binary run (present or not), the
+    foreground labels present in ``mask`` for a K-class run (label 1 when none is)."""
+    names = names or {}
+    present = [int(v) for v in np.unique(mask) if v > 0] if n_labels > 2 else []
+    default = "foreground" if n_labels <= 2 else "label {}"
+    return {k: names.get(k, default.format(k)) for k in (present or [1])}
+
+
 def reviewed_seg(job: Path, mask: np.ndarray, path: Path, *, reviewer: str, method: str,
-                 label: str) -> Path:
-    """A BINARY DICOM-SEG of ``mask`` derived from the job's series, its segment marked
+                 label_names: dict[int, str]) -> Path:
+    """A BINARY DICOM-SEG of label map ``mask`` (one segment per label of ``label_names``,
+    segment number = label value) derived from the job's series, its segments marked
     SEMIAUTOMATIC and its series described as reviewed, with ``reviewer`` as ContentCreatorName
     (``diffuseg.io.dicom_seg.binary_seg``).
 
@@ -128,15 +147,24 @@ def reviewed_seg(job: Path, mask: np.ndarray, path: Path, *, reviewer: str, meth
     _, geometry = read_image(input_paths(job)[0])
     if geometry.kind != "dicom":
         raise DataError(f"job '{job.name}': the input is not a DICOM series; no DICOM-SEG")
-    seg = binary_seg(mask.astype(np.uint8), reference_for(geometry), label_names={1: label},
+    seg = binary_seg(mask.astype(np.uint8), reference_for(geometry), label_names=label_names,
                      method=method, content_creator=reviewer, reviewed=True,
                      series_description="diffuseg segmentation")
     return save_atomic(seg, path)
 
 
-def decode_mask(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    """Raw uint8 bytes (C order) from the page -> a binary mask of ``shape``."""
+def decode_mask(data: bytes, shape: tuple[int, ...], n_labels: int = 2) -> np.ndarray:
+    """Raw uint8 bytes (C order) from the page -> a mask of ``shape``: binary (any non-zero value
+    is foreground) when ``n_labels`` = 2, else a label map whose values must lie in
+    0..n_labels-1."""
     n = int(np.prod(shape))
     if len(data) != n:
         raise DataError(f"the mask holds {len(data)} values; the image has {n} {list(shape)}")
-    return (np.frombuffer(data, np.uint8).reshape(shape) > 0).astype(np.uint8)
+    values = np.frombuffer(data, np.uint8).reshape(shape)
+    if n_labels <= 2:
+        return (values > 0).astype(np.uint8)
+    high = int(values.max(initial=0))
+    if high >= n_labels:
+        raise DataError(f"the mask holds label value {high}; this run's labels are "
+                        f"0..{n_labels - 1}")
+    return values.copy()

@@ -10,6 +10,11 @@ const token = sessionStorage.getItem("diffuseg_token");
 const authHeaders = token ? { Authorization: "Bearer " + token } : {};
 const api = "/review/api/jobs/" + encodeURIComponent(jobId);
 const MODE_COLORS = [[255, 0, 255], [0, 200, 255], [255, 160, 0], [120, 255, 120], [255, 255, 255]];
+// consensus contour of label 1, 2, ... (label 1 keeps the binary page's yellow)
+const LABEL_COLORS = [[255, 230, 0], [190, 110, 255], [255, 120, 0], [0, 255, 170], [255, 150, 200],
+                      [150, 200, 255], [200, 255, 90], [255, 255, 255]];
+const labelColor = (k) => LABEL_COLORS[(k - 1) % LABEL_COLORS.length];
+const rgb = ([r, g, b]) => `rgb(${r},${g},${b})`;
 const UNC_KINDS = ["entropy", "mutual_information", "variance"];
 const FLOOR = 0.1;  // probability and uncertainty below this are not drawn
 // colour scale 0..1 of each map: variance (of probabilities in [0, 1]) is at most 0.25
@@ -21,6 +26,8 @@ const S = {
   working: null, inside: null, outside: null, startFrom: "consensus",
   undo: [], sample: 0, shownMode: -1, zoom: 6, width: 1, level: 0,
   stroke: null, dirty: false,
+  label: 1,  // the active label: brush paints it, eraser clears it, marks and agreement are about it
+  labels: [],  // [{value, name}] of the foreground labels (binary: one)
 };
 
 function setStatus(text) { $("status").textContent = text; }
@@ -64,6 +71,8 @@ async function loadSamples() {
   const shape = S.meta.shape;
   S.H = shape[0]; S.W = shape[1]; S.D = shape.length > 2 ? shape[2] : 1;
   S.nSamples = S.meta.n_samples;
+  S.labels = S.meta.labels || [{ value: 1, name: "foreground" }];
+  renderLabelSelector();
   const [consensus, samples, probability, entropy, mi, variance] = await Promise.all(
     ["consensus", "samples", "probability", "entropy", "mutual_information", "variance"]
       .map(getArray));
@@ -115,10 +124,10 @@ function resetView() {
   render();
 }
 
-function boundary(mask, r, c) {
-  if (!mask[idx(r, c)]) return false;
-  return (r === 0 || !mask[idx(r - 1, c)]) || (r === S.H - 1 || !mask[idx(r + 1, c)]) ||
-         (c === 0 || !mask[idx(r, c - 1)]) || (c === S.W - 1 || !mask[idx(r, c + 1)]);
+function boundary(mask, r, c, k = S.label) {  // a pixel of label k next to another label
+  if (mask[idx(r, c)] !== k) return false;
+  return (r === 0 || mask[idx(r - 1, c)] !== k) || (r === S.H - 1 || mask[idx(r + 1, c)] !== k) ||
+         (c === 0 || mask[idx(r, c - 1)] !== k) || (c === S.W - 1 || mask[idx(r, c + 1)] !== k);
 }
 
 function viridis(t) {  // 5-stop approximation of matplotlib's viridis
@@ -147,6 +156,7 @@ function render() {
   const blend = (o, rgb, a) => { for (let j = 0; j < 3; j++) px[o + j] = px[o + j] * (1 - a) + rgb[j] * a; };
   const mode = S.shownMode >= 0 ? sampleMask(S.meta.modes.medoids[S.shownMode]) : null;
   const sample = showSample ? sampleMask(S.sample) : null;
+  const multi = S.labels.length > 1, act = S.label;
   for (let r = 0; r < H; r++) {
     for (let c = 0; c < W; c++) {
       const i = idx(r, c), o = (r * W + c) * 4;
@@ -157,12 +167,16 @@ function render() {
       if (showU) { const u = Math.min(1, uScale * unc[i] / 255); if (u >= FLOOR) blend(o, viridis(u), 0.2 + 0.5 * u); }
       if (showAgree) {
         let count = 0;
-        for (let s = 0; s < S.nSamples; s++) count += S.samples[s * n + i];
+        for (let s = 0; s < S.nSamples; s++) count += S.samples[s * n + i] === act;
         if (count >= k) blend(o, [0, 220, 90], 0.4);
       }
-      if (S.working[i]) blend(o, [255, 40, 40], 0.3);
+      const w = S.working[i];
+      if (w === act) blend(o, [255, 40, 40], 0.3);
+      else if (w) blend(o, labelColor(w), 0.25);  // the other labels of your mask
       if (boundary(S.working, r, c)) blend(o, [255, 40, 40], 0.9);
-      if (showCons && boundary(S.consensus, r, c)) blend(o, [255, 230, 0], 1);
+      else if (multi && w && boundary(S.working, r, c, w)) blend(o, labelColor(w), 0.6);
+      const cv = S.consensus[i];
+      if (showCons && cv && boundary(S.consensus, r, c, cv)) blend(o, labelColor(cv), 1);
       if (sample && boundary(sample, r, c)) blend(o, [0, 230, 255], 1);
       if (mode && boundary(mode, r, c)) blend(o, MODE_COLORS[S.shownMode % 5], 1);
     }
@@ -212,8 +226,11 @@ function renderColorbars(showP, showU) {
     add(text, viridis, "0", kind === "variance" ? "0.25" : "1", FLOOR / UNC_SCALE[kind]);
   }
   const legend = document.createElement("div");
-  legend.innerHTML = '<span class="swatch" style="background:#ffe600"></span> consensus' +
-    (S.source === "guided" ? " (guided) " : " ") +
+  const guided = S.source === "guided" ? " (guided) " : " ";
+  legend.innerHTML = (S.labels.length > 1
+    ? "consensus" + guided + S.labels.map((l) => `<span class="swatch" style="background:${rgb(labelColor(l.value))}"></span> ` +
+        `${l.value} ${escapeHtml(l.name)} `).join("")
+    : '<span class="swatch" style="background:#ffe600"></span> consensus' + guided) +
     '<span class="swatch" style="background:#ff2828"></span> your mask ' +
     '<span class="swatch" style="background:#00e6ff"></span> sample ' +
     '<span class="swatch" style="background:#00ff00"></span> inside ' +
@@ -221,12 +238,49 @@ function renderColorbars(showP, showU) {
   box.appendChild(legend);
 }
 
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (ch) => "&#" + ch.charCodeAt(0) + ";");
+}
+
+function renderLabelSelector() {  // only for a K-class run (K > 2 label values)
+  const sel = $("label"), multi = S.labels.length > 1;
+  $("label-row").classList.toggle("hidden", !multi);
+  if (!S.labels.some((l) => l.value === S.label)) S.label = S.labels[0].value;
+  sel.innerHTML = "";
+  for (const l of S.labels) {
+    const opt = document.createElement("option");
+    opt.value = l.value; opt.textContent = l.value + " " + l.name;
+    sel.appendChild(opt);
+  }
+  sel.value = S.label;
+}
+
+function activeName() {
+  const l = S.labels.find((x) => x.value === S.label);
+  return l ? l.name : String(S.label);
+}
+
+function setLabel(k) {  // marks concern one label: changing it clears them (undo restores)
+  if (k === S.label || !S.labels.some((l) => l.value === k)) return;
+  if (S.inside && (S.inside.some((v) => v) || S.outside.some((v) => v))) {
+    snapshot(); S.inside.fill(0); S.outside.fill(0);
+  }
+  S.label = k; $("label").value = k;
+  render();
+}
+
+function cycleLabel(step) {
+  if (S.labels.length < 2) return;
+  const j = S.labels.findIndex((l) => l.value === S.label);
+  setLabel(S.labels[(j + step + S.labels.length) % S.labels.length].value);
+}
+
 function updateLabels() {
   $("slice-label").textContent = S.D > 1 ? (S.z + 1) + " / " + S.D : "";
   $("sample-label").textContent = "sample " + (S.sample + 1) + " of " + S.nSamples +
     (S.source === "guided" ? " (guided)" : "");
   $("agree-label").textContent = "pixels where \u2265 " + $("agree-k").value + " of " +
-    S.nSamples + " samples agree";
+    S.nSamples + " samples agree" + (S.labels.length > 1 ? " on " + activeName() : "");
   $("radius-label").textContent = $("radius").value + " px";
   if (S.working) {
     let edited = 0;
@@ -261,7 +315,7 @@ function renderModes() {
 // ---------------------------------------------------------------- editing
 function snapshot() {
   S.undo.push({ working: S.working.slice(), inside: S.inside.slice(), outside: S.outside.slice(),
-                startFrom: S.startFrom });
+                startFrom: S.startFrom, label: S.label });
   if (S.undo.length > 30) S.undo.shift();
 }
 
@@ -283,6 +337,7 @@ function undo() {
   const last = S.undo.pop();
   if (!last) return;
   Object.assign(S, last);
+  $("label").value = S.label;
   render();
 }
 
@@ -301,9 +356,10 @@ function paint(r0, c0) {
     for (let c = c0 - rad; c <= c0 + rad; c++) {
       if (r < 0 || c < 0 || r >= S.H || c >= S.W || (r - r0) ** 2 + (c - c0) ** 2 > rad * rad) continue;
       const i = idx(r, c);
-      if (t === "brush" || t === "eraser") {
-        const v = t === "brush" ? 1 : 0;
-        if (S.working[i] !== v) { S.working[i] = v; changed++; }
+      if (t === "brush") {  // paints the active label (over any other)
+        if (S.working[i] !== S.label) { S.working[i] = S.label; changed++; }
+      } else if (t === "eraser") {  // background where the active label is
+        if (S.working[i] === S.label) { S.working[i] = 0; changed++; }
       } else {
         const [set, clear] = t === "inside" ? [S.inside, S.outside] : [S.outside, S.inside];
         if (!set[i]) { set[i] = 1; clear[i] = 0; changed++; }
@@ -328,7 +384,8 @@ function onMove(ev) {
   if (r >= 0 && c >= 0 && r < S.H && c < S.W && S.image) {
     const i = idx(r, c);
     $("cursor").textContent = `(${r}, ${c}${S.D > 1 ? ", " + S.z : ""}) value ${S.image[i].toFixed(1)}` +
-      ` p=${(S.maps.probability[i] / 255).toFixed(2)}`;
+      ` p=${(S.maps.probability[i] / 255).toFixed(2)}` +
+      (S.labels.length > 1 && S.working ? ` label ${S.working[i]}` : "");
   }
   if (S.wl) {
     const span = S.meta.image_range[1] - S.meta.image_range[0];
@@ -354,7 +411,8 @@ async function onUp() {
   const stroke = S.stroke; S.stroke = null;
   if (!stroke.voxels) { S.undo.pop(); return; }
   try {
-    await postJSON(api + "/edit", { tool: stroke.tool, slice: S.D > 1 ? S.z : null, voxels: stroke.voxels });
+    await postJSON(api + "/edit", { tool: stroke.tool, slice: S.D > 1 ? S.z : null, voxels: stroke.voxels,
+                                    label: S.label });
     S.edits = (S.edits || 0) + 1;
     document.body.dataset.edits = S.edits;
   } catch (err) { setStatus("Edit not logged: " + err.message); }
@@ -368,7 +426,7 @@ async function resample() {
   $("resample-status").textContent = "Sampling\u2026";
   try {
     await postJSON(api + "/resample", { inside: toBase64(S.inside), outside: toBase64(S.outside),
-                                        n_samples: Math.max(S.nSamples, 8) });
+                                        n_samples: Math.max(S.nSamples, 8), label: S.label });
     S.source = "guided";
     await loadSamples();
     $("original").disabled = false;
@@ -442,7 +500,7 @@ function onKey(ev) {
     "[": () => { $("agree-k").value = +$("agree-k").value - 1; $("ov-agree").checked = true; render(); },
     "]": () => { $("agree-k").value = +$("agree-k").value + 1; $("ov-agree").checked = true; render(); },
     b: () => setTool("brush"), e: () => setTool("eraser"), i: () => setTool("inside"),
-    o: () => setTool("outside"), z: undo,
+    o: () => setTool("outside"), z: undo, l: () => cycleLabel(1), L: () => cycleLabel(-1),
     q: () => { $("radius").value = +$("radius").value - 1; updateLabels(); },
     w: () => { $("radius").value = +$("radius").value + 1; updateLabels(); },
     "0": () => startFrom("consensus", S.consensus0 || S.consensus),
@@ -480,6 +538,7 @@ function wire() {
     $(id).addEventListener("input", render);
   }
   $("radius").oninput = updateLabels;
+  $("label").onchange = (e) => setLabel(+e.target.value);
   $("reset-view").onclick = resetView;
   $("prev-sample").onclick = () => nextSample(-1);
   $("next-sample").onclick = () => nextSample(1);
