@@ -194,7 +194,7 @@ def downscale_dataset(src: Path, dst: Path, factor: int) -> Path:
     import shutil
 
     marker = dst / "benchmark.json"
-    want = {"src": str(src), "factor": factor}
+    want = {"src": str(Path(src).resolve()), "factor": factor}
     if marker.is_file() and json.loads(marker.read_text()) == want:
         return dst
     dataset = Dataset.open(src)

@@ -16,8 +16,8 @@ masks) and the two-sample accuracy of a logistic regression between real and syn
 Datasets, from ``--data-root`` (default ../shared/data), converted once with the importers:
 ``ph2`` (one rater; downscaled 3x on CPU to 128x96, ``--scale``), ``chase`` (CHASE_DB1, two
 raters, both eyes of a child in one fold; downscaled 8x to 120x125 on CPU). Splits: the patient-
-grouped 80/10/10 split of seed 0, saved into the prepared folder, so every run uses the same
-test cases; a fraction keeps a seeded subset of the training cases (at least 2).
+grouped split of seed 0 (PH2 80/10/10; CHASE_DB1 50/14/36 of its 14 children: ``SPLITS``),
+saved into the prepared folder, so every run uses the same test cases; a fraction keeps a seeded subset of the training cases (at least 2).
 
     python benchmarks/synthetic.py --datasets ph2,chase --steps 800 --gen-steps 2000 --out s.json
     python benchmarks/synthetic.py --quick      # phantom, tiny budgets: an end-to-end check
@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# Patient-grouped (train, val, test) fractions. CHASE_DB1 has 14 children (28 images): a 10 %
+# test fold would be one child, two images, too few for an interval; 5 children (10 images) are
+# held out instead, 2 for validation, 7 (14 images) left for training.
+SPLITS = {"phantom": (0.8, 0.1, 0.1), "ph2": (0.8, 0.1, 0.1), "chase": (0.5, 0.14, 0.36)}
+
+
 def prepare(name: str, args: argparse.Namespace) -> Path:
     """The dataset folder (converted once, downscaled on CPU) with a saved seed-0 split."""
     from diffuseg.data.importers import import_folder
@@ -99,7 +105,7 @@ def prepare(name: str, args: argparse.Namespace) -> Path:
         scale = args.scale or {"ph2": 3, "chase": 8}[name]
         path = common.downscale_dataset(full, root / f"x{scale}", scale)
     if not (path / "splits.json").is_file():
-        save_splits(path, make_splits(Dataset.open(path), seed=0))
+        save_splits(path, make_splits(Dataset.open(path), seed=0, fractions=SPLITS[name]))
     return path
 
 
