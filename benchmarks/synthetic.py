@@ -17,7 +17,8 @@ Datasets, from ``--data-root`` (default ../shared/data), converted once with the
 ``ph2`` (one rater; downscaled 3x on CPU to 128x96, ``--scale``), ``chase`` (CHASE_DB1, two
 raters, both eyes of a child in one fold; downscaled 8x to 120x125 on CPU). Splits: the patient-
 grouped split of seed 0 (PH2 80/10/10; CHASE_DB1 50/14/36 of its 14 children: ``SPLITS``),
-saved into the prepared folder, so every run uses the same test cases; a fraction keeps a seeded subset of the training cases (at least 2).
+saved into the prepared folder, so every run uses the same test cases; a fraction keeps a
+seeded subset of the training cases (at least 2).
 
     python benchmarks/synthetic.py --datasets ph2,chase --steps 800 --gen-steps 2000 --out s.json
     python benchmarks/synthetic.py --quick      # phantom, tiny budgets: an end-to-end check
