@@ -315,3 +315,23 @@ def test_resume_refuses_another_dataset(monkeypatch, capsys, tmp_path, tiny_run,
     shutil.copytree(tiny_run, run)
     code, _, err = run_cli(monkeypatch, capsys, "train", str(other), "-o", str(run), "--resume")
     assert_one_line_error(code, err, "cannot resume", str(other))
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["predict", "RUN", "-i", "x", "-o", "y", "-n", "x"], "'--samples' / '-n'"),
+    (["predict", "--bogus"], "No such option: --bogus"),
+    (["predict"], "Missing argument 'run'"),
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+])
+def test_click_usage_errors_are_one_line(monkeypatch, capsys, args, needle):
+    """A bad option value, an unknown option or command, a missing argument: one line naming
+    it and where the help is, exit 2 (not click's boxed usage message)."""
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, needle, " -h'")
+
+
+def test_help_and_no_arguments_exit_zero(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "predict", "-h")
+    assert code == 0 and "--samples" in out
+    code, out, _ = run_cli(monkeypatch, capsys)
+    assert code == 0 and "predict" in out

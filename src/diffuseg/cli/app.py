@@ -92,14 +92,40 @@ def warn(message: str) -> None:
     typer.echo(f"warning: {message}", err=True)
 
 
+def click_exceptions():
+    """click's exception classes as this typer raises them (recent typer vendors click as
+    ``typer._click``; older typer uses the ``click`` package)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
     """The ``diffuseg`` entry point: user mistakes end in one line and exit status 2."""
     import diffuseg.cli  # noqa: F401 (imports the command modules, which register themselves)
     from diffuseg.validation import quiet_library_logs
 
     quiet_library_logs()  # one line on stderr: no library warnings beside the error
+    click = click_exceptions()
+    no_args = getattr(click, "NoArgsIsHelpError", ())  # click >= 8.2
     try:
-        app()
+        code = app(standalone_mode=False)  # click's own errors come here, not as a usage box
+    except no_args as err:  # `diffuseg` alone: its help
+        typer.echo(err.ctx.get_help() if err.ctx else str(err))
+        sys.exit(0)
+    except click.UsageError as err:  # a bad option, value or missing argument
+        where = err.ctx.command_path if err.ctx else "diffuseg"
+        message = " ".join(err.format_message().split()).rstrip(".")
+        typer.echo(f"error: {message}; see '{where} -h'", err=True)
+        sys.exit(2)
+    except click.ClickException as err:  # any other error click raises
+        typer.echo(f"error: {' '.join(err.format_message().split())}", err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:  # Ctrl-C at a prompt
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
     except TrainingInterrupted as err:  # SIGINT/SIGTERM: a checkpoint was saved
         typer.echo(str(err), err=True)
         sys.exit(130)
@@ -109,3 +135,5 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    # as click's standalone mode: always exit, with an Exit's status (--help: 0), else 0
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
