@@ -65,6 +65,33 @@ def test_lock_is_exclusive_reentrant_and_released(tmp_path):
     assert not (folder / LOCK_NAME).exists()
 
 
+
+def test_lock_refuses_a_second_thread_of_the_same_process(tmp_path):
+    """Two service threads writing one folder: the second is refused, not let in."""
+    import threading
+
+    folder = tmp_path / "out"
+    errors: list[str] = []
+
+    def other_thread():
+        try:
+            with lock_output(folder):
+                errors.append("entered")
+        except DataError as err:
+            errors.append(str(err))
+
+    with lock_output(folder):
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(timeout=30)
+        assert (folder / LOCK_NAME).exists()
+    assert len(errors) == 1 and f"in use by pid {os.getpid()} on " in errors[0]
+    assert not (folder / LOCK_NAME).exists()
+    thread = threading.Thread(target=other_thread)  # released: now it may enter
+    thread.start()
+    thread.join(timeout=30)
+    assert errors[-1] == "entered"
+
 def hold_in_child(folder):
     """A child process holding ``folder``'s lock until killed."""
     import subprocess

@@ -15,13 +15,14 @@ import json
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from diffuseg.errors import DataError
 
 LOCK_NAME = ".diffuseg.lock"
-_held: dict[Path, int] = {}  # folders this process holds -> nesting depth
+_held: dict[tuple[int, Path], int] = {}  # (thread, folder) this process holds -> nesting depth
 
 
 def fsync_dir(folder: Path) -> None:
@@ -67,10 +68,12 @@ def folder_lock(folder: str | Path, what: str = "folder") -> Iterator[Path]:
     """Hold ``folder/.diffuseg.lock`` while writing into ``folder`` (created if missing). A second
     holder gets a one-line DataError naming the first one's pid, host and command. The kernel
     drops the lock when its holder dies, even by kill -9, so a stale file never blocks anyone.
-    Re-entrant within one process; the file is removed on release."""
+    Re-entrant within one thread; another thread of the same process is refused like another
+    process (flock locks belong to the open file, not the process). The file is removed on
+    release."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    key = folder.resolve()
+    key = (threading.get_ident(), folder.resolve())
     if key in _held:
         _held[key] += 1
         try:
