@@ -192,6 +192,16 @@ def test_keyboard_shortcuts(server, browser):
     page.keyboard.press("i")
     assert page.evaluate("() => document.querySelector('input[name=tool]:checked').value") == \
         "inside"
+    # the initial zoom is the largest whose canvas fits beside the panel and in 80 % of the height
+    fit = page.evaluate("""() => [S.zoom, S.W, S.H, document.getElementById('left').clientWidth,
+                                  innerHeight * 0.8]""")
+    zoom, w, h, free_w, free_h = fit
+    assert zoom * w <= free_w and zoom * h <= free_h
+    assert (zoom + 1) * w > free_w - 4 or (zoom + 1) * h > free_h - 4 or zoom == 32
+    assert page.locator("#view").bounding_box()["width"] == zoom * w
+    # no colour of the probability ramp comes near the yellow of the consensus contour
+    ramp = np.array(page.evaluate("() => [...Array(101).keys()].map((t) => plasma(t / 100))"))
+    assert np.abs(ramp - [255, 230, 0]).sum(-1).min() > 200
     width = page.locator("#view").bounding_box()["width"]
     page.keyboard.press("-")
     assert page.locator("#view").bounding_box()["width"] < width
@@ -310,6 +320,24 @@ def test_multiclass_job_brush_paints_the_active_label(server3, browser):
         assert (drawn[r * zoom + zoom // 2, c * zoom + zoom // 2] == colours[k]).all()
     assert colours[0] != colours[1]
     page.evaluate("() => render()")
+
+    # probability overlay of a K > 1 run: the share of samples with the active label, drawn
+    # where it reaches the floor (label 2 here), compared with and without the overlay
+    page.select_option("#label", "2")
+    page.keyboard.press("c")
+    samples = np.array(page.evaluate("() => Array.from(S.samples)")).reshape(-1, 32, 32)
+    before = canvas_pixels(page, "06b_multiclass_plain")
+    page.keyboard.press("p")
+    after = canvas_pixels(page, "06c_multiclass_probability_label2")
+    assert "share of samples with label 2 posterior" in page.locator("#colorbars").inner_text()
+    page.keyboard.press("p")
+    page.keyboard.press("c")
+    share = (samples == 2).mean(0)
+    assert (share >= 0.1).any() and (share < 0.1).any()
+    centre = (slice(zoom // 2, None, zoom), slice(zoom // 2, None, zoom))
+    drawn = np.abs(after[centre] - before[centre]).sum(-1) > 0
+    assert (drawn == (share >= 0.1)).all()  # not 1 - p(background): label 1 alone is not drawn
+    page.select_option("#label", "1")
     page.keyboard.press("l")  # L: next label
     assert page.evaluate("() => S.label") == 2
     page.keyboard.press("Shift+L")

@@ -16,6 +16,7 @@ const LABEL_COLORS = [[255, 230, 0], [190, 110, 255], [255, 120, 0], [0, 255, 17
 const labelColor = (k) => LABEL_COLORS[(k - 1) % LABEL_COLORS.length];
 const rgb = ([r, g, b]) => `rgb(${r},${g},${b})`;
 const UNC_KINDS = ["entropy", "mutual_information", "variance"];
+const MAX_ZOOM = 32;  // screen pixels per image pixel
 const FLOOR = 0.1;  // probability and uncertainty below this are not drawn
 // colour scale 0..1 of each map: variance (of probabilities in [0, 1]) is at most 0.25
 const UNC_SCALE = { entropy: 1, mutual_information: 1, variance: 4 };
@@ -119,8 +120,10 @@ function resetView() {
   $("win-level").min = mn - span / 2; $("win-level").max = mx + span / 2;
   S.width = Math.max(hi - lo, span / 500); S.level = (hi + lo) / 2;
   $("win-width").value = S.width; $("win-level").value = S.level;
-  const fit = Math.max(1, Math.floor(Math.min(720 / S.W, 640 / S.H)));
-  S.zoom = Math.min(16, fit); $("zoom").value = S.zoom;
+  // the largest zoom that fits the free width beside the panel and the viewport's 80vh
+  const freeW = Math.max(200, $("left").clientWidth - 4), freeH = Math.max(200, innerHeight * 0.8 - 4);
+  S.zoom = Math.max(1, Math.min(MAX_ZOOM, Math.floor(Math.min(freeW / S.W, freeH / S.H))));
+  $("zoom").value = S.zoom;
   render();
 }
 
@@ -135,7 +138,24 @@ function viridis(t) {  // 5-stop approximation of matplotlib's viridis
   const x = Math.min(Math.max(t, 0), 1) * 4, i = Math.min(Math.floor(x), 3), f = x - i;
   return stops[i].map((v, k) => v + (stops[i + 1][k] - v) * f);
 }
-function hot(t) { return [255, Math.round(255 * Math.min(Math.max(t, 0), 1)), 0]; }
+// probability: the lower 60 % of matplotlib's plasma (dark blue -> violet -> rose), no yellow, so
+// the yellow consensus contour stays visible over it
+function plasma(t) {
+  const stops = [[13, 8, 135], [84, 2, 163], [139, 10, 165], [185, 50, 137], [219, 92, 104]];
+  const x = Math.min(Math.max(t, 0), 1) * 4, i = Math.min(Math.floor(x), 3), f = x - i;
+  return stops[i].map((v, k) => v + (stops[i + 1][k] - v) * f);
+}
+
+function labelCount(i, k) {  // how many samples give voxel i label k
+  const n = S.H * S.W * S.D;
+  let count = 0;
+  for (let s = 0; s < S.nSamples; s++) count += S.samples[s * n + i] === k;
+  return count;
+}
+
+function probabilityAt(i) {  // binary: mean foreground probability; K > 1: share with the label
+  return S.labels.length > 1 ? labelCount(i, S.label) / S.nSamples : S.maps.probability[i] / 255;
+}
 
 function sampleMask(s) {  // a view of sample s as a mask indexed like the others
   const n = S.H * S.W * S.D;
@@ -163,13 +183,13 @@ function render() {
       const g = Math.min(255, Math.max(0, ((S.image[i] - lo) / S.width) * 255));
       px[o] = px[o + 1] = px[o + 2] = g; px[o + 3] = 255;
       // below FLOOR a map is not drawn: faint values everywhere would veil the whole image
-      if (showP) { const p = S.maps.probability[i] / 255; if (p >= FLOOR) blend(o, hot(p), 0.2 + 0.45 * p); }
-      if (showU) { const u = Math.min(1, uScale * unc[i] / 255); if (u >= FLOOR) blend(o, viridis(u), 0.2 + 0.5 * u); }
-      if (showAgree) {
-        let count = 0;
-        for (let s = 0; s < S.nSamples; s++) count += S.samples[s * n + i] === act;
-        if (count >= k) blend(o, [0, 220, 90], 0.4);
+      const count = showAgree || (showP && multi) ? labelCount(i, act) : 0;
+      if (showP) {  // K > 1: the share of samples with the active label, not 1 - p(background)
+        const p = multi ? count / S.nSamples : probabilityAt(i);
+        if (p >= FLOOR) blend(o, plasma(p), 0.2 + 0.45 * p);
       }
+      if (showU) { const u = Math.min(1, uScale * unc[i] / 255); if (u >= FLOOR) blend(o, viridis(u), 0.2 + 0.5 * u); }
+      if (showAgree && count >= k) blend(o, [0, 220, 90], 0.4);
       const w = S.working[i];
       if (w === act) blend(o, [255, 40, 40], 0.3);
       else if (w) blend(o, labelColor(w), 0.25);  // the other labels of your mask
@@ -217,7 +237,11 @@ function renderColorbars(showP, showU) {
     div.append(low, cv, high, " " + title + " (< " + floor + " not drawn)");
     box.appendChild(div);
   };
-  if (showP) add("mean foreground probability", hot, "0", "1");
+  if (showP) {
+    const l = S.labels.find((x) => x.value === S.label);
+    add(S.labels.length > 1 ? `share of samples with label ${S.label} ${l ? l.name : ""}`
+      : "mean foreground probability", plasma, "0", "1");
+  }
   if (showU) {
     const kind = $("unc-kind").value;
     const text = { entropy: "entropy / log 2 (1 = 50:50)",
@@ -384,7 +408,7 @@ function onMove(ev) {
   if (r >= 0 && c >= 0 && r < S.H && c < S.W && S.image) {
     const i = idx(r, c);
     $("cursor").textContent = `(${r}, ${c}${S.D > 1 ? ", " + S.z : ""}) value ${S.image[i].toFixed(1)}` +
-      ` p=${(S.maps.probability[i] / 255).toFixed(2)}` +
+      ` p${S.labels.length > 1 ? "(label " + S.label + ")" : ""}=${probabilityAt(i).toFixed(2)}` +
       (S.labels.length > 1 && S.working ? ` label ${S.working[i]}` : "");
   }
   if (S.wl) {
@@ -479,7 +503,7 @@ async function explain(kind) {
 
 // ---------------------------------------------------------------- wiring
 function setSlice(z) { S.z = Math.max(0, Math.min(S.D - 1, z)); $("slice").value = S.z; render(); }
-function setZoom(z) { S.zoom = Math.max(1, Math.min(16, z)); $("zoom").value = S.zoom; render(); }
+function setZoom(z) { S.zoom = Math.max(1, Math.min(MAX_ZOOM, z)); $("zoom").value = S.zoom; render(); }
 function toggle(id) { $(id).checked = !$(id).checked; render(); }
 function nextSample(step) { S.sample = (S.sample + step + S.nSamples) % S.nSamples; $("ov-sample").checked = true; render(); }
 function setTool(name) { document.querySelector(`input[name="tool"][value="${name}"]`).checked = true; }
