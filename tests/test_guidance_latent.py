@@ -164,6 +164,26 @@ def test_ldseg_guidance_not_only_the_projection_moves_the_decoded_marks(spatial_
 def test_guidance_scale_is_validated():
     with pytest.raises(ConfigError, match="guidance_scale"):
         build_method(tiny_config("ldseg", 2, process=GAUSSIAN, steps=2, guidance_scale=-1.0))
+    c = marks(SIZE[2])
+    for bad in (-0.5, float("nan"), 1e3, True):
+        with pytest.raises(ConfigError, match="guidance scale"):
+            dataclasses.replace(c, scale=bad).check(SIZE[2])
+
+
+def test_a_given_scale_replaces_the_runs_and_only_ldseg_takes_one():
+    """``Constraints.scale`` = z gives the samples of a run whose option guidance_scale is z
+    (same weights, same noise); a method that holds marks by replacement refuses a scale."""
+    spatial = SIZE[2]
+    image = torch.randn((1, 1, *spatial), generator=gen(1))
+    c = marks(spatial)
+    off = build("ldseg", "ddim", 2, guidance_scale=0.0)
+    on = build("ldseg", "ddim", 2, guidance_scale=2.0)
+    given = off.segment(image, 4, generator=gen(2), known=dataclasses.replace(c, scale=2.0).known())
+    torch.testing.assert_close(given, on.segment(image, 4, generator=gen(2), known=c.known()))
+    assert not torch.equal(given, off.segment(image, 4, generator=gen(2), known=c.known()))
+    with pytest.raises(ConfigError, match="no step size; drop --guidance-scale"):
+        build("ddpm", "ddim", 2).segment(image, 2, generator=gen(2),
+                                         known=dataclasses.replace(c, scale=1.0).known())
 
 
 # -- the API and the CLI on briefly trained runs ---------------------------------------------
@@ -232,6 +252,32 @@ def test_cli_predict_inside_outside(method, tiny_run, tmp_path, monkeypatch, cap
         assert sample[3:6, 3:6].all() and not sample[12:15, 10:16].any()
     summary = json.loads((folder / "result.json").read_text())
     assert summary["constraints"] == {"inside": 9, "outside": 18, "label": 1, "jumps": 1}
+
+    # --guidance-scale: ldseg's step size, recorded; refused by the RePaint method (one line,
+    # before any output) and without marks
+    for extra, refusal in ((["--guidance-scale", "0.5"], None if method == "ldseg" else
+                            "no step size; drop --guidance-scale"),):
+        out = tmp_path / "scaled"
+        monkeypatch.setattr(sys, "argv", [
+            "diffuseg", "predict", str(run), "-i", str(image), "-o", str(out), "-n", "2",
+            "--steps", "2", "--inside", str(tmp_path / "in.png"), *extra])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        err = capsys.readouterr().err
+        if refusal is None:
+            assert exit_info.value.code in (0, None), err
+            recorded = json.loads((out / case_name(image) / "result.json").read_text())
+            assert recorded["constraints"]["guidance_scale"] == 0.5
+        else:
+            assert exit_info.value.code == 2 and refusal in err and len(err.splitlines()) == 1
+            assert not list(out.glob("*/sample_*.png"))
+    monkeypatch.setattr(sys, "argv", [
+        "diffuseg", "predict", str(run), "-i", str(image), "-o", str(tmp_path / "nomarks"),
+        "--jumps", "2"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--jumps applies to guided resampling" in err
 
 
 @pytest.mark.parametrize("name", ["ldseg", "ddpm"])

@@ -126,6 +126,10 @@ def test_guided_resampling_honours_the_marks(service):
                       json={"inside": b64(inside), "outside": b64(outside), "n_samples": 2,
                             "label": 2})  # a binary run has one class
     assert res.status_code == 400 and "label" in res.text
+    res = client.post(f"/review/api/jobs/{ids['job1']}/resample", headers=ANN,
+                      json={"inside": b64(inside), "outside": b64(outside), "n_samples": 2,
+                            "guidance_scale": 2.0})  # ddpm holds marks by replacement
+    assert res.status_code == 400 and "no step size" in res.text
 
 
 def test_a_3d_job_round_trips_on_its_nifti_grid(tmp_path):

@@ -63,18 +63,22 @@ from diffuseg.errors import ConfigError, DataError
 from diffuseg.samplers import Constrain  # (x_{t_prev}, t_prev) -> x_{t_prev} with known set
 
 MAX_JUMPS = 100  # RePaint resamplings per step; each costs one network call per step
+MAX_SCALE = 100.0  # decoder-guidance step size (zeta); larger only overshoots the marks
 
 
 @dataclass(frozen=True)
 class Constraints:
     """Reviewer marks on the image grid (spatial shape, no channel axis): pixels certainly inside
     and certainly outside class ``label`` (the foreground, 1, for a binary run). ``jumps``: RePaint
-    resamplings per step (None: the run's ``sample.resample_jumps``)."""
+    resamplings per step (None: the run's ``sample.resample_jumps``). ``scale``: the step size
+    of decoder-guided methods (ldseg's DPS zeta, ``diffuseg.guidance_latent``; None: the run's
+    ``method.options.guidance_scale``); methods that hold the marks by replacement have none."""
 
     inside: np.ndarray
     outside: np.ndarray
     label: int = 1
     jumps: int | None = None
+    scale: float | None = None
 
     @classmethod
     def empty(cls, shape: tuple[int, ...]) -> Constraints:
@@ -91,6 +95,8 @@ class Constraints:
         check_label(self.label, num_classes)
         if self.jumps is not None:
             check_jumps(self.jumps)
+        if self.scale is not None:
+            check_scale(self.scale)
 
     def known(self, device: torch.device | str = "cpu", num_classes: int = 1,
               jumps: int = 1) -> KnownPixels:
@@ -107,7 +113,8 @@ class Constraints:
             values = (inside & channel).float()
             mask = inside | (outside & channel)
         return KnownPixels(values=values[None].to(device), mask=mask[None].to(device),
-                           jumps=self.jumps if self.jumps is not None else jumps)
+                           jumps=self.jumps if self.jumps is not None else jumps,
+                           scale=self.scale)
 
 
 def check_label(label: Any, num_classes: int) -> None:
@@ -117,6 +124,13 @@ def check_label(label: Any, num_classes: int) -> None:
                               "foreground; use label 1 (mark background as outside)")
     elif isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
         raise ConfigError(f"label={label!r} is not a class of this run; use 0..{num_classes - 1}")
+
+
+def check_scale(scale: Any) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+            0.0 <= float(scale) <= MAX_SCALE):
+        raise ConfigError(f"guidance scale={scale!r} is out of range; use 0..{MAX_SCALE:g} "
+                          "(0 = no guidance before the final projection; ldseg's default 1)")
 
 
 def check_jumps(jumps: Any) -> None:
@@ -129,11 +143,13 @@ def check_jumps(jumps: Any) -> None:
 class KnownPixels:
     """Known values ``values`` in {0, 1} where ``mask`` is True; both ``[B, C, *sp]`` with C = 1
     (binary) or K (a per-channel mask, module docstring). ``jumps``: RePaint resamplings per
-    sampler step (1 = none)."""
+    sampler step (1 = none). ``scale``: step size of the decoder-guided methods (None: the
+    run's own)."""
 
     values: Tensor
     mask: Tensor
     jumps: int = 1
+    scale: float | None = None
 
     def pad(self, flat_pads: list[int]) -> KnownPixels:
         """Zero padding (padded pixels are unknown), as ``F.pad``'s flat list."""
@@ -213,11 +229,17 @@ def on_grid(constraints: Constraints, geometry, spacing) -> Constraints:
 
 
 def read_constraints(inside: str | Path | None, outside: str | Path | None, *,
-                     label: int = 1, jumps: int | None = None) -> Constraints | None:
+                     label: int = 1, jumps: int | None = None,
+                     scale: float | None = None) -> Constraints | None:
     """``--inside`` / ``--outside`` mask files (any mask format diffuseg reads; nonzero = marked);
     None when neither is given; a missing one is empty. ``label``: the class the marks are about
-    (``--label``); ``jumps``: RePaint resamplings per step (``--jumps``)."""
+    (``--label``); ``jumps``: RePaint resamplings per step (``--jumps``); ``scale``: the
+    decoder-guidance step size (``--guidance-scale``, ldseg only)."""
     if inside is None and outside is None:
+        if jumps is not None or scale is not None:
+            option = "--jumps" if jumps is not None else "--guidance-scale"
+            raise DataError(f"{option} applies to guided resampling; give --inside and/or "
+                            "--outside marks, or drop it")
         return None
     from diffuseg.io import read_mask
 
@@ -230,5 +252,8 @@ def read_constraints(inside: str | Path | None, outside: str | Path | None, *,
     shape = next(iter(masks.values())).shape
     if jumps is not None:
         check_jumps(jumps)
+    if scale is not None:
+        check_scale(scale)
     return Constraints(masks.get("inside", np.zeros(shape, bool)),
-                       masks.get("outside", np.zeros(shape, bool)), label=label, jumps=jumps)
+                       masks.get("outside", np.zeros(shape, bool)), label=label, jumps=jumps,
+                       scale=scale)

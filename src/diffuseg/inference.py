@@ -248,10 +248,12 @@ def write_json(path: Path, data: dict) -> None:
 
 def guided_extra(constraints: Constraints | None, default_jumps: int = 1) -> dict:
     """What a prediction records of the reviewer's marks: the marked pixel counts, the class
-    they are about and the RePaint resamplings per step that were used."""
+    they are about, the RePaint resamplings per step that were used and, when one was given,
+    the decoder-guidance scale (otherwise the run's config holds it)."""
     if constraints is None:
         return {}
+    scale = {} if constraints.scale is None else {"guidance_scale": constraints.scale}
     return {"constraints": {"inside": int(constraints.inside.sum()),
                             "outside": int(constraints.outside.sum()),
                             "label": constraints.label,
-                            "jumps": constraints.jumps or default_jumps}}
+                            "jumps": constraints.jumps or default_jumps, **scale}}

@@ -63,6 +63,10 @@ def predict_command(
     jumps: Annotated[int | None, typer.Option(
         "--jumps", help="RePaint resamplings per step for --inside/--outside (1 = one pass)",
         show_default="the run's sample.resample_jumps")] = None,
+    guidance_scale: Annotated[float | None, typer.Option(
+        "--guidance-scale", help="Decoder-guidance step size for --inside/--outside (ldseg's "
+        "DPS zeta; 0 = final projection only)",
+        show_default="the run's method.options.guidance_scale")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Draw samples; write them, the consensus, uncertainty maps and previews in the input's
@@ -77,7 +81,8 @@ def predict_command(
     cases, chosen = select_cases(run, input=input, dataset=dataset, split=split, series=series)
     from diffuseg.guidance import read_constraints
 
-    constraints = read_constraints(inside, outside, label=label, jumps=jumps)
+    constraints = read_constraints(inside, outside, label=label, jumps=jumps,
+                                   scale=guidance_scale)
     if constraints is not None and len(cases) > 1:
         raise DiffusegError("--inside/--outside mark one image; give a single image with -i")
     file_options = {"constraints": constraints} if constraints is not None else {}

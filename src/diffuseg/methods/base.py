@@ -81,6 +81,7 @@ class Method(ABC):
     binary_only: bool = False  # models one foreground channel (num_classes = 1) only
     stochastic: bool = True  # different generators give different samples
     guidable: bool = False  # sample() takes known= (guided resampling, diffuseg.guidance)
+    guidance_scaled: bool = False  # known.scale sets its guidance step size (ldseg's DPS zeta)
     target: Any = None  # the mask encoding (methods/targets.py) of the Gaussian mask methods
 
     def __init__(self, config: RunConfig):
@@ -221,6 +222,11 @@ class Method(ABC):
                     f"the known pixels have {known.values.shape[1]} channel(s) but the run has "
                     f"num_classes={self.config.num_classes}; build them with "
                     f"Constraints.known(num_classes={self.config.num_classes})")
+            if known.scale is not None and not self.guidance_scaled:
+                raise ConfigError(
+                    f"a guidance scale applies to decoder-guided methods (ldseg); '{self.name}' "
+                    "holds the marks by replacement (RePaint), which has no step size; drop "
+                    "--guidance-scale")
             guided = {"known": known.pad(flat) if any(pads) else known}
         samples = self.sample(padded, n_samples, steps=steps, generator=generator, **guided)
         crop = tuple(slice(0, s) for s in spatial)

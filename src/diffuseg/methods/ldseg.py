@@ -98,6 +98,7 @@ class LDSeg(Method):
     process_kind = "gaussian"
     options_type = LDSegOptions
     guidable = True  # sample(known=): decoder-guided resampling (guidance_latent)
+    guidance_scaled = True  # known.scale (--guidance-scale) overrides options.guidance_scale
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -178,7 +179,8 @@ class LDSeg(Method):
         if known is not None:
             check_supported(self.name, self.config.num_classes, None)
             correct = decoder_guidance(self.autoencoder.decode, known, shape[0],
-                                       scale=self.options.guidance_scale, clip=CLIP)
+                                       scale=self.options.guidance_scale if known.scale is None
+                                       else known.scale, clip=CLIP)
             denoise = x0_guided(denoise, self.process, correct)
         z0 = self.diffuse(denoise, z_T, steps, generator=generator, clip=CLIP,
                           jumps=None if known is None else known.jumps)

@@ -60,6 +60,7 @@ class ResampleBody(BaseModel):
     seed: int = 0
     label: int = Field(1, ge=0)  # the class the marks are about (binary runs: 1)
     jumps: int | None = Field(None, ge=1, le=20)  # RePaint resamplings per step
+    guidance_scale: float | None = Field(None, ge=0, le=100)  # ldseg's DPS step size
 
 
 def static_text(name: str) -> str:
@@ -291,7 +292,7 @@ def review_router(settings, state) -> APIRouter:
                 result = model.segment(image, geometry=geometry, n_samples=body.n_samples,
                                        steps=body.steps, seed=body.seed,
                                        constraints=Constraints(inside, outside, body.label,
-                                                               body.jumps))
+                                                               body.jumps, body.guidance_scale))
         except DiffusegError as err:
             raise HTTPException(400, str(err)) from None
         write_result(result, geometry, job / "guided", source=paths[0],
