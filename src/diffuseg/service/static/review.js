@@ -133,18 +133,16 @@ function boundary(mask, r, c, k = S.label) {  // a pixel of label k next to anot
          (c === 0 || mask[idx(r, c - 1)] !== k) || (c === S.W - 1 || mask[idx(r, c + 1)] !== k);
 }
 
-function viridis(t) {  // 5-stop approximation of matplotlib's viridis
-  const stops = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+// a colour map from 5 evenly spaced stops, linear between them, t clamped to [0, 1]
+const ramp = (stops) => (t) => {
   const x = Math.min(Math.max(t, 0), 1) * 4, i = Math.min(Math.floor(x), 3), f = x - i;
   return stops[i].map((v, k) => v + (stops[i + 1][k] - v) * f);
-}
+};
+// uncertainty: matplotlib's viridis
+const viridis = ramp([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]]);
 // probability: the lower 60 % of matplotlib's plasma (dark blue -> violet -> rose), no yellow, so
 // the yellow consensus contour stays visible over it
-function plasma(t) {
-  const stops = [[13, 8, 135], [84, 2, 163], [139, 10, 165], [185, 50, 137], [219, 92, 104]];
-  const x = Math.min(Math.max(t, 0), 1) * 4, i = Math.min(Math.floor(x), 3), f = x - i;
-  return stops[i].map((v, k) => v + (stops[i + 1][k] - v) * f);
-}
+const plasma = ramp([[13, 8, 135], [84, 2, 163], [139, 10, 165], [185, 50, 137], [219, 92, 104]]);
 
 function labelCount(i, k) {  // how many samples give voxel i label k
   const n = S.H * S.W * S.D;
@@ -172,7 +170,6 @@ function render() {
   const uScale = UNC_SCALE[$("unc-kind").value];
   const showAgree = $("ov-agree").checked, k = +$("agree-k").value;
   const showCons = $("ov-consensus").checked, showSample = $("ov-sample").checked;
-  const n = H * W * S.D;
   const blend = (o, rgb, a) => { for (let j = 0; j < 3; j++) px[o + j] = px[o + j] * (1 - a) + rgb[j] * a; };
   const mode = S.shownMode >= 0 ? sampleMask(S.meta.modes.medoids[S.shownMode]) : null;
   const sample = showSample ? sampleMask(S.sample) : null;
@@ -182,8 +179,8 @@ function render() {
       const i = idx(r, c), o = (r * W + c) * 4;
       const g = Math.min(255, Math.max(0, ((S.image[i] - lo) / S.width) * 255));
       px[o] = px[o + 1] = px[o + 2] = g; px[o + 3] = 255;
-      // below FLOOR a map is not drawn: faint values everywhere would veil the whole image
       const count = showAgree || (showP && multi) ? labelCount(i, act) : 0;
+      // below FLOOR a map is not drawn: faint values everywhere would veil the whole image
       if (showP) {  // K > 1: the share of samples with the active label, not 1 - p(background)
         const p = multi ? count / S.nSamples : probabilityAt(i);
         if (p >= FLOOR) blend(o, plasma(p), 0.2 + 0.45 * p);
