@@ -58,7 +58,8 @@ def plan_for(dataset: Path | Dataset, preset: str = "auto") -> Plan | None:
 
 
 def train_run(config: RunConfig, dataset: Path | Dataset, output: Path, *, resume: bool = False,
-              progress: bool = True, plan: Plan | None = None) -> Path:
+              progress: bool = True, plan: Plan | None = None,
+              started: float | None = None) -> Path:
     """Train into ``output``; a new run that fails on a user mistake before its first checkpoint
     leaves no half-written run folder behind."""
     import shutil
@@ -68,7 +69,8 @@ def train_run(config: RunConfig, dataset: Path | Dataset, output: Path, *, resum
     existed = Path(output).exists()
     notes = {"plan.json": plan.to_dict()} if plan is not None and not resume else None
     try:
-        return train(config, dataset, output, resume=resume, progress=progress, notes=notes)
+        return train(config, dataset, output, resume=resume, progress=progress, notes=notes,
+                     started=started)
     except DiffusegError:
         if not resume and not existed and not (Path(output) / "checkpoint").exists():
             shutil.rmtree(output, ignore_errors=True)

@@ -89,13 +89,19 @@ class Budget:
     val_minutes: float | None
     clock: str = "wall"  # "wall": time.monotonic; "cpu": this process's CPU time
     prior: float = 0.0  # seconds spent by earlier commands of this run
+    # time.monotonic() at the command's start (the CLI's: its imports count too); the CPU clock
+    # then counts from the process's start. None: both count from now
+    command_started: float | None = field(default=None, repr=False)
     started: float = field(init=False)
     step_seconds: float = 0.0
     save_seconds: float = 0.0
     val_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        self.started = self.now()
+        if self.command_started is None:
+            self.started = self.now()
+        else:
+            self.started = 0.0 if self.clock == "cpu" else self.command_started
 
     def now(self) -> float:
         """Seconds on this budget's clock (only differences are meaningful)."""

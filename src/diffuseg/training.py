@@ -79,12 +79,14 @@ def state_of_live(method: Method) -> dict[str, torch.Tensor]:
 
 def train(config: RunConfig, dataset_dir: str | Path | Dataset, run_dir: str | Path, *,
           resume: bool = False, progress: bool = True,
-          notes: dict[str, dict] | None = None) -> Path:
+          notes: dict[str, dict] | None = None, started: float | None = None) -> Path:
     """Train (or, with ``resume``, continue) a run; under torchrun, every rank calls this.
     ``dataset_dir``: a dataset folder, or the ``Dataset`` the caller opened already.
-    ``notes``: extra JSON files written into a new run folder beside config.json (plan.json)."""
+    ``notes``: extra JSON files written into a new run folder beside config.json (plan.json).
+    ``started``: time.monotonic() at the command's start (the CLI passes its own), from which
+    ``train.max_minutes`` counts; None: from this call."""
     budget = Budget(config.train.max_minutes, config.train.val_minutes,
-                    config.train.budget_clock)  # the clock starts now
+                    config.train.budget_clock, command_started=started)
     config.validate()
     ctx = init_distributed(config.train.device)
     run_dir = Path(run_dir)

@@ -8,9 +8,13 @@ list the module here.
 
 from __future__ import annotations
 
-import importlib
+import time
 
-from diffuseg.cli.app import app, command, main
+STARTED = time.monotonic()  # the command's start: ``train --minutes`` counts its imports too
+
+import importlib  # noqa: E402
+
+from diffuseg.cli.app import app, command, main  # noqa: E402
 
 COMMAND_MODULES = (
     "diffuseg.cli.run",  # train, demo

@@ -41,7 +41,7 @@ def train_command(
     steps: Annotated[int | None, typer.Option(
         "--steps", hidden=True, help="Deprecated: use --max-steps")] = None,
     minutes: Annotated[float | None, typer.Option(
-        help="Wall-clock budget (train.max_minutes)",
+        help="Wall-clock budget of the whole command, imports included (train.max_minutes)",
         show_default="the config's train.max_minutes: none")] = None,
     device: Device = None,
     resume: Annotated[bool, typer.Option(
@@ -86,8 +86,10 @@ def train_command(
         if run_plan is not None:
             log(f"plan '{plan}' for {dataset} on this machine: about "
                 f"{run_plan.estimate_seconds_per_step} s per step (reasons: {output}/plan.json)")
+    from diffuseg.cli import STARTED
+
     run = train_run(run_config, dataset if resume else opened, output, resume=resume,
-                    plan=run_plan, progress=not quiet)
+                    plan=run_plan, progress=not quiet, started=STARTED)
     typer.echo(f"run folder: {run}")
 
 
