@@ -32,7 +32,7 @@ def test_gaussian_importance_is_centred_positive_and_symmetric():
 @pytest.mark.parametrize("spatial, window", [((40, 24), (16, 16)), ((20, 12, 28), (8, 8, 8))])
 def test_blending_a_constant_field_is_exact(spatial, window):
     x = torch.full((2, 3, *spatial), 0.7)
-    out = sliding_blend(lambda v: v, x, window, overlap=0.5, batch_windows=3)
+    out = sliding_blend(lambda v: v, x, window, overlap=0.5, max_items=3)
     torch.testing.assert_close(out, x, rtol=1e-6, atol=0)  # exact up to float32 rounding
     const = sliding_blend(lambda v: torch.full_like(v[:, :1], -2.5), x, window)
     torch.testing.assert_close(const, torch.full((2, 1, *spatial), -2.5), rtol=0, atol=1e-6)
@@ -43,19 +43,28 @@ def test_blending_a_pointwise_function_leaves_no_seams():
     whole-volume result everywhere (no seam), whatever the weights."""
     x = torch.randn((1, 2, 30, 22), generator=gen(0))
     fn = lambda v: torch.tanh(v[:, :1] * 2 + v[:, 1:])  # noqa: E731
-    torch.testing.assert_close(sliding_blend(fn, x, (8, 8), batch_windows=5), fn(x),
+    torch.testing.assert_close(sliding_blend(fn, x, (8, 8), max_items=5), fn(x),
                                rtol=0, atol=1e-6)
 
 
-def test_each_window_batch_is_one_call():
+def test_no_call_gets_more_than_max_items_crops_and_the_split_changes_nothing():
     calls = []
 
     def fn(v):
         calls.append(v.shape[0])
-        return v
+        return torch.tanh(v * 3)
 
-    sliding_blend(fn, torch.zeros(2, 1, 24, 24), (8, 8), overlap=0.0, batch_windows=4)
-    assert calls == [8, 8] + [2]  # 9 windows x 2 items, 4 windows per call
+    x = torch.randn((2, 1, 24, 24), generator=gen(4))
+    whole = sliding_blend(fn, x, (8, 8), overlap=0.0, max_items=8)
+    assert calls == [8, 8] + [2]  # 9 windows x 2 items: 4 whole windows per call
+    calls.clear()
+    many = torch.randn((5, 1, 24, 24), generator=gen(5))  # 5 items > max_items = 4
+    split = sliding_blend(fn, many, (8, 8), overlap=0.5, max_items=4)
+    assert calls == [4, 1] * 25  # 25 windows, each one's 5 items in pieces of 4 and 1
+    torch.testing.assert_close(split, sliding_blend(fn, many, (8, 8), overlap=0.5,
+                                                    max_items=100), rtol=0, atol=1e-6)
+    torch.testing.assert_close(whole, sliding_blend(fn, x, (8, 8), overlap=0.0, max_items=1),
+                               rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -32,6 +32,11 @@ from torch import Tensor
 
 Window = tuple[slice, ...]
 
+# window crops per call of ``fn`` (windows x the batch's items): bounds the activations of one
+# denoiser call whatever the volume size and the number of hypotheses (16 crops of 64^3 through
+# the [8, 16, 32] U-Net peak at 2.2 GB; docs/performance.md, 3D volumes)
+MAX_ITEMS = 16
+
 
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
     """Start offsets of windows of ``window`` voxels covering ``[0, size)`` (module docstring)."""
@@ -70,12 +75,13 @@ def gaussian_importance(window: Sequence[int], sigma_scale: float = 0.125,
 
 
 def sliding_blend(fn: Callable[[Tensor], Tensor], inputs: Tensor, window: Sequence[int], *,
-                  overlap: float = 0.25, batch_windows: int = 4,
+                  overlap: float = 0.25, max_items: int = MAX_ITEMS,
                   importance: Tensor | None = None) -> Tensor:
     """``fn`` applied to ``inputs [B, C, *sp]`` in overlapping windows, blended with Gaussian
-    weights (module docstring). ``batch_windows`` windows (of all B items) go through ``fn`` in
-    one call. ``fn`` maps ``[N, C, *w]`` to ``[N, C_out, *w]``. When the volume fits one window
-    this is exactly ``fn(inputs)``."""
+    weights (module docstring). Each call of ``fn`` gets at most ``max_items`` crops: whole
+    windows (all B items of each) when B <= ``max_items``, else one window's items in pieces.
+    ``fn`` maps ``[N, C, *w]`` to ``[N, C_out, *w]`` item by item. When the volume fits one
+    window this is exactly ``fn(inputs)``."""
     spatial = tuple(inputs.shape[2:])
     slices = window_slices(spatial, window, overlap)
     if len(slices) == 1:
@@ -86,10 +92,13 @@ def sliding_blend(fn: Callable[[Tensor], Tensor], inputs: Tensor, window: Sequen
     b = inputs.shape[0]
     out: Tensor | None = None
     norm = torch.zeros(spatial, dtype=torch.float32, device=inputs.device)
-    for first in range(0, len(slices), batch_windows):
-        group = slices[first:first + batch_windows]
+    if max_items < 1:
+        raise ValueError(f"max_items={max_items} must be at least 1")
+    per_call = max(1, max_items // b)  # windows per call
+    for first in range(0, len(slices), per_call):
+        group = slices[first:first + per_call]
         crops = torch.cat([inputs[(..., *w)] for w in group], dim=0)
-        result = fn(crops)
+        result = torch.cat([fn(piece) for piece in crops.split(max_items)])
         if out is None:
             out = torch.zeros((b, result.shape[1], *spatial), dtype=torch.float32,
                               device=inputs.device)

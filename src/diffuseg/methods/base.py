@@ -239,7 +239,7 @@ class Method(ABC):
         stays one global field)."""
         if self.window is None:
             return fn(inputs)
-        return sliding_blend(fn, inputs, self.window, overlap=0.25, batch_windows=4)
+        return sliding_blend(fn, inputs, self.window, overlap=0.25)
 
 
 def run_sampler(s: SampleConfig, process, clip: float | None, denoise: Denoise, x_T: Tensor,

@@ -155,7 +155,7 @@ class LDSeg(Method):
 
             latent_window = tuple(w // self.factor for w in self.window)
             return sliding_blend(window, torch.cat([z_t, cond.to(z_t.dtype)], dim=1),
-                                 latent_window, overlap=0.25, batch_windows=4)
+                                 latent_window, overlap=0.25)
 
         return denoise
 
