@@ -337,9 +337,10 @@ def test_dots_png_writes_inside_the_output_folder(tmp_path, monkeypatch):
     nifti(nan_image, np.full((24, 24), np.nan, np.float32))
     one_line(DataError, lambda: Predictor.from_run(run).predict_file(nan_image, out),
              "nan.nii.gz", "NaN/Inf")
-    monkeypatch.setenv("DIFFUSEG_MAX_WORK_BYTES", str(2**20))  # 1 MiB: 28 samples, 24x24, width 8
+    # 1 MiB: 24x24, width 8, 1 channel: n (8 x 576 x 8 + 576 x 4 x 8) = 55296 n bytes: 18 samples
+    monkeypatch.setenv("DIFFUSEG_MAX_WORK_BYTES", str(2**20))
     one_line(ConfigError, lambda: Predictor.from_run(run).predict_file(
-        paths, out, n_samples=64, overwrite=True), "DIFFUSEG_MAX_WORK_BYTES", "--samples 28 ")
+        paths, out, n_samples=64, overwrite=True), "DIFFUSEG_MAX_WORK_BYTES", "--samples 18 ")
 
 
 def test_convert_refuses_to_write_into_its_input(tmp_path):

@@ -94,3 +94,16 @@ def test_windowed_sampling_of_a_larger_volume_runs_every_step_on_one_field():
     out = method.sample(torch.randn((1, 1, 16, 32), generator=gen(2)), 2, generator=gen(3))
     assert out.shape == (2, 1, 1, 16, 32) and torch.isfinite(out).all()
     assert len(seen) == 3 and all(s[0] == 2 * 3 for s in seen)  # 3 windows, 2 samples, one call
+
+
+def test_sampling_memory_estimate_counts_windowed_calls_and_the_state():
+    """Hand-computed: 16 hypotheses of 256^3 in 64^3 windows with width 8 and one channel."""
+    from diffuseg.validation import STATE_COPIES, sampling_bytes
+
+    v, w = 256**3, 64**3
+    calls = 16 * 8 * w * 8  # 16 crops per call (MAX_ITEMS), 2 float32 per activation
+    state = 16 * v * 4 * STATE_COPIES
+    assert sampling_bytes(16, v, 8, window_voxels=w) == calls + state
+    # 64 hypotheses: the call stays at 16 crops, the state grows 4x
+    assert sampling_bytes(64, v, 8, window_voxels=w) == calls + 4 * state
+    assert sampling_bytes(2, w, 8) == 2 * 8 * w * 8 + 2 * w * 4 * STATE_COPIES  # no windows

@@ -112,9 +112,12 @@ class Predictor:
                                       self.config.sample.resample_jumps)
         check_seed(seed)
         window = self.method.window or x.shape[2:]
-        voxels = int(np.prod([min(s, w) for s, w in zip(x.shape[2:], window, strict=True)]))
+        voxels = int(np.prod(x.shape[2:]))
+        in_window = int(np.prod([min(s, w) for s, w in zip(x.shape[2:], window, strict=True)]))
         width = max(self.config.network.channels[0], self.config.num_classes)
-        check_sampling_memory(n_samples, voxels, width)  # DIFFUSEG_MAX_WORK_BYTES
+        check_sampling_memory(n_samples, voxels, width,  # DIFFUSEG_MAX_WORK_BYTES
+                              window_voxels=in_window if in_window < voxels else None,
+                              channels=max(self.config.num_classes, x.shape[1]))
         generator = torch.Generator(device=self.device).manual_seed(seed)
         with autocast(self.device, autocast_dtype(self.precision, self.device)), \
                 on_step(progress):
