@@ -199,9 +199,10 @@ def test_keyboard_shortcuts(server, browser):
     assert zoom * w <= free_w and zoom * h <= free_h
     assert (zoom + 1) * w > free_w - 4 or (zoom + 1) * h > free_h - 4 or zoom == 32
     assert page.locator("#view").bounding_box()["width"] == zoom * w
-    # no colour of the probability ramp comes near the yellow of the consensus contour
-    ramp = np.array(page.evaluate("() => [...Array(101).keys()].map((t) => plasma(t / 100))"))
-    assert np.abs(ramp - [255, 230, 0]).sum(-1).min() > 200
+    # no colour of the probability or uncertainty ramps comes near the consensus contour's yellow
+    for name in ("plasma", "mako"):
+        ramp = np.array(page.evaluate(f"() => [...Array(101).keys()].map((t) => {name}(t / 100))"))
+        assert np.abs(ramp - [255, 230, 0]).sum(-1).min() > 200, name
     width = page.locator("#view").bounding_box()["width"]
     page.keyboard.press("-")
     assert page.locator("#view").bounding_box()["width"] < width

@@ -138,8 +138,8 @@ const ramp = (stops) => (t) => {
   const x = Math.min(Math.max(t, 0), 1) * 4, i = Math.min(Math.floor(x), 3), f = x - i;
   return stops[i].map((v, k) => v + (stops[i + 1][k] - v) * f);
 };
-// uncertainty: matplotlib's viridis
-const viridis = ramp([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]]);
+// uncertainty: seaborn's mako from its first quarter (deep blue -> teal -> mint), no yellow
+const mako = ramp([[53, 38, 94], [52, 87, 154], [53, 140, 170], [80, 190, 172], [190, 235, 205]]);
 // probability: the lower 60 % of matplotlib's plasma (dark blue -> violet -> rose), no yellow, so
 // the yellow consensus contour stays visible over it
 const plasma = ramp([[13, 8, 135], [84, 2, 163], [139, 10, 165], [185, 50, 137], [219, 92, 104]]);
@@ -185,7 +185,7 @@ function render() {
         const p = multi ? count / S.nSamples : probabilityAt(i);
         if (p >= FLOOR) blend(o, plasma(p), 0.2 + 0.45 * p);
       }
-      if (showU) { const u = Math.min(1, uScale * unc[i] / 255); if (u >= FLOOR) blend(o, viridis(u), 0.2 + 0.5 * u); }
+      if (showU) { const u = Math.min(1, uScale * unc[i] / 255); if (u >= FLOOR) blend(o, mako(u), 0.2 + 0.5 * u); }
       if (showAgree && count >= k) blend(o, [0, 220, 90], 0.4);
       const w = S.working[i];
       if (w === act) blend(o, [255, 40, 40], 0.3);
@@ -244,7 +244,7 @@ function renderColorbars(showP, showU) {
     const text = { entropy: "entropy / log 2 (1 = 50:50)",
       mutual_information: "mutual information / log 2 (samples disagree)",
       variance: "variance of the sample probabilities" }[kind];
-    add(text, viridis, "0", kind === "variance" ? "0.25" : "1", FLOOR / UNC_SCALE[kind]);
+    add(text, mako, "0", kind === "variance" ? "0.25" : "1", FLOOR / UNC_SCALE[kind]);
   }
   const legend = document.createElement("div");
   const guided = S.source === "guided" ? " (guided) " : " ";
