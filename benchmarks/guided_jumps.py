@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     from diffuseg.api import build_config
     from diffuseg.data import Dataset
-    from diffuseg.data.phantom import write_phantom_dataset
+    from diffuseg.data.phantom import over_segmenting_marks, write_phantom_dataset
     from diffuseg.guidance import Constraints
     from diffuseg.inference import Predictor
     from diffuseg.training import train
@@ -61,12 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     shares: dict[str, list[float]] = {"free": [], **{f"r={r}": [] for r in args.jumps}}
     for i, case in enumerate(c.load() for c in Dataset.open(data).cases[40:]):
         raters = case.raters > 0
-        ring = raters[1] & ~raters[0]
-        if ring.sum() < 5:
+        inside = over_segmenting_marks(raters, seed=i)
+        if inside is None:
             continue
-        pick = np.random.default_rng(i).choice(np.flatnonzero(ring.ravel()), 5, replace=False)
-        inside = np.zeros(ring.shape, bool)
-        inside.ravel()[pick] = True
         for key in shares:
             marks = None if key == "free" else Constraints(inside, np.zeros_like(inside),
                                                            jumps=int(key[2:]))

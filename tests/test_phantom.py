@@ -9,6 +9,7 @@ import pytest
 from scipy.ndimage import center_of_mass
 
 from diffuseg.data import Dataset, majority_mask, make_case, rater_thresholds, write_phantom_dataset
+from diffuseg.data.phantom import over_segmenting_marks
 from diffuseg.errors import ConfigError
 
 
@@ -86,3 +87,15 @@ def test_phantom_dataset_3d(tmp_path):
     np.testing.assert_array_equal(data.raters, expected.raters)
     with pytest.raises(ConfigError, match="spatial_dims"):
         make_case(4, 8, 3, np.random.default_rng(0))
+
+
+def test_over_segmenting_marks_lie_where_only_rater_1_marks():
+    raters = np.zeros((3, 10, 10), np.uint8)
+    raters[1, 2:8, 2:8] = 1  # rater 1 over-segments
+    raters[0, 3:7, 3:7] = 1
+    inside = over_segmenting_marks(raters, n=5, seed=4)
+    assert inside.sum() == 5 and inside.shape == (10, 10)
+    assert (raters[1][inside] == 1).all() and (raters[0][inside] == 0).all()
+    assert (over_segmenting_marks(raters, n=5, seed=4) == inside).all()  # seeded
+    assert over_segmenting_marks(raters, n=21) is None  # the ring holds 36 - 16 = 20 pixels
+    assert over_segmenting_marks(raters, n=20).sum() == 20

@@ -10,7 +10,7 @@ import pytest
 
 from diffuseg.api import build_config
 from diffuseg.data import Dataset
-from diffuseg.data.phantom import write_phantom_dataset
+from diffuseg.data.phantom import over_segmenting_marks, write_phantom_dataset
 from diffuseg.explain import occlusion
 from diffuseg.guidance import Constraints
 from diffuseg.inference import Predictor
@@ -47,12 +47,9 @@ def test_marks_inside_the_over_segmenting_mode_move_the_samples_there(trained):
     before, after = [], []
     for i, case in enumerate(cases):
         raters = case.raters > 0
-        ring = raters[1] & ~raters[0]
-        if ring.sum() < 5:
+        inside = over_segmenting_marks(raters, seed=i)
+        if inside is None:
             continue
-        pick = np.random.default_rng(i).choice(np.flatnonzero(ring.ravel()), 5, replace=False)
-        inside = np.zeros(ring.shape, bool)
-        inside.ravel()[pick] = True
         marks = Constraints(inside, np.zeros_like(inside))
         free = predictor.segment(case.image, n_samples=16, steps=5, seed=i)
         guided = predictor.segment(case.image, n_samples=16, steps=5, seed=i, constraints=marks)
@@ -76,12 +73,9 @@ def test_resampling_jumps_on_the_over_segmenting_mode(trained):
     shares: dict[int, list[float]] = {1: [], 5: []}
     for i, case in enumerate(cases):
         raters = case.raters > 0
-        ring = raters[1] & ~raters[0]
-        if ring.sum() < 5:
+        inside = over_segmenting_marks(raters, seed=i)
+        if inside is None:
             continue
-        pick = np.random.default_rng(i).choice(np.flatnonzero(ring.ravel()), 5, replace=False)
-        inside = np.zeros(ring.shape, bool)
-        inside.ravel()[pick] = True
         for r in shares:
             marks = Constraints(inside, np.zeros_like(inside), jumps=r)
             guided = predictor.segment(case.image, n_samples=16, steps=5, seed=i,

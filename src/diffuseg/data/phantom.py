@@ -61,6 +61,21 @@ def majority_mask(raters: np.ndarray) -> np.ndarray:
     return majority((np.asarray(raters) > 0).astype(np.int64), 2).astype(np.uint8)
 
 
+def over_segmenting_marks(raters: np.ndarray, n: int = 5, seed: int = 0) -> np.ndarray | None:
+    """``n`` pixels, drawn with ``seed``, that only the over-segmenting rater 1 marks (inside
+    rater 1's mask, outside rater 0's): the inside marks a reviewer would place to single out
+    rater 1's mode (guided resampling's tests and ``benchmarks/guided_jumps.py``). None when the
+    ring between the two holds fewer than ``n`` pixels."""
+    raters = np.asarray(raters) > 0
+    ring = raters[1] & ~raters[0]
+    if ring.sum() < n:
+        return None
+    pick = np.random.default_rng(seed).choice(np.flatnonzero(ring.ravel()), n, replace=False)
+    inside = np.zeros(ring.shape, bool)
+    inside.ravel()[pick] = True
+    return inside
+
+
 def make_case(spatial_dims: int = 2, size: int = 64, n_raters: int = 3,
               rng: np.random.Generator | None = None) -> PhantomCase:
     """One phantom case on a ``size``^d grid (module docstring: the model)."""
