@@ -296,9 +296,10 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
 
-STATE_COPIES = 8  # full-size float32 tensors per hypothesis while sampling (x_t, the condition,
-# their concatenation, x0_hat, x_{t-1}, noise, the blended output): 7.5 GB measured for 16
-# hypotheses of 256^3 against 8 x 1.07 GB here
+# full-size float32 tensors per hypothesis and channel while sampling, an upper count from a
+# ddpm step: x_t, the condition, their concatenation (2), x0_hat, x_{t-1}, the noise, the blended
+# output; the 192^3 patch row of docs/performance.md (4.4 GB) held about 5 beside one call
+STATE_COPIES = 8
 
 
 def sampling_bytes(n_samples: int, voxels: int, width: int, *, window_voxels: int | None = None,
