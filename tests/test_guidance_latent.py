@@ -255,22 +255,20 @@ def test_cli_predict_inside_outside(method, tiny_run, tmp_path, monkeypatch, cap
 
     # --guidance-scale: ldseg's step size, recorded; refused by the RePaint method (one line,
     # before any output) and without marks
-    for extra, refusal in ((["--guidance-scale", "0.5"], None if method == "ldseg" else
-                            "no step size; drop --guidance-scale"),):
-        out = tmp_path / "scaled"
-        monkeypatch.setattr(sys, "argv", [
-            "diffuseg", "predict", str(run), "-i", str(image), "-o", str(out), "-n", "2",
-            "--steps", "2", "--inside", str(tmp_path / "in.png"), *extra])
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        err = capsys.readouterr().err
-        if refusal is None:
-            assert exit_info.value.code in (0, None), err
-            recorded = json.loads((out / case_name(image) / "result.json").read_text())
-            assert recorded["constraints"]["guidance_scale"] == 0.5
-        else:
-            assert exit_info.value.code == 2 and refusal in err and len(err.splitlines()) == 1
-            assert not list(out.glob("*/sample_*.png"))
+    out = tmp_path / "scaled"
+    monkeypatch.setattr(sys, "argv", [
+        "diffuseg", "predict", str(run), "-i", str(image), "-o", str(out), "-n", "2",
+        "--steps", "2", "--inside", str(tmp_path / "in.png"), "--guidance-scale", "0.5"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    if method == "ldseg":
+        assert exit_info.value.code in (0, None), err
+        recorded = json.loads((out / case_name(image) / "result.json").read_text())
+        assert recorded["constraints"]["guidance_scale"] == 0.5
+    else:
+        assert exit_info.value.code == 2 and "no step size; drop --guidance-scale" in err
+        assert len(err.splitlines()) == 1 and not list(out.glob("*/sample_*.png"))
     monkeypatch.setattr(sys, "argv", [
         "diffuseg", "predict", str(run), "-i", str(image), "-o", str(tmp_path / "nomarks"),
         "--jumps", "2"])
