@@ -18,7 +18,8 @@ image. Datasets (``--dataset``):
 
 The row ``raters (ref.)`` scores the raters against themselves (each "sample" a uniformly drawn
 rater's mask): the floor a perfect model of the raters would reach with that many samples.
-Columns (``diffuseg.evaluation``, means over cases): GED^2 at each sample count (d = 1 - IoU),
+Columns (``diffuseg.evaluation.evaluate``, means over cases): GED^2 at each sample count (d = 1 -
+IoU),
 HM-IoU and CI score at the first count, consensus Dice vs the raters' majority, ECE of the mean
 probability vs the rater mean, S_NCC, sampling seconds per image, training steps reached.
 A plot of GED (first count) against sampling seconds per image goes to ``--plot``. Under each

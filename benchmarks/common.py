@@ -9,7 +9,8 @@ The phantom (``diffuseg.data.phantom``) has three raters whose distribution is k
 
 Scoring. ``Predictor.segment`` draws ``max(n_samples)`` samples per held-out image (in chunks
 of ``CHUNK``, seed = case index * 1000 + chunk), ``write_result`` writes them, and
-``diffuseg.evaluation.evaluate`` scores them: GED^2 (d = 1 - IoU) with the first n samples for each
+``diffuseg.evaluation.evaluate.evaluate`` scores them: GED^2 (d = 1 - IoU) with the first n samples
+for each
 n, HM-IoU and the CI score with the first n_0, consensus Dice against the raters' majority, ECE
 against the rater mean, S_NCC. Sampling seconds per image are the wall time of ``segment`` alone
 (not the writing), with ``--threads`` torch threads.
@@ -30,17 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffuseg.api import build_config
+from diffuseg.core.ensemble import summarise
 from diffuseg.data import Dataset, load_splits
 from diffuseg.data.dataset import DatasetInfo, write_dataset
-from diffuseg.ensemble import summarise
 from diffuseg.errors import DataError
-from diffuseg.evaluation import evaluate
-from diffuseg.inference import Predictor
+from diffuseg.evaluation.evaluate import evaluate
+from diffuseg.inference.prediction_folder import write_result
+from diffuseg.inference.predictor import Predictor
 from diffuseg.io import Geometry
-from diffuseg.outputs import write_result
-from diffuseg.run_folder import training_cases
-from diffuseg.training import train
+from diffuseg.run.folder import training_cases
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

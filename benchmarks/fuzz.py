@@ -39,14 +39,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_inputs as gen  # noqa: E402
 
-from diffuseg.api import build_config  # noqa: E402
 from diffuseg.config import load_config  # noqa: E402
 from diffuseg.data import DatasetInfo  # noqa: E402
 from diffuseg.data.importers import import_msd  # noqa: E402
 from diffuseg.data.phantom import write_phantom_dataset  # noqa: E402
 from diffuseg.errors import DiffusegError, one_line  # noqa: E402
-from diffuseg.inference import Predictor, case_name  # noqa: E402
+from diffuseg.inference.predictor import Predictor, case_name  # noqa: E402
 from diffuseg.io import read_image, read_mask  # noqa: E402
+from diffuseg.training.start import build_config  # noqa: E402
 
 KEYS = tuple(path for path, _ in gen.PATHS if "." in path) + ("spatial_dims", "num_classes")
 STATUSES = ("clean error", "valid result", "unclean error", "traceback", "hang", "silent wrong")
@@ -200,7 +200,7 @@ class Fixtures:
 
     def __init__(self, root: Path) -> None:
         data = write_phantom_dataset(root / "phantom", n_cases=4, size=24, n_raters=2)
-        from diffuseg.training import train
+        from diffuseg.training.loop import train
         self.run = train(build_config(None, TINY, dataset=data), data, root / "run",
                          progress=False)
         self.predictor = Predictor.from_run(self.run)

@@ -37,7 +37,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def nearest_rater(samples: np.ndarray, raters: np.ndarray) -> np.ndarray:
-    from diffuseg.modes import iou_distances
+    from diffuseg.review.modes import iou_distances
 
     d = iou_distances(np.concatenate([samples, raters]))[: len(samples), len(samples):]
     return d.argmin(1)
@@ -45,12 +45,12 @@ def nearest_rater(samples: np.ndarray, raters: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
-    from diffuseg.api import build_config
     from diffuseg.data import Dataset
     from diffuseg.data.phantom import over_segmenting_marks, write_phantom_dataset
-    from diffuseg.guidance import Constraints
-    from diffuseg.inference import Predictor
-    from diffuseg.training import train
+    from diffuseg.inference.predictor import Predictor
+    from diffuseg.sampling.repaint import Constraints
+    from diffuseg.training.loop import train
+    from diffuseg.training.start import build_config
 
     root = Path(tempfile.mkdtemp(prefix="guided_jumps_"))
     data = write_phantom_dataset(root / "phantom", n_cases=40 + args.cases, size=32, n_raters=3,

@@ -52,7 +52,7 @@ def command(data: Path, run: Path, steps: int, resume: bool) -> list[str]:
 
 
 def newest_complete(run: Path) -> int:
-    from diffuseg.checkpoint import complete_step
+    from diffuseg.run.checkpoint import complete_step
 
     steps = [complete_step(run / name) for name in CHECKPOINTS]
     return max((s for s in steps if s is not None), default=-1)
@@ -97,7 +97,7 @@ def one_cycle(rng: random.Random, data: Path, run: Path, steps: int, env: dict, 
     reported = reported_step(err.read().decode())
     swap = not (run / "checkpoint").exists() and (run / "checkpoint.old").exists()
     writing = (run / "checkpoint.tmp").exists()
-    from diffuseg.checkpoint import recover_checkpoint
+    from diffuseg.run.checkpoint import recover_checkpoint
 
     recovered = recover_checkpoint(run) if run.exists() else None
     recovered = -1 if recovered is None else recovered
@@ -113,7 +113,7 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def metrics_steps_unique(run: Path) -> bool:
-    from diffuseg.runlog import read_metrics
+    from diffuseg.run.log import read_metrics
 
     steps = [r["step"] for r in read_metrics(run) if "loss" in r]
     return steps == sorted(set(steps))

@@ -40,9 +40,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import diffuseg.methods.ldseg  # noqa: F401  (registers "ldseg")
-from diffuseg.api import build_config
+from diffuseg.core.runtime import autocast, resolve_device
 from diffuseg.methods import Method, build_method
-from diffuseg.runtime import autocast, resolve_device
+from diffuseg.training.start import build_config
 
 QUICK_STEPS = (1, 2)
 FULL_STEPS = (1, 2, 5, 10, 20, 50, 1000)
@@ -240,7 +240,7 @@ HEADER = (f"{'method':<28} {'smp':<5} {'steps':>5} {'GFLOP':>9} {'ours_s':>9} {'
 def speedup_rows(args, device: torch.device) -> list[dict]:
     """One step count (the first of --steps) per method: eager channels-last (the default),
     bf16 autocast, contiguous weights, torch.compile (with --compile) and ONNX Runtime."""
-    from diffuseg.export import OrtDenoiser, export_onnx, make_session
+    from diffuseg.inference.onnx import OrtDenoiser, export_onnx, make_session
 
     rows = []
     for spec in args.methods:
@@ -295,7 +295,7 @@ def quality_rows(args) -> list[dict]:
     count starts from the same noise (``segment``'s seed 0), so the rows of a run are paired."""
     from diffuseg.data import Dataset
     from diffuseg.data.phantom import majority_mask
-    from diffuseg.inference import Predictor
+    from diffuseg.inference.predictor import Predictor
     from diffuseg.metrics.distribution import ged
     from diffuseg.metrics.overlap import dice
 

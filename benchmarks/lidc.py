@@ -10,7 +10,7 @@ the slices are cut to their central 64x64 (``--crop``; the release centres each 
 nodule, and the share of rater pixels cut off is printed): IoU-based scores are unchanged when
 no mask pixel is cut, ECE is not comparable across crops (it counts background pixels).
 
-Reported (``diffuseg.evaluation``; means over val slices): GED^2 with 16 and 100 samples
+Reported (``diffuseg.evaluation.evaluate``; means over val slices): GED^2 with 16 and 100 samples
 (d = 1 - IoU, d(empty, empty) = 0, all pairs incl. i = j), HM-IoU and CI score with 16 samples,
 consensus Dice against the raters' majority, sampling seconds per image (``Predictor.segment``
 wall time for 100 samples). Published LIDC results are printed beside them; they come from

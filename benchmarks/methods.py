@@ -7,7 +7,8 @@ diffusion), ``hidiff`` (segmentor + Bernoulli refiner, alternate training), ``me
 ``method.target=sdf``); docs/methods.md describes each. Every method trains for the same
 ``--minutes`` (``train.max_minutes``) with the same torch threads, the same network widths and
 optimiser settings (the preset of ``common.PRESETS``), then draws 16 masks per held-out image with
-``sample.steps`` steps (10 in the CPU preset). Columns (``diffuseg.evaluation``, means over cases):
+``sample.steps`` steps (10 in the CPU preset). Columns (``diffuseg.evaluation.evaluate``, means
+over cases):
 consensus Dice and HD95 against the raters' majority, GED^2 with 16 samples (d = 1 - IoU), sampling
 seconds per image (``Predictor.segment`` alone), training steps reached; the row ``raters (ref.)``
 scores the raters against themselves.

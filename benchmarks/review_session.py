@@ -58,13 +58,13 @@ def b64(mask: np.ndarray) -> str:
 
 
 def prepare(out: Path, run: Path | None, n_cases: int, n_samples: int):
-    from diffuseg.api import build_config
     from diffuseg.data.phantom import write_phantom_dataset
-    from diffuseg.inference import Predictor
+    from diffuseg.inference.predictor import Predictor
     from diffuseg.service.app import segment_job
     from diffuseg.service.jobs import JobStore, now
     from diffuseg.service.settings import ServiceSettings
-    from diffuseg.training import train
+    from diffuseg.training.loop import train
+    from diffuseg.training.start import build_config
 
     data = write_phantom_dataset(out / "phantom", n_cases=64 + n_cases, size=32, n_raters=3,
                                  seed=3, overwrite=True)
@@ -211,7 +211,7 @@ def main() -> None:
         parser.error("--screenshots needs --browser-cases >= 1")
     import httpx
 
-    from diffuseg.workflow_report import format_report, workflow_report
+    from diffuseg.review.workflow_report import format_report, workflow_report
 
     load0 = os.getloadavg()
     predictor, run, data_dir, truth = prepare(args.out, args.run, args.cases, args.samples)

@@ -61,9 +61,9 @@ def free_port() -> int:
 
 
 def tiny_run(folder: Path) -> Path:
-    from diffuseg.api import build_config
     from diffuseg.data.phantom import write_phantom_dataset
-    from diffuseg.training import train
+    from diffuseg.training.loop import train
+    from diffuseg.training.start import build_config
 
     data = write_phantom_dataset(folder / "data", n_cases=4, size=64, n_raters=1)
     config = build_config(None, TINY + ["train.max_steps=5", "data.patch_size=[64,64]"],

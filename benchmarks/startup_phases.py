@@ -60,15 +60,15 @@ def main() -> None:
 
     timed("import torch", began)
     began = now()
-    from diffuseg.api import build_config
     from diffuseg.data import Dataset
+    from diffuseg.training.start import build_config
 
-    timed("import diffuseg.api, diffuseg.data", began)
+    timed("import diffuseg.training.start, diffuseg.data", began)
     began = now()
-    import diffuseg.training as training
+    import diffuseg.training.loop as training
     from diffuseg.data import files, streaming
 
-    timed("import diffuseg.training (MONAI)", began)
+    timed("import diffuseg.training.loop (MONAI)", began)
     torch.set_num_threads(1)
     wrap(files, "scan", "data.files.scan (both fingerprints)")
     wrap(streaming, "training_bytes", "in-memory estimate")

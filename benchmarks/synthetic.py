@@ -42,7 +42,7 @@ import common  # noqa: E402
 from diffuseg.config import NetworkConfig  # noqa: E402
 from diffuseg.data import Dataset, load_splits, make_splits, save_splits  # noqa: E402
 from diffuseg.data.dataset import DatasetInfo  # noqa: E402
-from diffuseg.evaluation import evaluate  # noqa: E402
+from diffuseg.evaluation.evaluate import evaluate  # noqa: E402
 from diffuseg.synthesis.fidelity import fidelity_report  # noqa: E402
 from diffuseg.synthesis.generator import GeneratorTrainConfig  # noqa: E402
 from diffuseg.synthesis.synthesize import synthesize  # noqa: E402

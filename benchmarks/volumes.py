@@ -124,8 +124,8 @@ def child_sample(spec: dict[str, Any]) -> dict[str, Any]:
     """Sample a synthetic volume (random weights: cost does not depend on them)."""
     import torch
 
-    from diffuseg.api import build_config
     from diffuseg.methods import build_method
+    from diffuseg.training.start import build_config
 
     n, strategy = spec["size"], spec["strategy"]
     method_name = "ddpm" if strategy == "patch" else "wdm"
@@ -152,9 +152,9 @@ def child_startup(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one step; seconds from process start to the first optimiser step's return."""
     import torch
 
-    from diffuseg.api import build_config
     from diffuseg.data import Dataset
-    from diffuseg.training import train
+    from diffuseg.training.loop import train
+    from diffuseg.training.start import build_config
 
     first: list[float] = []
     original = torch.optim.AdamW.step
@@ -205,10 +205,10 @@ def score_case(result, labels, spacing) -> dict[str, float]:
 def hippocampus(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from diffuseg.api import build_config
     from diffuseg.data import Dataset, load_splits
-    from diffuseg.inference import Predictor
-    from diffuseg.training import train
+    from diffuseg.inference.predictor import Predictor
+    from diffuseg.training.loop import train
+    from diffuseg.training.start import build_config
 
     root = hippocampus_dataset()
     dataset = Dataset.open(root)

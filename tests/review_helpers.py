@@ -11,14 +11,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from diffuseg.api import build_config
 from diffuseg.data.phantom import write_phantom_dataset
-from diffuseg.inference import Predictor
+from diffuseg.inference.predictor import Predictor
 from diffuseg.io import read_mask, write_mask
 from diffuseg.service.app import create_app, segment_job
 from diffuseg.service.jobs import JobStore, now
 from diffuseg.service.settings import ServiceSettings
-from diffuseg.training import train
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 TINY = ["network.channels=[8,16]", "network.attention_levels=[false,true]",
         "network.norm_groups=4", "network.num_heads=2", "train.max_steps=2",

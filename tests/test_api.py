@@ -1,5 +1,5 @@
-from diffuseg.api import build_config, intensity_for, merge
 from diffuseg.data.phantom import write_phantom_dataset
+from diffuseg.training.start import build_config, intensity_for, merge
 
 
 def test_intensity_follows_the_modality():

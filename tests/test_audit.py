@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from diffuseg.audit import append_event, last_view, mask_change, read_events
 from diffuseg.cli import main
-from diffuseg.workflow_report import workflow_report
+from diffuseg.review.audit import append_event, last_view, mask_change, read_events
+from diffuseg.review.workflow_report import workflow_report
 
 
 def test_events_append_and_read_back(tmp_path):

@@ -8,7 +8,7 @@ from helpers import SIZE, gen
 
 import diffuseg.methods.baselines  # noqa: F401  (registers "unet", "mc_dropout", "ensemble")
 from diffuseg.config import DataConfig, MethodConfig, NetworkConfig, RunConfig
-from diffuseg.ensemble import summarise
+from diffuseg.core.ensemble import summarise
 from diffuseg.errors import ConfigError
 from diffuseg.methods import build_method, one_hot
 from diffuseg.methods.base import read_options

@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffuseg.api import build_config
-from diffuseg.batch import is_complete, select_cases, study_series
 from diffuseg.cli import app
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import DataError
-from diffuseg.training import train
+from diffuseg.inference.batch import is_complete, select_cases, study_series
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
         "network.norm_groups=4", "train.max_steps=1", "train.device=cpu", "process.T=20",
@@ -75,7 +75,7 @@ def test_previews_are_viewable_contours(tmp_path, run2d):
 
 
 def test_preview_draws_contours_not_fills(tmp_path):
-    from diffuseg.previews import LABEL_COLOURS, write_previews
+    from diffuseg.inference.previews import LABEL_COLOURS, write_previews
 
     image = np.zeros((1, 64, 64), np.float32)
     mask = np.zeros((64, 64), np.uint8)
@@ -91,7 +91,7 @@ def test_preview_draws_contours_not_fills(tmp_path):
 
 
 def test_3d_previews_pick_slices():
-    from diffuseg.previews import representative_slices
+    from diffuseg.inference.previews import representative_slices
 
     cons = np.zeros((8, 8, 10), np.uint8)
     cons[2:6, 2:6, 7] = 1

@@ -2,10 +2,10 @@
 
 import torch
 
-from diffuseg.api import build_config
 from diffuseg.data import Dataset
 from diffuseg.data.loader import batches, load_examples
 from diffuseg.data.phantom import write_phantom_dataset
+from diffuseg.training.start import build_config
 
 
 def test_batch_shapes_and_dtypes(tmp_path):

@@ -13,7 +13,7 @@ from diffuseg.config import ProcessConfig
 from diffuseg.errors import ConfigError
 from diffuseg.processes import BernoulliProcess, bernoulli_loss_terms, build_process, kl_bernoulli
 from diffuseg.processes.schedules import cosine_betas, linear_betas
-from diffuseg.samplers import ddpm, last
+from diffuseg.sampling.samplers import ddpm, last
 
 T = 40
 

@@ -6,7 +6,7 @@ import pytest
 
 from diffuseg.config import load_config
 from diffuseg.errors import ConfigError
-from diffuseg.runstate import Budget
+from diffuseg.run.setup import Budget
 
 
 def test_cpu_clock_does_not_count_sleep_but_wall_clock_does():
@@ -44,13 +44,14 @@ def test_a_command_start_counts_what_ran_before_training():
 def test_train_command_hands_its_start_to_the_budget(tmp_path, monkeypatch):
     import sys
 
-    import diffuseg.api
     import diffuseg.cli
+    import diffuseg.training.start
     from diffuseg.data.phantom import write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "d", n_cases=4, size=16, n_raters=2)
     seen = {}
-    monkeypatch.setattr(diffuseg.api, "train_run", lambda *a, **k: seen.update(k) or tmp_path)
+    monkeypatch.setattr(diffuseg.training.start, "train_run",
+                        lambda *a, **k: seen.update(k) or tmp_path)
     monkeypatch.setattr(sys, "argv", ["diffuseg", "train", str(data), "-o", str(tmp_path / "r"),
                                       "--minutes", "1", "--max-steps", "1"])
     with pytest.raises(SystemExit) as exit_info:

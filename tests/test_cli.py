@@ -97,8 +97,8 @@ def test_image_without_mask(monkeypatch, capsys, tmp_path, phantom):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, phantom):
-    from diffuseg.api import build_config
-    from diffuseg.training import train
+    from diffuseg.training.loop import train
+    from diffuseg.training.start import build_config
 
     config = build_config(
         None,
@@ -259,7 +259,7 @@ def test_second_writer_is_refused(monkeypatch, capsys, tmp_path, tiny_run, phant
 
     image = sorted((phantom / "imagesTr").iterdir())[0]
     out = tmp_path / "out"
-    code = ("import sys, time; from diffuseg.atomic import folder_lock\n"
+    code = ("import sys, time; from diffuseg.core.atomic import folder_lock\n"
             "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
                               text=True)

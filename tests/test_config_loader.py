@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from diffuseg import api, config
+from diffuseg import config
 from diffuseg.config import load_config
 from diffuseg.errors import ConfigError
+from diffuseg.training import start as api
 
 
 def test_layers_in_order(tmp_path):
@@ -47,7 +48,7 @@ def test_api_build_config_is_the_same_loader(tmp_path, monkeypatch):
 def test_predictor_reads_the_run_config_with_the_loader():
     import inspect
 
-    from diffuseg import inference
+    from diffuseg.inference import predictor as inference
 
     assert inference.load_config is config.load_config
     assert "load_config(" in inspect.getsource(inference.Predictor.from_run)

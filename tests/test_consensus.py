@@ -1,12 +1,12 @@
-"""One consensus rule (diffuseg.consensus) for raters, phantom, validation and predictions."""
+"""One consensus rule (diffuseg.core.consensus) for raters, phantom, validation and predictions."""
 
 import numpy as np
 import torch
 
-from diffuseg.consensus import foreground_consensus, majority
+from diffuseg.core.consensus import foreground_consensus, majority
+from diffuseg.core.ensemble import majority_vote, summarise
 from diffuseg.data.loader import majority as loader_majority
 from diffuseg.data.phantom import majority_mask
-from diffuseg.ensemble import majority_vote, summarise
 
 
 def brute_force(labels: np.ndarray, num_labels: int) -> np.ndarray:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from diffuseg.api import build_config
 from diffuseg.data import Dataset
 from diffuseg.data import files as dataset_files
 from diffuseg.data.files import scan
@@ -25,8 +24,9 @@ from diffuseg.data.preprocess import (
     training_bytes,
 )
 from diffuseg.data.streaming import should_stream
-from diffuseg.runlog import dataset_fingerprint
-from diffuseg.training import train
+from diffuseg.run.log import dataset_fingerprint
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 
 def reference_files_sha256(root: Path) -> tuple[str, int]:

@@ -16,8 +16,8 @@ from dicom_synth import write_series
 from tiny_runs import tiny_run
 
 import diffuseg
-from diffuseg.ensemble import summarise
-from diffuseg.inference import Predictor
+from diffuseg.core.ensemble import summarise
+from diffuseg.inference.predictor import Predictor
 from diffuseg.io import read_image, read_mask
 from diffuseg.io.dicom_seg import (
     load_reference,

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from diffuseg.ensemble import majority_vote, summarise
+from diffuseg.core.ensemble import majority_vote, summarise
 
 
 def test_binary_uncertainty_by_hand():
@@ -14,7 +14,7 @@ def test_binary_uncertainty_by_hand():
     assert math.isclose(r.entropy.item(), math.log(2), abs_tol=1e-5)
     # each sample is certain, so all the entropy is disagreement
     assert math.isclose(r.mutual_information.item(), math.log(2), abs_tol=1e-4)
-    assert r.consensus.item() == 1  # a tie (mean 0.5) is foreground: diffuseg.consensus
+    assert r.consensus.item() == 1  # a tie (mean 0.5) is foreground: diffuseg.core.consensus
 
 
 def test_agreeing_samples_have_no_mutual_information():

@@ -1,4 +1,5 @@
-"""``diffuseg.evaluation``: tiny datasets and prediction folders written with the project's own
+"""``diffuseg.evaluation.evaluate``: tiny datasets and prediction folders written with the
+project's own
 writers, and outcomes computed by hand (or by a plain loop over pairs)."""
 
 from __future__ import annotations
@@ -16,13 +17,19 @@ import typer
 from typer.testing import CliRunner
 
 from diffuseg.cli.evaluate import evaluate_command
+from diffuseg.core.ensemble import summarise
 from diffuseg.data import Dataset, DatasetInfo, majority_mask, write_dataset, write_phantom_dataset
-from diffuseg.ensemble import summarise
 from diffuseg.errors import ConfigError, DataError
-from diffuseg.evaluation import aggregate, evaluate, pool_curves, read_float_map, worst_cases
+from diffuseg.evaluation.evaluate import (
+    aggregate,
+    evaluate,
+    pool_curves,
+    read_float_map,
+    worst_cases,
+)
+from diffuseg.inference.prediction_folder import write_result
 from diffuseg.io import Geometry, write_probability
 from diffuseg.metrics import CONVENTIONS, reliability_curve
-from diffuseg.outputs import write_result
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,11 @@ import diffuseg.methods.berdiff  # noqa: F401  (registers)
 import diffuseg.methods.hidiff  # noqa: F401
 import diffuseg.methods.medsegdiff_v2  # noqa: F401
 from diffuseg.config import ProcessConfig, SampleConfig
-from diffuseg.ensemble import summarise
+from diffuseg.core.ensemble import summarise
 from diffuseg.errors import ConfigError
-from diffuseg.explain import (
+from diffuseg.inference.predictor import Predictor
+from diffuseg.methods import build_method
+from diffuseg.review.explain import (
     attention_maps,
     counterfactual,
     explain_to_png,
@@ -26,8 +28,6 @@ from diffuseg.explain import (
     occlusion,
     trajectory,
 )
-from diffuseg.inference import Predictor
-from diffuseg.methods import build_method
 
 
 def predictor(name: str, process: ProcessConfig, attention=(False, True)) -> Predictor:

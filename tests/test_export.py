@@ -12,21 +12,21 @@ import typer
 from typer.testing import CliRunner
 
 import diffuseg.methods.ldseg  # noqa: F401  (registers "ldseg")
-from diffuseg.api import build_config
 from diffuseg.cli.export import export_command
 from diffuseg.config import NetworkConfig, RunConfig, save_config
 from diffuseg.data.phantom import make_case
 from diffuseg.errors import ConfigError
-from diffuseg.export import (
+from diffuseg.inference.onnx import (
     OrtDenoiser,
     export_onnx,
     export_run,
     make_session,
     onnx_predictor,
 )
-from diffuseg.inference import Predictor
+from diffuseg.inference.predictor import Predictor
 from diffuseg.methods import build_method
-from diffuseg.weights import save_networks
+from diffuseg.run.weights import save_networks
+from diffuseg.training.start import build_config
 
 pytest.importorskip("onnxruntime")
 

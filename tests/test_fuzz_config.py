@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from diffuseg.cli import main
 from diffuseg.config import RunConfig, load_config
+from diffuseg.core.paths import MAX_NAME_BYTES
+from diffuseg.core.validation import CONFIG_RANGES
 from diffuseg.errors import DiffusegError
-from diffuseg.inference import case_name
-from diffuseg.paths import MAX_NAME_BYTES
-from diffuseg.validation import CONFIG_RANGES
+from diffuseg.inference.predictor import case_name
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -10,7 +10,7 @@ import torch
 from diffuseg.config import ProcessConfig
 from diffuseg.errors import ConfigError
 from diffuseg.processes import GaussianProcess, build_process, cosine_betas, linear_betas
-from diffuseg.samplers import ddim_update, dpm_solver_pp_update
+from diffuseg.sampling.samplers import ddim_update, dpm_solver_pp_update
 
 T = 50
 

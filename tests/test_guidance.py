@@ -18,10 +18,10 @@ import diffuseg.methods.ldseg  # noqa: F401
 import diffuseg.methods.medsegdiff_v2  # noqa: F401
 from diffuseg.config import ProcessConfig, SampleConfig
 from diffuseg.errors import ConfigError, DataError
-from diffuseg.guidance import Constraints, repaint
 from diffuseg.methods import build_method
 from diffuseg.processes import BernoulliProcess, GaussianProcess
-from diffuseg.samplers import ddpm
+from diffuseg.sampling.repaint import Constraints, repaint
+from diffuseg.sampling.samplers import ddpm
 
 GAUSSIAN = ProcessConfig(T=20)
 BERNOULLI = ProcessConfig(kind="bernoulli", T=20)
@@ -72,7 +72,7 @@ def test_repaint_replaces_known_pixels_by_forward_noised_values():
     mask = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
     mask[..., :2, :] = True
     values = torch.ones(1, 1, 4, 4)
-    from diffuseg.guidance import KnownPixels
+    from diffuseg.sampling.repaint import KnownPixels
 
     known = KnownPixels(values, mask)
     for process, encode in ((GaussianProcess.from_config(GAUSSIAN), lambda m: 2 * m - 1),

@@ -17,15 +17,15 @@ import diffuseg.methods.hidiff  # noqa: F401
 import diffuseg.methods.medsegdiff_v2  # noqa: F401
 import diffuseg.methods.wdm  # noqa: F401
 from diffuseg.config import DataConfig, ProcessConfig, SampleConfig
+from diffuseg.core.ensemble import to_labels
 from diffuseg.data.resample import spacing_geometry
-from diffuseg.ensemble import to_labels
 from diffuseg.errors import ConfigError
-from diffuseg.guidance import Constraints, check_jumps, read_constraints
-from diffuseg.inference import Predictor
+from diffuseg.inference.predictor import Predictor
 from diffuseg.io import Geometry
 from diffuseg.methods import build_method
 from diffuseg.processes import BernoulliProcess, GaussianProcess
-from diffuseg.samplers import ddim, dpm_solver_pp, last
+from diffuseg.sampling.repaint import Constraints, check_jumps, read_constraints
+from diffuseg.sampling.samplers import ddim, dpm_solver_pp, last
 
 GAUSSIAN = ProcessConfig(T=20)
 BERNOULLI = ProcessConfig(kind="bernoulli", T=20)

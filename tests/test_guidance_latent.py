@@ -1,4 +1,5 @@
-"""Guided resampling of the methods that diffuse another space (diffuseg.guidance_latent): the sdf
+"""Guided resampling of the methods that diffuse another space (diffuseg.sampling.x0_guidance): the
+sdf
 target (x0 sign projection) and LDSeg (decoder-guided latent). Every sample holds the marks in 2D
 and 3D with every sampler; the x0 correction reaches the sampler exactly; LDSeg's guidance moves
 the decoded marks before the final projection; the API and the CLI accept both."""
@@ -17,17 +18,17 @@ from helpers import SIZE, gen, randomise, tiny_config
 import diffuseg.methods.cimd  # noqa: F401  (registers)
 import diffuseg.methods.ldseg
 import diffuseg.methods.medsegdiff_v2  # noqa: F401
-from diffuseg.api import build_config
 from diffuseg.config import ProcessConfig, SampleConfig
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import ConfigError
-from diffuseg.guidance import Constraints, KnownPixels
-from diffuseg.guidance_latent import decoder_guidance, sign_projection, x0_guided
-from diffuseg.inference import Predictor, case_name
+from diffuseg.inference.predictor import Predictor, case_name
 from diffuseg.io import read_mask
 from diffuseg.methods import build_method
 from diffuseg.processes import GaussianProcess
-from diffuseg.training import train
+from diffuseg.sampling.repaint import Constraints, KnownPixels
+from diffuseg.sampling.x0_guidance import decoder_guidance, sign_projection, x0_guided
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 GAUSSIAN = ProcessConfig(T=20)
 CASES = [("ddpm", "ddim"), ("ddpm", "ddpm"), ("ddpm", "dpm_solver_pp"), ("cimd", "ddim"),

@@ -11,19 +11,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffuseg.api import build_config
 from diffuseg.data import Dataset
 from diffuseg.data.phantom import write_phantom_dataset
-from diffuseg.guidance import Constraints
-from diffuseg.inference import Predictor
-from diffuseg.modes import iou_distances
-from diffuseg.training import train
+from diffuseg.inference.predictor import Predictor
+from diffuseg.review.modes import iou_distances
+from diffuseg.sampling.repaint import Constraints
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 SMALL = ["network.channels=[16,32]", "network.attention_levels=[false,false]",
          "train.batch_size=4", "train.max_steps=150", "train.lr=0.001", "train.warmup_steps=20",
          "train.val_every=1000", "train.ema_decay=0.99", "train.device=cpu", "process.T=100",
          "sample.steps=5"]
-# mask: ddpm with RePaint (diffuseg.guidance), the reference the other two are compared with
+# mask: ddpm with RePaint (diffuseg.sampling.repaint), the reference the other two are compared with
 METHODS = {"sdf": ["method.target=sdf"], "ldseg": ["method.name=ldseg"], "mask": []}
 pytestmark = pytest.mark.slow
 

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from diffuseg.api import build_config
 from diffuseg.data import Dataset
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import DataError
-from diffuseg.inference import Predictor
-from diffuseg.training import train
+from diffuseg.inference.predictor import Predictor
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
         "network.norm_groups=4", "train.max_steps=2", "train.device=cpu", "process.T=20",

@@ -18,7 +18,7 @@ from diffuseg.config import (
 from diffuseg.errors import ConfigError
 from diffuseg.methods import build_method
 from diffuseg.methods.hidiff import focal_loss
-from diffuseg.weights import load_networks, state_of
+from diffuseg.run.weights import load_networks, state_of
 
 
 def config(spatial_dims: int = 2, num_classes: int = 1, kind: str | None = None,

@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import shared_data
 
-from diffuseg.api import build_config
 from diffuseg.data import Dataset, make_splits, save_splits
 from diffuseg.data.importers import import_msd
 from diffuseg.data.transforms import normalize_intensity
-from diffuseg.inference import Predictor
+from diffuseg.inference.predictor import Predictor
 from diffuseg.methods import build_method
-from diffuseg.training import foreground_dice, train
+from diffuseg.training.loop import foreground_dice, train
+from diffuseg.training.start import build_config
 
 PRESET = ["network.channels=[16,32,64]", "network.attention_levels=[false,false,false]",
           "train.batch_size=4", "train.lr=0.001", "train.warmup_steps=20",

@@ -23,7 +23,7 @@ from diffuseg.errors import ConfigError
 from diffuseg.methods import build_method
 from diffuseg.metrics.overlap import dice
 from diffuseg.networks.autoencoder import MaskAutoencoder
-from diffuseg.samplers import ddim, ddpm, dpm_solver_pp, last
+from diffuseg.sampling.samplers import ddim, ddpm, dpm_solver_pp, last
 
 
 def config(spatial_dims: int = 2, num_classes: int = 1, sampler: str = "ddim",
@@ -183,7 +183,7 @@ def test_result_json_records_the_steps_and_sampler_actually_used(tmp_path):
     import json
 
     from diffuseg.data.phantom import write_phantom_dataset
-    from diffuseg.inference import Predictor
+    from diffuseg.inference.predictor import Predictor
 
     data = write_phantom_dataset(tmp_path / "data", n_cases=1, size=16, n_raters=1)
     image = sorted((data / "imagesTr").iterdir())[0]

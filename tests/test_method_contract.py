@@ -17,8 +17,8 @@ import diffuseg.methods  # noqa: F401  (registers every method)
 from diffuseg.config import ProcessConfig, RunConfig
 from diffuseg.errors import ConfigError
 from diffuseg.methods import METHODS, build_method
-from diffuseg.samplers import DEFAULT
-from diffuseg.weights import load_networks, load_state, save_networks
+from diffuseg.run.weights import load_networks, load_state, save_networks
+from diffuseg.sampling.samplers import DEFAULT
 
 OPTIONS = {"ldseg": {"width": 8}, "ensemble": {"members": 2}}  # small enough for the tiny nets
 CASES = [pytest.param(name, dims, k, id=f"{name}-{dims}d-k{k}")

@@ -15,16 +15,16 @@ import torch
 import diffuseg.methods.berdiff  # noqa: F401  (registers "berdiff")
 import diffuseg.methods.hidiff  # noqa: F401  (registers "hidiff")
 import diffuseg.methods.medsegdiff_v2  # noqa: F401  (registers "medsegdiff_v2")
-from diffuseg.api import build_config
 from diffuseg.cli import main as cli_main
 from diffuseg.data import Dataset
 from diffuseg.data.loader import majority
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.data.transforms import normalize_intensity
-from diffuseg.evaluation import evaluate
-from diffuseg.inference import Predictor
+from diffuseg.evaluation.evaluate import evaluate
+from diffuseg.inference.predictor import Predictor
 from diffuseg.methods import build_method
-from diffuseg.training import foreground_dice, train
+from diffuseg.training.loop import foreground_dice, train
+from diffuseg.training.start import build_config
 
 METHODS = {
     "berdiff": ["method.name=berdiff"],  # the method chooses its process and sampler

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from diffuseg.modes import find_modes, iou_distances, k_medoids, silhouette
+from diffuseg.review.modes import find_modes, iou_distances, k_medoids, silhouette
 
 
 def disc(cx: float, cy: float, r: float, size: int = 32) -> np.ndarray:

@@ -18,10 +18,10 @@ from orthanc import orthanc, upload
 from review_helpers import write_tokens
 from tiny_runs import tiny_run
 
-from diffuseg.audit import read_events
-from diffuseg.inference import Predictor
+from diffuseg.inference.predictor import Predictor
 from diffuseg.io import read_image
 from diffuseg.io.dicom_seg import read_parametric_map, read_seg, reference_for
+from diffuseg.review.audit import read_events
 from diffuseg.service.app import create_app
 from diffuseg.service.pacs import DicomWeb
 from diffuseg.service.settings import ServiceSettings

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from diffuseg.api import build_config
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import ConfigError
-from diffuseg.planning import Hardware, make_plan, step_macs
+from diffuseg.training.planning import Hardware, make_plan, step_macs
+from diffuseg.training.start import build_config
 
 CPU2 = Hardware("cpu", 2, "avx2")
 GPU = Hardware("gpu", 16, "avx512", "test-gpu", 80.0)
@@ -66,7 +66,7 @@ def test_precedence_plan_config_set(tmp_path):
 
 
 def test_train_writes_plan_json_and_a_failed_train_leaves_no_folder(tmp_path):
-    from diffuseg.api import train_run
+    from diffuseg.training.start import train_run
 
     data = write_phantom_dataset(tmp_path / "p", n_cases=4, size=32, n_raters=2)
     plan = make_plan(data, "quick", hardware=CPU2)

@@ -6,11 +6,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from diffuseg.api import build_config
 from diffuseg.data.phantom import write_phantom_dataset
-from diffuseg.inference import Predictor, case_name, list_inputs
+from diffuseg.inference.predictor import Predictor, case_name, list_inputs
 from diffuseg.io import read_mask
-from diffuseg.training import train
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
         "network.norm_groups=4", "train.max_steps=1", "train.device=cpu", "process.T=50",
@@ -109,7 +109,7 @@ def test_channel_files_of_a_case_are_one_input(tmp_path):
     inputs = list_inputs(tmp_path)
     assert [[p.name for p in case] for case in inputs] == [
         ["lesion_0000.png", "lesion_0001.png", "lesion_0002.png"], ["other.png"]]
-    from diffuseg.inference import read_channels
+    from diffuseg.inference.predictor import read_channels
 
     image, _ = read_channels(inputs[0])
     assert image.shape == (3, 8, 8) and image[2].max() == 20

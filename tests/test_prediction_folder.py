@@ -1,4 +1,5 @@
-"""diffuseg.outputs writes and reads the prediction folder: a replaced case keeps no stale file,
+"""diffuseg.inference.prediction_folder writes and reads the prediction folder: a replaced case
+keeps no stale file,
 and the lock admits one writer per folder."""
 
 import json
@@ -8,9 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseg.ensemble import summarise
+from diffuseg.core.ensemble import summarise
 from diffuseg.errors import DataError
-from diffuseg.outputs import LOCK_NAME, case_folders, load_prediction, lock_output, write_result
+from diffuseg.inference.prediction_folder import (
+    LOCK_NAME,
+    case_folders,
+    load_prediction,
+    lock_output,
+    write_result,
+)
 
 
 def result(n_samples: int, seed: int = 0):
@@ -97,7 +104,7 @@ def hold_in_child(folder):
     import subprocess
     import sys
 
-    code = ("import sys, time; from diffuseg.atomic import folder_lock\n"
+    code = ("import sys, time; from diffuseg.core.atomic import folder_lock\n"
             "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)")
     child = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
                              text=True)
@@ -125,7 +132,7 @@ def test_lock_of_a_live_process_refuses_and_a_killed_one_frees(tmp_path):
 
 def test_a_waiter_never_holds_a_removed_lock_file(tmp_path, monkeypatch):
     """A process that opened the file just before its holder removed it retries on a new one."""
-    import diffuseg.atomic as atomic
+    import diffuseg.core.atomic as atomic
 
     folder = tmp_path / "out"
     folder.mkdir()

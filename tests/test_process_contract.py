@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from diffuseg.processes import BernoulliProcess, GaussianProcess, Process, cosine_betas
-from diffuseg.samplers import ddpm, last
+from diffuseg.sampling.samplers import ddpm, last
 
 T = 100
 

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from diffuseg import progress
-from diffuseg.progress import Progress, clock_text, track
+from diffuseg.core import progress
+from diffuseg.core.progress import Progress, clock_text, track
 
 LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] predict (\d+)/10 cases \(\d+%\) "
                   r"elapsed \d+:\d\d:\d\d eta (\?|\d+:\d\d:\d\d)( \| .*)?$")

@@ -17,11 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
+from diffuseg.core.ensemble import summarise
 from diffuseg.data import Dataset, majority_mask, write_phantom_dataset
-from diffuseg.ensemble import summarise
-from diffuseg.evaluation import evaluate
-from diffuseg.outputs import write_result
-from diffuseg.report import build_report, most_foreground_slice, overlay_figure
+from diffuseg.evaluation.evaluate import evaluate
+from diffuseg.evaluation.html import build_report
+from diffuseg.evaluation.plots import most_foreground_slice, overlay_figure
+from diffuseg.inference.prediction_folder import write_result
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

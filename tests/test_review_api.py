@@ -13,9 +13,9 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 from review_helpers import ANN, BOB, make_app, make_job, tiny_run  # noqa: E402
 
-from diffuseg.audit import read_events  # noqa: E402
-from diffuseg.inference import Predictor  # noqa: E402
+from diffuseg.inference.predictor import Predictor  # noqa: E402
 from diffuseg.io import read_mask  # noqa: E402
+from diffuseg.review.audit import read_events  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,9 @@ from review_helpers import (  # noqa: E402
     tiny_run,
 )
 
-from diffuseg.audit import read_events  # noqa: E402
-from diffuseg.inference import Predictor  # noqa: E402
+from diffuseg.inference.predictor import Predictor  # noqa: E402
 from diffuseg.io import read_mask  # noqa: E402
+from diffuseg.review.audit import read_events  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

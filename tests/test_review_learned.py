@@ -8,14 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffuseg.api import build_config
 from diffuseg.data import Dataset
 from diffuseg.data.phantom import over_segmenting_marks, write_phantom_dataset
-from diffuseg.explain import occlusion
-from diffuseg.guidance import Constraints
-from diffuseg.inference import Predictor
-from diffuseg.modes import iou_distances
-from diffuseg.training import train
+from diffuseg.inference.predictor import Predictor
+from diffuseg.review.explain import occlusion
+from diffuseg.review.modes import iou_distances
+from diffuseg.sampling.repaint import Constraints
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 SMALL = ["network.channels=[16,32]", "network.attention_levels=[false,false]",
          "train.batch_size=4", "train.max_steps=150", "train.lr=0.001", "train.warmup_steps=20",

@@ -16,10 +16,10 @@ from dicom_synth import write_series  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from review_helpers import ANN, make_app, make_job, tiny_multiclass_run  # noqa: E402
 
-from diffuseg.audit import label_change, read_events  # noqa: E402
-from diffuseg.inference import Predictor  # noqa: E402
+from diffuseg.inference.predictor import Predictor  # noqa: E402
 from diffuseg.io import read_image, read_mask  # noqa: E402
 from diffuseg.io.dicom_seg import read_seg, reference_for  # noqa: E402
+from diffuseg.review.audit import label_change, read_events  # noqa: E402
 from diffuseg.service import review_data as rd  # noqa: E402
 
 

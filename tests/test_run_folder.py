@@ -7,14 +7,14 @@ import pytest
 from diffuseg.data import Dataset, load_splits, make_splits
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import DataError
-from diffuseg.run_folder import (
+from diffuseg.run.folder import (
     check_same_dataset,
     held_out_cases,
     run_splits,
     splits_for_run,
     training_cases,
 )
-from diffuseg.runlog import dataset_fingerprint
+from diffuseg.run.log import dataset_fingerprint
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import torch
 
 from diffuseg.errors import ConfigError
 from diffuseg.processes import BernoulliProcess, GaussianProcess, cosine_betas
-from diffuseg.samplers import Step, ddim, ddpm, dpm_solver_pp, last
+from diffuseg.sampling.samplers import Step, ddim, ddpm, dpm_solver_pp, last
 
 diffusers = pytest.importorskip("diffusers")
 

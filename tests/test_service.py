@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from tiny_runs import tiny_run
 
-from diffuseg.inference import Predictor
+from diffuseg.inference.predictor import Predictor
 from diffuseg.io import read_image, read_mask
 from diffuseg.io.dicom_seg import read_seg, reference_for
 from diffuseg.service.app import create_app

@@ -17,11 +17,11 @@ from diffuseg.config import (
     RunConfig,
     SampleConfig,
 )
+from diffuseg.core.ensemble import summarise
 from diffuseg.data.phantom import majority_mask, make_case
-from diffuseg.ensemble import summarise
 from diffuseg.methods import build_method
 from diffuseg.metrics.overlap import dice
-from diffuseg.training import autocast
+from diffuseg.training.loop import autocast
 
 OPTIONS = {"ddpm": {}, "ldseg": {"width": 8}}
 

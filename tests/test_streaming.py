@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseg.api import build_config
 from diffuseg.data import Dataset
 from diffuseg.data.loader import batches, load_examples
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.data.preprocess import default_folder, preprocess, smallest_exact_dtype
 from diffuseg.data.streaming import stream_batches, training_batches
-from diffuseg.training import train
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 
 @pytest.fixture(scope="module")

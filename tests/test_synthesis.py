@@ -228,9 +228,9 @@ def test_synthesize_refuses_to_write_into_its_source(phantom, tmp_path):
 
 
 def test_mixing_never_uses_held_out_cases(phantom, generator_dir, tmp_path):
-    from diffuseg.api import build_config
     from diffuseg.data.loader import batches, load_examples
     from diffuseg.synthesis.mixing import load_synthetic
+    from diffuseg.training.start import build_config
 
     out = synthesize(generator_dir, tmp_path / "syn", 4, masks="real").root
     config = build_config(None, [f"data.synthetic={out}", "data.synthetic_ratio=1.0",

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseg.api import build_config
 from diffuseg.data import Dataset, load_splits
 from diffuseg.data.loader import majority
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import DataError
-from diffuseg.inference import Predictor
+from diffuseg.inference.predictor import Predictor
 from diffuseg.methods import build_method
-from diffuseg.training import foreground_dice, train
+from diffuseg.training.loop import foreground_dice, train
+from diffuseg.training.start import build_config
 
 TINY = ["network.channels=[8,16]", "network.attention_levels=[false,true]",
         "network.norm_groups=4", "train.batch_size=4", "train.val_cases=2",

@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffuseg.api import build_config
-from diffuseg.atomic import run_lock
-from diffuseg.checkpoint import complete_step
 from diffuseg.cli import main
+from diffuseg.core.atomic import run_lock
 from diffuseg.data.phantom import write_phantom_dataset
-from diffuseg.runlog import read_metrics
-from diffuseg.training import train
+from diffuseg.run.checkpoint import complete_step
+from diffuseg.run.log import read_metrics
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["network.channels=[8,16]", "network.attention_levels=[false,true]",
@@ -94,7 +94,7 @@ def test_sigint_saves_a_resumable_checkpoint(tmp_path, phantom):
 
 
 def test_a_diverging_run_exits_2_with_one_line(tmp_path, phantom, monkeypatch, capsys):
-    from diffuseg import training
+    from diffuseg.training import loop as training
 
     real = training.batch_at
 
@@ -138,7 +138,7 @@ def test_the_minutes_budget_holds_for_the_whole_command(tmp_path, phantom):
     """--minutes 1 is the whole command's wall clock (validation and final save included),
     within 10%; the interpreter's start-up before the command runs is measured and not counted."""
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import diffuseg.training"], env=env(), check=True)
+    subprocess.run([sys.executable, "-c", "import diffuseg.training.loop"], env=env(), check=True)
     startup = time.monotonic() - t0
     t0 = time.monotonic()
     done = subprocess.run(cli("train", str(phantom), "-o", str(tmp_path / "run"), "--max-steps",

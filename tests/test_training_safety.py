@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import diffuseg.training as training
-from diffuseg.api import build_config
-from diffuseg.checkpoint import MARKER, complete_step, recover_checkpoint
+import diffuseg.training.loop as training
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import DataError, TrainingDiverged
-from diffuseg.runlog import read_metrics
-from diffuseg.training import train
+from diffuseg.run.checkpoint import MARKER, complete_step, recover_checkpoint
+from diffuseg.run.log import read_metrics
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 TINY = ["network.channels=[8,16]", "network.attention_levels=[false,true]",
         "network.norm_groups=4", "network.dropout=0.1", "train.batch_size=4",

@@ -17,20 +17,20 @@ import pytest
 from PIL import Image
 from test_fuzz_readers import dicom_slice
 
-from diffuseg.api import build_config
 from diffuseg.cli import main
 from diffuseg.config import load_config
+from diffuseg.core.paths import safe_name
+from diffuseg.core.validation import CONFIG_RANGES, STRING_PATTERNS
 from diffuseg.data import DatasetInfo
 from diffuseg.data.check import check_dataset
 from diffuseg.data.importers import import_msd
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.demo import prepare_output
 from diffuseg.errors import ConfigError, DataError, DiffusegError
-from diffuseg.inference import Predictor, case_name, list_inputs
+from diffuseg.inference.predictor import Predictor, case_name, list_inputs
 from diffuseg.io import read_dicom_series, read_image, read_mask
-from diffuseg.paths import safe_name
-from diffuseg.training import train
-from diffuseg.validation import CONFIG_RANGES, STRING_PATTERNS
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
         "network.norm_groups=4", "train.max_steps=1", "train.device=cpu", "process.T=50",
@@ -84,7 +84,7 @@ def test_config_values_are_checked_when_built(override, needle):
 def test_every_numeric_config_field_has_a_range():
     """A new field must get a range in validation.CONFIG_RANGES (or a string pattern)."""
     from diffuseg.config import RunConfig
-    from diffuseg.validation import check_config_values  # noqa: F401  (the routine that reads it)
+    from diffuseg.core.validation import check_config_values  # noqa: F401  (the routine that reads it)
 
     def leaves(obj, where=""):
         import dataclasses

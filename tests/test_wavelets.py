@@ -7,7 +7,7 @@ import torch
 from helpers import gen
 
 from diffuseg.errors import DataError
-from diffuseg.wavelets import haar_forward, haar_inverse
+from diffuseg.methods.wavelets import haar_forward, haar_inverse
 
 
 def test_a_hand_computed_2x2_case():

@@ -7,13 +7,13 @@ import pytest
 import torch
 from helpers import gen, randomise, tiny_config
 
-from diffuseg.api import build_config
 from diffuseg.config import ProcessConfig
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import ConfigError
-from diffuseg.inference import Predictor
+from diffuseg.inference.predictor import Predictor
 from diffuseg.methods import build_method, one_hot
-from diffuseg.training import train
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffuseg.api import build_config
 from diffuseg.data.phantom import write_phantom_dataset
-from diffuseg.training import train
+from diffuseg.training.loop import train
+from diffuseg.training.start import build_config
 
 TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
         "network.norm_groups=4", "train.max_steps=1", "train.device=cpu", "process.T=50",

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from diffuseg.errors import ConfigError
-from diffuseg.validation import (
+from diffuseg.core.validation import (
     MAX_JSON_DEPTH,
     STRING_PATTERNS,
     check_config_values,
@@ -25,6 +24,7 @@ from diffuseg.validation import (
     read_json,
     show,
 )
+from diffuseg.errors import ConfigError
 
 
 @dataclass
@@ -354,6 +354,6 @@ def check_file_values(data: dict[str, Any], path: str | Path) -> None:
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    from diffuseg.atomic import write_json_atomic
+    from diffuseg.core.atomic import write_json_atomic
 
     write_json_atomic(Path(path), to_dict(config))

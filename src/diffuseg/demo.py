@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffuseg.api import build_config
 from diffuseg.errors import DataError
-from diffuseg.runlog import read_metrics
+from diffuseg.run.log import read_metrics
+from diffuseg.training.start import build_config
 
 N_CASES = 240
 SIZE = 64
@@ -72,10 +72,10 @@ def run_demo(output: str | Path, *, steps: int = 600, minutes: float = 3.0,
     stays near 5 minutes on a busy 2-core machine)."""
     from diffuseg.data import Dataset
     from diffuseg.data.phantom import write_phantom_dataset
-    from diffuseg.evaluation import evaluate
-    from diffuseg.inference import Predictor
-    from diffuseg.run_folder import held_out_cases
-    from diffuseg.training import train
+    from diffuseg.evaluation.evaluate import evaluate
+    from diffuseg.inference.predictor import Predictor
+    from diffuseg.run.folder import held_out_cases
+    from diffuseg.training.loop import train
 
     output = Path(output)
     prepare_output(output, overwrite)
@@ -114,8 +114,8 @@ def one_mask_ged(pred_dir: Path, dataset, case_ids: list[str]) -> float:
 
 def predict_cases(predictor, dataset, case_ids: list[str], out_dir: Path) -> list[float]:
     """Segment each case, write its outputs, and return the sampling seconds per case."""
-    from diffuseg.outputs import write_result
-    from diffuseg.progress import track
+    from diffuseg.core.progress import track
+    from diffuseg.inference.prediction_folder import write_result
 
     seconds = []
     for index, case_id in track(list(enumerate(case_ids)), "predict", unit="cases"):

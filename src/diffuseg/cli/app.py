@@ -105,7 +105,7 @@ def click_exceptions():
 def main() -> None:
     """The ``diffuseg`` entry point: user mistakes end in one line and exit status 2."""
     import diffuseg.cli  # noqa: F401 (imports the command modules, which register themselves)
-    from diffuseg.validation import quiet_library_logs
+    from diffuseg.core.validation import quiet_library_logs
 
     quiet_library_logs()  # one line on stderr: no library warnings beside the error
     click = click_exceptions()

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from diffuseg.cli.app import command
-from diffuseg.progress import Quiet, set_quiet
+from diffuseg.core.progress import Quiet, set_quiet
 
 
 @command("check")

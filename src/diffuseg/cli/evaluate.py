@@ -1,4 +1,4 @@
-"""``diffuseg evaluate``, a thin layer over ``diffuseg.evaluation.evaluate``."""
+"""``diffuseg evaluate``, a thin layer over ``diffuseg.evaluation.evaluate.evaluate``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from diffuseg.cli.app import command, warn
-from diffuseg.progress import Quiet, set_quiet
+from diffuseg.core.progress import Quiet, set_quiet
 
 
 @command("evaluate")
@@ -37,7 +37,7 @@ def evaluate_command(
     """Score predictions against the dataset's raters: per-case and mean metrics in
     summary.json (nnU-Net's shape) and an HTML report with overlays. Warns loudly when a scored
     case was in the run's training split."""
-    from diffuseg.evaluation import evaluate
+    from diffuseg.evaluation.evaluate import evaluate
 
     set_quiet(quiet)
     out_dir = output if output is not None else predictions

@@ -1,5 +1,5 @@
 """``diffuseg export RUN --format onnx [-o FILE]``, a thin layer over
-``diffuseg.export.export_run``."""
+``diffuseg.inference.onnx.export_run``."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def export_command(
         raise ConfigError(f"--format {fmt} is unknown; use one of {', '.join(FORMATS)}")
     if exporter not in ("dynamo", "torchscript"):
         raise ConfigError(f"--exporter {exporter} is unknown; use dynamo or torchscript")
-    from diffuseg.export import INFO_NAME, export_run
+    from diffuseg.inference.onnx import INFO_NAME, export_run
 
     path = export_run(run, output, exporter=exporter, threads=threads)  # type: ignore[arg-type]
     typer.echo(f"onnx: {path}")

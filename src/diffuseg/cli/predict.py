@@ -1,4 +1,4 @@
-"""``diffuseg predict``: a thin layer over ``diffuseg.batch``."""
+"""``diffuseg predict``: a thin layer over ``diffuseg.inference.batch``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from diffuseg.cli.app import command
+from diffuseg.core.progress import Quiet, set_quiet
 from diffuseg.errors import DiffusegError
-from diffuseg.progress import Quiet, set_quiet
 
 
 @command("predict")
@@ -71,15 +71,15 @@ def predict_command(
 ) -> None:
     """Draw samples; write them, the consensus, uncertainty maps and previews in the input's
     geometry. Cases whose result.json is complete are skipped (an interrupted call resumes)."""
-    from diffuseg.batch import predict_cases, select_cases
-    from diffuseg.validation import check_predict_options
+    from diffuseg.core.validation import check_predict_options
+    from diffuseg.inference.batch import predict_cases, select_cases
 
     set_quiet(quiet)
     check_predict_options(samples, steps, seed, device)  # one-line errors before any work
     if format not in ("auto", "dicom"):
         raise DiffusegError(f"--format {format} is unknown; use auto or dicom")
     cases, chosen = select_cases(run, input=input, dataset=dataset, split=split, series=series)
-    from diffuseg.guidance import read_constraints
+    from diffuseg.sampling.repaint import read_constraints
 
     constraints = read_constraints(inside, outside, label=label, jumps=jumps,
                                    scale=guidance_scale)
@@ -100,7 +100,7 @@ def predict_command(
 
 
 def load_predictor(run: Path, device: str, onnx: Path | None):
-    from diffuseg.inference import Predictor
+    from diffuseg.inference.predictor import Predictor
 
     if onnx is None:
         return Predictor.from_run(run, device=device)
@@ -108,7 +108,7 @@ def load_predictor(run: Path, device: str, onnx: Path | None):
         raise DiffusegError(f"--onnx '{onnx}' does not exist; write it with 'diffuseg export "
                             f"{run} --format onnx'")
     warn_if_stale(onnx, run)
-    from diffuseg.export import onnx_predictor
+    from diffuseg.inference.onnx import onnx_predictor
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

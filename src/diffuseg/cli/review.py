@@ -1,5 +1,6 @@
 """``diffuseg explain`` and ``diffuseg workflow-report``: the review workflow's commands (thin
-layers over ``diffuseg.explain`` and ``diffuseg.workflow_report``; docs/review.md). Heavy imports
+layers over ``diffuseg.review.explain`` and ``diffuseg.review.workflow_report``; docs/review.md).
+Heavy imports
 stay inside the functions, so that ``diffuseg -h`` imports no torch."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import typer
 from diffuseg.cli.app import command
 from diffuseg.errors import ConfigError, DataError
 
-KINDS = ("trajectory", "occlusion", "counterfactual", "attention")  # = diffuseg.explain.KINDS
+# = diffuseg.review.explain.KINDS
+KINDS = ("trajectory", "occlusion", "counterfactual", "attention")
 
 
 @command("explain")
@@ -33,8 +35,8 @@ def explain_command(
     """Explain a segmentation: trajectory, attention, occlusion sensitivity, counterfactuals."""
     import numpy as np
 
-    from diffuseg.explain import explain_to_png, trajectory, trajectory_gif
-    from diffuseg.inference import Predictor, list_inputs, read_channels
+    from diffuseg.inference.predictor import Predictor, list_inputs, read_channels
+    from diffuseg.review.explain import explain_to_png, trajectory, trajectory_gif
 
     wanted = [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = sorted(set(wanted) - set(KINDS))
@@ -67,7 +69,7 @@ def workflow_report_command(
         "--json", help="Also write the report as JSON", show_default="none")] = None,
 ) -> None:
     """Summarise the review audit trail: time to approve, share approved unchanged, edit size."""
-    from diffuseg.workflow_report import format_report, workflow_report, write_report_json
+    from diffuseg.review.workflow_report import format_report, workflow_report, write_report_json
 
     if not (data_dir / "audit.jsonl").is_file():
         raise DataError(f"'{data_dir}' has no audit.jsonl; give the DATA_DIR of 'diffuseg serve'")

@@ -1,4 +1,4 @@
-"""``diffuseg train`` and ``demo``: thin layers over ``diffuseg.api`` (``predict`` is in
+"""``diffuseg train`` and ``demo``: thin layers over ``diffuseg.training.start`` (``predict`` is in
 ``diffuseg.cli.predict``).
 
 Names: ``train --max-steps`` counts optimiser steps (``train.max_steps``); ``predict --steps``
@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from diffuseg.cli.app import command, warn
+from diffuseg.core.progress import Quiet, log, set_quiet
 from diffuseg.errors import ConfigError
-from diffuseg.progress import Quiet, log, set_quiet
 
 Overrides = Annotated[list[str] | None, typer.Option(
     "--set", help="Config override section.key=value (repeatable), e.g. train.max_steps=500",
@@ -54,7 +54,7 @@ def train_command(
     quiet: Quiet = False,
 ) -> None:
     """Train a method on a dataset folder; writes a self-describing run folder."""
-    from diffuseg.api import build_config, plan_for, train_run
+    from diffuseg.training.start import build_config, plan_for, train_run
 
     set_quiet(quiet)
 

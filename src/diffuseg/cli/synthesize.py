@@ -48,7 +48,7 @@ def synthesize_command(
 ) -> None:
     """Generate (image, mask) pairs with a mask- and edge-guided diffusion model (DiffBoost-
     style) and write them as a dataset folder that 'train' mixes in with data.synthetic=PATH."""
-    from diffuseg.runtime import resolve_device
+    from diffuseg.core.runtime import resolve_device
     from diffuseg.synthesis.generator import GeneratorTrainConfig
     from diffuseg.synthesis.synthesize import synthesize
 

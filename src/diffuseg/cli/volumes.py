@@ -28,9 +28,9 @@ def preprocess_command(
 ) -> None:
     """Resample and normalise every case once into memory-mappable .npy files (what training
     with data.stream=true reads); skipped when the folder is current for the dataset and plan."""
-    from diffuseg.api import build_config
     from diffuseg.data import Dataset
     from diffuseg.data.preprocess import preprocess
+    from diffuseg.training.start import build_config
 
     opened = Dataset.open(dataset)  # listed once for the config defaults and the preprocessing
     run_config = build_config(config, list(overrides or []), dataset=opened)

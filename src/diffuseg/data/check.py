@@ -68,7 +68,7 @@ def check_dataset(root: str | Path, *, atol: float = GEOMETRY_ATOL) -> CheckRepo
     unknown = sorted(set(info.groups) - set(scan.found))
     if unknown:
         report.warnings.append(f"groups names cases not in imagesTr: {unknown[:5]}")
-    from diffuseg.progress import track
+    from diffuseg.core.progress import track
 
     for case in track(scan.cases, "check", unit="cases", name=lambda c: c.case_id):
         errors, warnings = check_case(case, info, atol)

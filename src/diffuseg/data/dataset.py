@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from diffuseg.core.validation import read_json, show
 from diffuseg.errors import DataError
 from diffuseg.io import NIFTI_ENDINGS, Geometry, read_image, read_mask, write_image, write_mask
-from diffuseg.validation import read_json, show
 
 DATASET_ENDINGS = (".png", ".tif", ".tiff", ".nii.gz", ".nii")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -347,7 +347,7 @@ def write_dataset(root: str | Path,
             shutil.rmtree(root / name, ignore_errors=True)
         for name in ("dataset.json", "splits.json"):
             (root / name).unlink(missing_ok=True)
-    from diffuseg.progress import track
+    from diffuseg.core.progress import track
 
     seen: set[str] = set()
     for case_id, image, raters, geometry in track(cases, f"convert -> {root.name}", total=total,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from diffuseg.config import RunConfig
-from diffuseg.consensus import majority  # noqa: F401 (diffuseg.data.loader.majority)
+from diffuseg.core.consensus import majority  # noqa: F401 (diffuseg.data.loader.majority)
 from diffuseg.data.patches import (  # noqa: F401 (item_seed: diffuseg.data.loader.item_seed)
     PatchSource,
     augmentation,
@@ -45,7 +45,7 @@ def load_examples(dataset, case_ids: list[str], config: RunConfig) -> list[Examp
     if missing:
         raise DataError(f"splits.json names cases that are not in the dataset: {missing[:5]}; "
                         "fix splits.json or delete it to regenerate")
-    from diffuseg.progress import track
+    from diffuseg.core.progress import track
 
     return [Example(case_id, *prepare_case(by_id[case_id], config))
             for case_id in track(case_ids, "loading", unit="cases")]

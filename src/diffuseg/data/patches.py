@@ -37,7 +37,7 @@ from monai.transforms import (
 )
 
 from diffuseg.config import RunConfig
-from diffuseg.consensus import majority
+from diffuseg.core.consensus import majority
 
 LOCATIONS_PER_RATER = 10_000  # foreground voxels kept per rater (nnU-Net keeps 10,000 per class)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from diffuseg.consensus import majority
+from diffuseg.core.consensus import majority
 from diffuseg.data.dataset import Dataset, DatasetInfo, write_dataset
 from diffuseg.data.splits import make_splits, save_splits
 from diffuseg.errors import ConfigError
@@ -56,7 +56,7 @@ def rater_thresholds(n_raters: int) -> tuple[float, ...]:
 
 
 def majority_mask(raters: np.ndarray) -> np.ndarray:
-    """Foreground where at least half of the R raters mark it (``diffuseg.consensus.majority``:
+    """Foreground where at least half of the R raters mark it (``diffuseg.core.consensus.majority``:
     a tie counts as foreground)."""
     return majority((np.asarray(raters) > 0).astype(np.int64), 2).astype(np.uint8)
 

@@ -6,7 +6,7 @@
   known cases, each listed once, and **no patient in two folds**), else ``make_splits``.
 - ``save_splits(root, splits)``: writes ``splits.json`` atomically.
 
-A run records the splits it trained with in its own folder (``diffuseg.run_folder``); after
+A run records the splits it trained with in its own folder (``diffuseg.run.folder``); after
 training, that file is the only source of truth for which cases are held out.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from diffuseg.atomic import write_json_atomic
+from diffuseg.core.atomic import write_json_atomic
+from diffuseg.core.validation import read_json
 from diffuseg.data.dataset import Dataset
 from diffuseg.errors import ConfigError, DataError
-from diffuseg.validation import read_json
 
 FOLDS = ("train", "val", "test")
 

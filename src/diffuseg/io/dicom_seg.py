@@ -9,7 +9,8 @@ For a result on the grid of a DICOM series (the source), ``write_dicom_outputs``
                            ``entropy`` and ``mutual_information``, float32, each frame carrying a
                            Real World Value Mapping (identity, unit "no units", LUT label = the
                            map's name). The values are those of the NIfTI outputs
-                           (``diffuseg.outputs``): the variance of the sample probabilities;
+                           (``diffuseg.inference.prediction_folder``): the variance of the sample
+                           probabilities;
                            entropy and mutual information divided by log K (log 2 for binary), in
                            [0, 1];
 - ``seg_samples.dcm``      (optional) BINARY Segmentation with every sample as a segment.
@@ -44,7 +45,7 @@ from diffuseg.io.dicom import read_dicom_series
 from diffuseg.io.images import Geometry
 
 if TYPE_CHECKING:  # io sits below ensemble in the import order; only the type is needed
-    from diffuseg.ensemble import Result
+    from diffuseg.core.ensemble import Result
 
 MANUFACTURER = "diffuseg"
 UNCERTAINTY_MAPS = ("variance", "entropy", "mutual_information")

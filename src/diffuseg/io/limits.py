@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from diffuseg.core.validation import gib, max_image_bytes
 from diffuseg.errors import DataError
-from diffuseg.validation import gib, max_image_bytes
 
 FLOAT_BYTES = 4  # readers return float32
 

@@ -9,12 +9,12 @@ A method declares, as class attributes, the kind of process it diffuses with (``
 whether it models binary masks only. ``sampling(steps)`` is the one place the sampler and the
 number of steps are defaulted and checked; ``diffuse`` runs them.
 
-Guided resampling (``diffuseg.guidance``): a method that diffuses the mask itself sets
+Guided resampling (``diffuseg.sampling.repaint``): a method that diffuses the mask itself sets
 ``guidable = True``, takes ``known=`` in ``sample`` and hands it to ``diffuse``, which builds the
 RePaint callback for the sampler (encoding the marks with ``self.target`` when the method has
 one; ``guide`` is overridden by a method that diffuses a transform of the mask, e.g. wdm) and
 runs ``known.jumps`` resamplings per step; with the ``sdf`` target (``signed``) it clamps x0_hat
-to the marks' sign envelope instead (``diffuseg.guidance_latent``). ``segment(..., known=)``
+to the marks' sign envelope instead (``diffuseg.sampling.x0_guidance``). ``segment(..., known=)``
 pads the marks with the image, refuses other methods, and applies the final projection
 ``known.hold`` to the samples.
 """
@@ -32,12 +32,12 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig, SampleConfig, from_dict
 from diffuseg.errors import ConfigError
-from diffuseg.guidance import KnownPixels, check_supported, repaint
-from diffuseg.guidance_latent import sign_projection, x0_guided
 from diffuseg.processes import Process, build_process
-from diffuseg.samplers import Constrain, Denoise, check_sampler
-from diffuseg.samplers import sample as run_named_sampler
-from diffuseg.windows import sliding_blend
+from diffuseg.sampling.repaint import KnownPixels, check_supported, repaint
+from diffuseg.sampling.samplers import Constrain, Denoise, check_sampler
+from diffuseg.sampling.samplers import sample as run_named_sampler
+from diffuseg.sampling.windows import sliding_blend
+from diffuseg.sampling.x0_guidance import sign_projection, x0_guided
 
 
 def one_hot(mask: Tensor, num_classes: int) -> Tensor:
@@ -80,7 +80,7 @@ class Method(ABC):
     options_type: type = NoOptions  # dataclass of method.options
     binary_only: bool = False  # models one foreground channel (num_classes = 1) only
     stochastic: bool = True  # different generators give different samples
-    guidable: bool = False  # sample() takes known= (guided resampling, diffuseg.guidance)
+    guidable: bool = False  # sample() takes known= (guided resampling, diffuseg.sampling.repaint)
     guidance_scaled: bool = False  # known.scale sets its guidance step size (ldseg's DPS zeta)
     target: Any = None  # the mask encoding (methods/targets.py) of the Gaussian mask methods
 
@@ -141,7 +141,7 @@ class Method(ABC):
         process = self.process if process is None else process
         project = None
         if known is not None and getattr(self.target, "signed", False):
-            # sdf target: x0_hat clamped to the marks' sign envelope (diffuseg.guidance_latent)
+            # sdf target: x0_hat clamped to the marks' sign envelope (diffuseg.sampling.x0_guidance)
             check_supported(self.name, self.config.num_classes, self.target)
             project = sign_projection(self.target.band, known, x_T.shape[0])
             denoise, constrain = x0_guided(denoise, process, project), None
@@ -204,7 +204,8 @@ class Method(ABC):
                 known: KnownPixels | None = None) -> Tensor:
         """``sample`` on an image of any size: pads each spatial axis up to a multiple of
         ``size_multiple()`` (replicate padding), samples, and crops back. ``known``: pixels every
-        sample must hold (guided resampling, ``diffuseg.guidance``); padded pixels are unknown."""
+        sample must hold (guided resampling, ``diffuseg.sampling.repaint``); padded pixels are
+        unknown."""
         factor = self.size_multiple()
         spatial = image.shape[2:]
         pads = [(-s) % factor for s in spatial]
@@ -235,7 +236,8 @@ class Method(ABC):
 
     def windowed(self, fn: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
         """Apply ``fn`` to ``inputs`` whole, or in overlapping windows blended with a Gaussian map
-        when larger than the window (diffuseg.windows; called once per denoising step, so x_t
+        when larger than the window (diffuseg.sampling.windows; called once per denoising step, so
+        x_t
         stays one global field)."""
         if self.window is None:
             return fn(inputs)

@@ -32,10 +32,10 @@ import torch
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
-from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import at_least, build_denoiser, conditioned_denoiser, repeat_samples
 from diffuseg.processes import bernoulli_loss_terms
+from diffuseg.sampling.repaint import KnownPixels
 
 
 @dataclass

@@ -40,7 +40,6 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError, DataError
-from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import (
     at_least,
@@ -52,7 +51,8 @@ from diffuseg.methods.parts import (
 )
 from diffuseg.methods.targets import build_target
 from diffuseg.networks.latent import GaussianEncoder, kl_diag_gaussians, sample_latent
-from diffuseg.samplers import Denoise
+from diffuseg.sampling.repaint import KnownPixels
+from diffuseg.sampling.samplers import Denoise
 
 
 @dataclass

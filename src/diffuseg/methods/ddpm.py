@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
-from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import (
     build_denoiser,
@@ -22,7 +21,8 @@ from diffuseg.methods.parts import (
     repeat_samples,
 )
 from diffuseg.methods.targets import build_target
-from diffuseg.samplers import Denoise
+from diffuseg.sampling.repaint import KnownPixels
+from diffuseg.sampling.samplers import Denoise
 
 
 @register("ddpm")

@@ -48,7 +48,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from diffuseg.config import RunConfig
-from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import (
     at_least,
@@ -59,6 +58,7 @@ from diffuseg.methods.parts import (
     repeat_samples,
 )
 from diffuseg.processes import BernoulliProcess, bernoulli_loss_terms
+from diffuseg.sampling.repaint import KnownPixels
 
 KL_EPS = 1e-6  # the true posterior is kept in [eps, 1 - eps] inside the KL (bbdm_loss_terms)
 

@@ -26,7 +26,7 @@ samples (sample-major), and all S x B latents are denoised as one batch per step
 named by ``sample.sampler`` (ddim, ddpm or dpm_solver_pp), ``steps`` (default the option ``steps`` =
 2, which ``sampling`` reports) respaced steps; x0 or v prediction makes 1-2 DDIM steps usable.
 
-Guided resampling (``sample(known=)``, ``diffuseg.guidance_latent``): a partial mask has no
+Guided resampling (``sample(known=)``, ``diffuseg.sampling.x0_guidance``): a partial mask has no
 latent code, so the marks are not painted into z_t (RePaint) but pull the latent x0 estimate at
 every step by a DPS step through the decoder (``decoder_guidance``, size ``guidance_scale``); the
 decoded probabilities at the marks are then set to the marks, so every sample holds them.
@@ -45,8 +45,6 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError
-from diffuseg.guidance import KnownPixels, check_supported
-from diffuseg.guidance_latent import decoder_guidance, hold_marks, x0_guided
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import (
     at_least,
@@ -58,8 +56,10 @@ from diffuseg.methods.parts import (
     repeat_samples,
 )
 from diffuseg.networks.autoencoder import ImageEncoder, MaskAutoencoder
-from diffuseg.samplers import Denoise
-from diffuseg.windows import sliding_blend
+from diffuseg.sampling.repaint import KnownPixels, check_supported
+from diffuseg.sampling.samplers import Denoise
+from diffuseg.sampling.windows import sliding_blend
+from diffuseg.sampling.x0_guidance import decoder_guidance, hold_marks, x0_guided
 
 CLIP = 1.0  # the latent is tanh-bounded: z0_hat is clamped to [-1, 1]
 

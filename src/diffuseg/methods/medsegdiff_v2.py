@@ -33,12 +33,12 @@ from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
 from diffuseg.errors import DataError
-from diffuseg.guidance import KnownPixels
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import at_least, dice_ce, network_kwargs, noised, regression_loss
 from diffuseg.methods.targets import build_target
 from diffuseg.networks import MedSegDiffV2
-from diffuseg.samplers import Denoise
+from diffuseg.sampling.repaint import KnownPixels
+from diffuseg.sampling.samplers import Denoise
 
 
 @dataclass

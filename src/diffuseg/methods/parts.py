@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError
 from diffuseg.networks import ConditionalUNet, SegmentationUNet
-from diffuseg.samplers import Denoise
+from diffuseg.sampling.samplers import Denoise
 
 if TYPE_CHECKING:
     from diffuseg.methods.base import Method

@@ -11,7 +11,7 @@ diffusion needs windows.
 Here, for segmentation, the diffused x_0 is the Haar transform of the mask scaled to [-1, 1]
 (2m - 1, Wolleb et al. 2022) and the condition is the Haar transform of the image, concatenated
 to x_t at the input of the denoiser (the image-conditioned variant of WDM's unconditional model).
-The transform (diffuseg.wavelets) is orthonormal, so Gaussian noise on the coefficients is
+The transform (diffuseg.methods.wavelets) is orthonormal, so Gaussian noise on the coefficients is
 Gaussian noise of the same variance on the voxels and the inverse is exact. Options
 (``method.options``):
 
@@ -23,7 +23,7 @@ Gaussian noise of the same variance on the voxels and the inverse is exact. Opti
 Sampling runs on the whole volume (one window, the point of the method); x0_hat is clipped to
 +-2^(d L / 2), the largest magnitude a coefficient of a [-1, 1] mask can take.
 
-Guided resampling (``diffuseg.guidance``): since the transform is orthonormal, the RePaint
+Guided resampling (``diffuseg.sampling.repaint``): since the transform is orthonormal, the RePaint
 replacement is done exactly on the pixels: x_{t_prev} is inverse-transformed, its known pixels
 replaced by q(x_{t_prev} | 2m - 1), and transformed back (``guide``).
 """
@@ -36,12 +36,12 @@ import torch
 from torch import Tensor, nn
 
 from diffuseg.config import RunConfig
-from diffuseg.guidance import KnownPixels, check_supported, repaint
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import at_least, build_denoiser, noised, regression_loss
+from diffuseg.methods.wavelets import haar_forward, haar_inverse
 from diffuseg.processes import Process
-from diffuseg.samplers import Constrain, Denoise
-from diffuseg.wavelets import haar_forward, haar_inverse
+from diffuseg.sampling.repaint import KnownPixels, check_supported, repaint
+from diffuseg.sampling.samplers import Constrain, Denoise
 
 
 @dataclass

@@ -3,7 +3,7 @@
 ``create_app(settings)`` loads the model once and puts on ``app.state``:
 
 - ``settings``  the ServiceSettings;
-- ``predictor`` the ``diffuseg.inference.Predictor`` (shared by the worker threads);
+- ``predictor`` the ``diffuseg.inference.predictor.Predictor`` (shared by the worker threads);
 - ``jobs``      the ``JobStore`` (``DATA_DIR/jobs/{id}/``: job.json, input/, output/, dicom/);
 - ``runner``    the ``JobRunner`` (bounded worker threads; ``runner.submit(job, work)``);
 - ``tokens``    the token table (None when authentication is off); protect routes with
@@ -29,8 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import diffuseg
 from diffuseg.errors import DiffusegError
-from diffuseg.inference import Predictor, read_channels
-from diffuseg.outputs import write_result
+from diffuseg.inference.prediction_folder import write_result
+from diffuseg.inference.predictor import Predictor, read_channels
 from diffuseg.service.auth import current_user, load_tokens
 from diffuseg.service.jobs import Job, JobRunner, JobStore
 from diffuseg.service.pacs import DicomWeb, PacsError, check_uid

@@ -9,7 +9,7 @@ Each job is a folder ``DATA_DIR/jobs/{id}/`` (the id is server-made, 32 hex digi
                 segmented and the UIDs stored back); rewritten atomically at each change;
 - ``input/``    the upload as received (``upload.nii.gz`` / ``upload.png``) or the DICOM series
                 (``series/00000.dcm`` ...);
-- ``output/``   the case folder of ``diffuseg.outputs.write_result``;
+- ``output/``   the case folder of ``diffuseg.inference.prediction_folder.write_result``;
 - ``dicom/``    the DICOM objects of ``diffuseg.io.dicom_seg`` (DICOM inputs only).
 
 At start-up, a job left queued or running by a stopped service is marked failed ("interrupted by a

@@ -26,8 +26,8 @@ from fastapi import APIRouter, Depends, HTTPException, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from diffuseg.audit import append_event, label_change, last_view
 from diffuseg.errors import DiffusegError
+from diffuseg.review.audit import append_event, label_change, last_view
 from diffuseg.service import review_data as rd
 from diffuseg.service.auth import current_user
 from diffuseg.service.jobs import JOB_ID, Job, JobStore
@@ -190,7 +190,7 @@ def review_router(settings, state) -> APIRouter:
     @router.get("/api/jobs/{job_id}")
     def job_meta(job_id: str, source: Source = "output", user: str = Depends(current_user)
                  ) -> dict:
-        from diffuseg.modes import find_modes
+        from diffuseg.review.modes import find_modes
 
         job = job_or_404(job_id)
         case = case_or_409(job, source)
@@ -276,9 +276,9 @@ def review_router(settings, state) -> APIRouter:
 
     @router.post("/api/jobs/{job_id}/resample")
     def resample(job_id: str, body: ResampleBody, user: str = Depends(current_user)) -> dict:
-        from diffuseg.guidance import Constraints
-        from diffuseg.inference import read_channels
-        from diffuseg.outputs import write_result
+        from diffuseg.inference.prediction_folder import write_result
+        from diffuseg.inference.predictor import read_channels
+        from diffuseg.sampling.repaint import Constraints
 
         job = job_or_404(job_id)
         case = case_or_409(job, "output")
@@ -304,7 +304,7 @@ def review_router(settings, state) -> APIRouter:
 
     @router.get("/api/jobs/{job_id}/explain/{kind}.png")
     def explain(job_id: str, kind: str, user: str = Depends(current_user)) -> Response:
-        from diffuseg import explain as ex
+        from diffuseg.review import explain as ex
 
         if kind not in EXPLANATIONS:
             raise HTTPException(404, f"unknown explanation {kind!r}; one of {EXPLANATIONS}")
@@ -312,7 +312,7 @@ def review_router(settings, state) -> APIRouter:
         path = job / "explain" / f"{kind}.png"
         if not path.is_file():
             model = predictor()
-            from diffuseg.inference import read_channels
+            from diffuseg.inference.predictor import read_channels
 
             image, _ = read_channels(rd.input_paths(job))
             path.parent.mkdir(exist_ok=True)

@@ -2,7 +2,8 @@
 
 Jobs are those of ``diffuseg.service.jobs.JobStore``: ``DATA_DIR/jobs/{id}/`` with ``job.json``,
 ``input/`` (the upload file, or the DICOM series in ``input/series/``), ``output/`` (the case
-folder of ``diffuseg.outputs.write_result``) and ``dicom/``. Review adds ``guided/`` (the latest
+folder of ``diffuseg.inference.prediction_folder.write_result``) and ``dicom/``. Review adds
+``guided/`` (the latest
 guided resampling, same layout as ``output/``), ``approved/`` (the approved mask in the output's
 format, ``approved_seg.dcm`` for a DICOM series, ``review.json``) and ``review.json`` (the
 decision: approved / rejected).
@@ -19,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from diffuseg.errors import DataError
+from diffuseg.inference.prediction_folder import UNCERTAINTY_MAPS
 from diffuseg.io import Geometry, read_image, read_mask, write_mask
-from diffuseg.outputs import UNCERTAINTY_MAPS
 
 MAPS = ("probability", *UNCERTAINTY_MAPS)
 SEG_FILE = "approved_seg.dcm"
@@ -52,7 +53,7 @@ def case_folder(job: Path, source: str = "output") -> Path:
 
 def input_paths(job: Path) -> list[Path]:
     """The channel files of the job's image, or ``[input/series]`` for a DICOM series."""
-    from diffuseg.inference import list_inputs
+    from diffuseg.inference.predictor import list_inputs
 
     series = job / "input" / "series"
     return [series] if series.is_dir() else list_inputs(job / "input")[0]
@@ -77,7 +78,7 @@ class Case:
 def load_case(job: Path, source: str = "output", n_labels: int = 2) -> Case:
     """The job's image, consensus, samples and maps. ``n_labels`` = 2 (binary run): masks as
     0/1 (any non-zero value is foreground); K > 2 (a K-class run): label maps 0..K-1."""
-    from diffuseg.inference import read_channels
+    from diffuseg.inference.predictor import read_channels
 
     folder = case_folder(job, source)
     summary = read_json(folder / "result.json") or {}

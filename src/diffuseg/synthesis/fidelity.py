@@ -136,7 +136,7 @@ def fidelity_report(synthetic_root: str | Path, run: str | Path | None, *, devic
               "intensity": intensity_statistics(real, images),
               "two_sample": two_sample_accuracy(real, images, seed=seed)}
     if run is not None:
-        from diffuseg.inference import Predictor
+        from diffuseg.inference.predictor import Predictor
 
         predictor = Predictor.from_run(run, device=device)
         report["mask_fidelity"] = mask_fidelity(predictor, images,

@@ -28,7 +28,7 @@ from diffuseg.config import NetworkConfig, ProcessConfig
 from diffuseg.errors import ConfigError
 from diffuseg.networks import ConditionalUNet
 from diffuseg.processes import build_process
-from diffuseg.samplers import ddim, last
+from diffuseg.sampling.samplers import ddim, last
 from diffuseg.synthesis.edges import edge_map
 from diffuseg.synthesis.prompts import PromptEncoder
 

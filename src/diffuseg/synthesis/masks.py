@@ -8,7 +8,8 @@ which ``synthesize`` writes beside each synthetic case.
   shape): the union, label-wise maximum, so lesions are added.
 - ``elastic``: a real mask warped by a smooth random displacement field u = alpha * G_sigma *
   N(0, 1) per axis (Simard et al. 2003), nearest-neighbour so labels stay exact.
-- ``model``: one sample of a trained segmentation run (``diffuseg.inference.Predictor``) on a
+- ``model``: one sample of a trained segmentation run (``diffuseg.inference.predictor.Predictor``)
+on a
   real training image.
 """
 

@@ -107,7 +107,7 @@ def mask_pool(dataset: Dataset, model: ImageGenerator, segmentor: Path | None, d
     loaded = [by_id[c].load() for c in model.config.source_cases]
     segment = None
     if segmentor is not None:
-        from diffuseg.inference import Predictor
+        from diffuseg.inference.predictor import Predictor
 
         predictor = Predictor.from_run(segmentor, device=device)
 

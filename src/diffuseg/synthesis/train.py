@@ -21,11 +21,11 @@ import torch
 from diffuseg.config import NetworkConfig, from_dict, to_dict
 from diffuseg.data import Dataset, load_splits
 from diffuseg.errors import DataError
-from diffuseg.runlog import RunLog
+from diffuseg.run.log import RunLog
+from diffuseg.run.weights import load_networks, load_state
 from diffuseg.synthesis.edges import edge_map
 from diffuseg.synthesis.generator import GeneratorConfig, ImageGenerator, to_unit
 from diffuseg.synthesis.prompts import build_vocabulary, encode
-from diffuseg.weights import load_networks, load_state
 
 CONFIG_FILE = "generator.json"
 

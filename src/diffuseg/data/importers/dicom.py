@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from diffuseg.core.paths import check_separate
 from diffuseg.data.dataset import DatasetInfo, write_dataset
 from diffuseg.data.importers.common import DEFAULT_LABELS, ImportSummary, finish, label_map
 from diffuseg.errors import DataError
 from diffuseg.io import Geometry, read_image, read_mask
-from diffuseg.paths import check_separate
 
 
 def find_studies(src: Path, image: str) -> list[Path]:

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from diffuseg.core.paths import check_separate
 from diffuseg.data.dataset import DatasetInfo, write_dataset
 from diffuseg.data.importers.common import DEFAULT_LABELS, ImportSummary, finish, label_map
 from diffuseg.errors import DataError
 from diffuseg.io import NIFTI_ENDINGS, Geometry, file_ending, read_image, read_mask
-from diffuseg.paths import check_separate
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 MASK_ENDINGS = (".png", ".tif", ".tiff", ".nii.gz", ".nii")

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from diffuseg.core.paths import check_separate
 from diffuseg.data.dataset import DatasetInfo, write_dataset
 from diffuseg.data.importers.common import ImportSummary, binary_mask, decode_png, finish
 from diffuseg.errors import DataError
 from diffuseg.io import Geometry
-from diffuseg.paths import check_separate
 
 MEMBER = re.compile(r"(?:^|/)(?P<patient>[^/]+)/nodule-(?P<nodule>\d+)/"
                     r"(?P<kind>images|mask-(?P<rater>\d+))/slice-(?P<slice>\d+)\.png$")

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from diffuseg.core.paths import check_separate
 from diffuseg.data.dataset import DatasetInfo, write_dataset
 from diffuseg.data.importers.common import ImportSummary, finish
 from diffuseg.errors import DataError
 from diffuseg.io import Geometry, read_image, read_mask
-from diffuseg.paths import check_separate
 
 _CONVERTED_KEYS = ("modality", "channel_names", "labels", "training", "test", "numTraining",
                    "numTest", "file_ending", "name")

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from diffuseg.atomic import LOCK_NAME, folder_lock  # noqa: F401  (LOCK_NAME: re-exported)
-from diffuseg.ensemble import Result
+from diffuseg.core.atomic import LOCK_NAME, folder_lock  # noqa: F401  (LOCK_NAME: re-exported)
+from diffuseg.core.ensemble import Result
 from diffuseg.errors import DataError
 from diffuseg.io import (
     PROBABILITY_PNG_SCALE,
@@ -59,7 +59,8 @@ def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: 
                  also: Callable[[Path], None] | None = None) -> dict:
     """Write one case folder; an existing ``case_dir`` is replaced as a whole (atomically).
     ``image`` (the input, ``[C, *spatial]``) adds ``preview.png`` and
-    ``uncertainty_preview.png`` (diffuseg.previews); ``also(folder)`` writes more outputs (e.g.
+    ``uncertainty_preview.png`` (diffuseg.inference.previews); ``also(folder)`` writes more outputs
+    (e.g.
     the DICOM objects) into the folder before it is swapped in, so they share its atomicity."""
     case_dir = Path(case_dir)
     case_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ def _write_files(result: Result, geometry: Geometry, case_dir: Path, *, source: 
         write_probability(case_dir / f"{name}{ext}", values, geometry)
     previews = []
     if image is not None:
-        from diffuseg.previews import write_previews
+        from diffuseg.inference.previews import write_previews
 
         entropy = np.clip(result.entropy[0].numpy() / np.log(max(2, mean.shape[0])), 0.0, 1.0)
         previews = write_previews(case_dir, image, labels, result.consensus[0].numpy(), entropy)

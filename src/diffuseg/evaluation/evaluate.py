@@ -1,6 +1,7 @@
 """``diffuseg evaluate``: score a prediction folder against the raters of a dataset folder.
 
-For every case folder ``PRED_DIR/<case>/`` (written and read by ``diffuseg.outputs``) whose
+For every case folder ``PRED_DIR/<case>/`` (written and read by
+``diffuseg.inference.prediction_folder``) whose
 name is a labelled case of the dataset, the evaluator reads the samples, the consensus, the mean
 probability and the variance map, and compares them with the case's R rater masks:
 
@@ -34,9 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from diffuseg.consensus import TIE_RULE, majority
+from diffuseg.core.consensus import TIE_RULE, majority
 from diffuseg.data import Case, CaseData, Dataset
 from diffuseg.errors import ConfigError, DataError
+from diffuseg.inference.prediction_folder import (  # noqa: F401 (Prediction, read_float_map: also read from here)
+    Prediction,
+    case_folders,
+    load_prediction,
+    read_float_map,
+    run_of,
+)
 from diffuseg.metrics import (
     CONVENTIONS,
     assd,
@@ -51,20 +59,13 @@ from diffuseg.metrics import (
     s_ncc_categorical,
     uncertainty_error_overlap,
 )
-from diffuseg.outputs import (  # noqa: F401 (Prediction, read_float_map: also read from here)
-    Prediction,
-    case_folders,
-    load_prediction,
-    read_float_map,
-    run_of,
-)
-from diffuseg.run_folder import training_cases
+from diffuseg.run.folder import training_cases
 
 N_BINS = 10  # reliability / ECE bins, as in CONVENTIONS["ece"]
 UEO_THRESHOLD = 0.5  # on the variance divided by its largest possible value
 MAX_OVERLAYS = 24  # per-case figures in the report (the worst cases by Dice when there are more)
 EVALUATION_CONVENTIONS: dict[str, str] = {
-    "reference": "consensus metrics against the raters' majority mask (diffuseg.consensus); "
+    "reference": "consensus metrics against the raters' majority mask (diffuseg.core.consensus); "
     "distribution metrics against all raters",
     "consensus": TIE_RULE,
     "ece_target": "rater-mean foreground mask (fraction of raters marking the pixel), all pixels",
@@ -101,7 +102,7 @@ def evaluate(pred_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path,
     trained = check_held_out(run, [c.case_id for c in cases], strict)
     labels = dataset.info.label_values
     per_case, curves = [], []
-    from diffuseg.progress import track
+    from diffuseg.core.progress import track
 
     for case in track(cases, "evaluate", unit="cases", name=lambda c: c.case_id):
         pred = load_prediction(pred_dir / case.case_id, labels)
@@ -375,7 +376,8 @@ def write_report(path: Path, summary: dict[str, Any], pred_dir: Path, cases: Seq
                  labels: Sequence[int], max_overlays: int = MAX_OVERLAYS,
                  label_names: dict[int, str] | None = None) -> Path:
     """Render the figures (re-reading the cases that get an overlay) and write report.html."""
-    from diffuseg.report import build_report, overlay_figure
+    from diffuseg.evaluation.html import build_report
+    from diffuseg.evaluation.plots import overlay_figure
 
     by_id = {c.case_id: c for c in cases}
     overlays = {}

@@ -20,9 +20,9 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from diffuseg.core.progress import Progress
 from diffuseg.errors import DataError
-from diffuseg.inference import case_name, list_inputs
-from diffuseg.progress import Progress
+from diffuseg.inference.predictor import case_name, list_inputs
 
 SPLITS = ("train", "val", "test", "imagesTs")
 MASK_WORDS = ("mask", "seg", "label", "roi", "rtstruct")
@@ -156,7 +156,7 @@ def predict_cases(predictor, cases: Sequence[Sequence[Path]], out_dir: Path, *,
     """Predict each case into ``out_dir/<case>/`` (one writer at a time: ``lock_output``);
     ``file_options`` go to ``Predictor.predict_file`` (e.g. the DICOM outputs). Returns (case,
     folder, skipped) per case."""
-    from diffuseg.outputs import lock_output
+    from diffuseg.inference.prediction_folder import lock_output
 
     out_dir = Path(out_dir)
     done: list[tuple[str, Path, bool]] = []

@@ -11,7 +11,8 @@ p_bar = (1/S) sum_s p_s:
                  MC dropout by Gal & Ghahramani 2016 and Kendall & Gal 2017.
 
 Binary masks (K = 1) use the Bernoulli entropy of the foreground probability. The consensus follows
-``diffuseg.consensus``: mean probability >= 0.5 (binary), or the majority vote over each sample's
+``diffuseg.core.consensus``: mean probability >= 0.5 (binary), or the majority vote over each
+sample's
 argmax label (multi-class); a tie goes to the higher label in both cases.
 """
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from diffuseg.consensus import foreground_consensus, majority
+from diffuseg.core.consensus import foreground_consensus, majority
 
 EPS = 1e-7
 
@@ -57,7 +58,8 @@ def entropy(p: Tensor, class_dim: int) -> Tensor:
 
 
 def majority_vote(labels: Tensor, num_labels: int) -> Tensor:
-    """Per-pixel most frequent label over axis 0 (``diffuseg.consensus.majority``: ties go to the
+    """Per-pixel most frequent label over axis 0 (``diffuseg.core.consensus.majority``: ties go to
+    the
     higher label)."""
     return majority(labels, num_labels)
 

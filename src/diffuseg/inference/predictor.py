@@ -16,18 +16,18 @@ import numpy as np
 import torch
 
 from diffuseg.config import RunConfig, load_config
+from diffuseg.core.ensemble import Result, summarise
+from diffuseg.core.paths import inside, safe_name
+from diffuseg.core.runtime import autocast, autocast_dtype, resolve_device
+from diffuseg.core.validation import MAX_SAMPLES, check_count, check_sampling_memory, check_seed
 from diffuseg.data.resample import resample_to_reference, resample_to_spacing
 from diffuseg.data.transforms import normalize_intensity
-from diffuseg.ensemble import Result, summarise
 from diffuseg.errors import DataError
-from diffuseg.guidance import Constraints, on_grid
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
-from diffuseg.paths import inside, safe_name
-from diffuseg.runtime import autocast, autocast_dtype, resolve_device
-from diffuseg.samplers import on_step
-from diffuseg.validation import MAX_SAMPLES, check_count, check_sampling_memory, check_seed
-from diffuseg.weights import load_networks, load_state
+from diffuseg.run.weights import load_networks, load_state
+from diffuseg.sampling.repaint import Constraints, on_grid
+from diffuseg.sampling.samplers import on_step
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Predictor:
         input's grid (trilinear) before the consensus and uncertainty are formed there.
         ``progress(k)`` is called after each sampling step k. ``constraints``: pixels marked
         certainly inside / outside (of class ``label``), on the image's grid; every sample holds
-        them (guided resampling, ``diffuseg.guidance``; with ``data.spacing`` the marks are
+        them (guided resampling, ``diffuseg.sampling.repaint``; with ``data.spacing`` the marks are
         resampled to the model grid (nearest) for the sampling, and the samples mapped back are
         projected onto them on the input grid, ``KnownPixels.hold``)."""
         steps, n_samples = self.check_steps(steps, n_samples)
@@ -137,14 +137,15 @@ class Predictor:
                      progress: Callable[[int], None] | None = None,
                      extra: dict | None = None, constraints: Constraints | None = None) -> Path:
         """Segment one image and write its outputs into ``out_dir/<case>/`` (see
-        ``diffuseg.outputs.write_result``). ``path`` is a file, a DICOM series folder, or the
+        ``diffuseg.inference.prediction_folder.write_result``). ``path`` is a file, a DICOM series
+        folder, or the
         channel files of one case (nnU-Net's ``case_0000``, ``case_0001``, ...), in order.
 
         DICOM objects (``diffuseg.io.dicom_seg``) go to ``<case>/dicom/`` when ``dicom`` is True,
         or when it is None and the input is a DICOM series; a non-DICOM input needs the
         ``reference`` series folder it was converted from. ``constraints``: guided resampling
         (``segment``); the counts of marked pixels are recorded in the case's JSON."""
-        from diffuseg.outputs import lock_output, write_result
+        from diffuseg.inference.prediction_folder import lock_output, write_result
 
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
         image, geometry = read_channels(paths)
@@ -207,7 +208,8 @@ IMAGE_ENDINGS = (".nii.gz", ".nii", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ".
 
 def case_name(path: Path, keep_channel: bool = False) -> str:
     """'case_0000.nii.gz' -> 'case' (nnU-Net channel suffix dropped), 'img.png' -> 'img'; made
-    a safe folder name (``diffuseg.paths.safe_name``: no '..', separators or over-long names)."""
+    a safe folder name (``diffuseg.core.paths.safe_name``: no '..', separators or over-long
+    names)."""
     return safe_name(_stem(Path(path), keep_channel))
 
 

@@ -59,7 +59,7 @@ def held_out_cases(run_dir: str | Path, fold: str) -> list[str]:
 def check_same_dataset(run_dir: str | Path, dataset: Dataset, files=None) -> None:
     """Refuse to continue a run on other data than it started with (``fingerprint.json``);
     ``files``: the dataset's ``data.files.scan`` when the caller has made it."""
-    from diffuseg.runlog import dataset_fingerprint
+    from diffuseg.run.log import dataset_fingerprint
 
     path = Path(run_dir) / FINGERPRINT
     if not path.is_file():

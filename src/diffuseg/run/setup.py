@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffuseg.atomic import holds_files, write_json_atomic, write_text_atomic
-from diffuseg.checkpoint import recover_checkpoint
 from diffuseg.config import RunConfig, to_dict
+from diffuseg.core.atomic import holds_files, write_json_atomic, write_text_atomic
 from diffuseg.errors import DataError
-from diffuseg.run_folder import check_same_dataset
-from diffuseg.runlog import RunLog, dataset_fingerprint, truncate_metrics
+from diffuseg.run.checkpoint import recover_checkpoint
+from diffuseg.run.folder import check_same_dataset
+from diffuseg.run.log import RunLog, dataset_fingerprint, truncate_metrics
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:

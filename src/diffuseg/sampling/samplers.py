@@ -11,7 +11,7 @@ samplers differ only in that update:
 * `dpm_solver_pp`: Lu et al. 2022, DPM-Solver++(2M) (`dpm_solver_pp_update`, Gaussian only).
 
 Every sampler takes `constrain` (`Constrain`, or None): the loop applies it to each new state
-with the next timestep; guided resampling (`diffuseg.guidance`, RePaint) uses it to hold the
+with the next timestep; guided resampling (`diffuseg.sampling.repaint`, RePaint) uses it to hold the
 pixels a reviewer marked. `jumps` = r > 1 adds RePaint's resampling (Lugmayr et al. 2022,
 Alg. 1): after the step t -> t_prev the state goes back to t by `process.forward_step`
 (q(x_t | x_{t_prev})) and the step is redone, r times in all (not for the last step to -1); one
@@ -42,7 +42,8 @@ from diffuseg.processes.schedules import Timestep, check_step, coef, randn_like
 Denoise = Callable[[Tensor, Tensor], Tensor]  # (x_t, t LongTensor [B]) -> network output
 # (x_t, t, t_prev, x0_hat) -> x_{t_prev}; a multistep update keeps its own history
 Update = Callable[[Tensor, int, int, Tensor], Tensor]
-# Guided resampling (diffuseg.guidance): (x_{t_prev}, t_prev) -> x_{t_prev} with the known pixels
+# Guided resampling (diffuseg.sampling.repaint): (x_{t_prev}, t_prev) -> x_{t_prev} with the known
+# pixels
 # replaced; the loop applies it to the new state after every update, before yielding it.
 Constrain = Callable[[Tensor, int], Tensor]
 

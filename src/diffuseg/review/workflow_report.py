@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffuseg.audit import read_events
+from diffuseg.review.audit import read_events
 
 
 def _quantiles(values: list[float]) -> dict | None:

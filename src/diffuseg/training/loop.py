@@ -19,16 +19,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffuseg.atomic import holds_files, run_lock, save_tensors_atomic, write_json_atomic
-from diffuseg.checkpoint import complete_step, load_checkpoint, save_checkpoint
 from diffuseg.config import RunConfig
-from diffuseg.consensus import majority
+from diffuseg.core.atomic import holds_files, run_lock, save_tensors_atomic, write_json_atomic
+from diffuseg.core.consensus import majority
+from diffuseg.core.ensemble import summarise
+from diffuseg.core.runtime import (  # re-exported: diffuseg.training.loop.resolve_device, ...
+    autocast,
+    autocast_dtype,
+    cpu_has_native_bf16,
+    resolve_device,
+)
 from diffuseg.data import Dataset
 from diffuseg.data import files as dataset_files
 from diffuseg.data.loader import InMemorySource, batch_at, load_examples
 from diffuseg.data.preprocess import preprocess
 from diffuseg.data.streaming import MmapSource, StepStream, should_stream
-from diffuseg.distributed import (
+from diffuseg.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from diffuseg.methods import Method, build_method
+from diffuseg.metrics import dice
+from diffuseg.run.checkpoint import complete_step, load_checkpoint, save_checkpoint
+from diffuseg.run.folder import splits_for_run
+from diffuseg.run.log import RunLog, plot_progress
+from diffuseg.run.setup import Budget, StopSignals, describe_run, prepare_run_dir, resume_run
+from diffuseg.run.weights import load_networks, save_networks, state_of
+from diffuseg.training.distributed import (
     Dist,
     all_reduce_sum,
     barrier,
@@ -37,20 +51,6 @@ from diffuseg.distributed import (
     shutdown,
     sum_gradients,
 )
-from diffuseg.ensemble import summarise
-from diffuseg.errors import ConfigError, TrainingDiverged, TrainingInterrupted
-from diffuseg.methods import Method, build_method
-from diffuseg.metrics import dice
-from diffuseg.run_folder import splits_for_run
-from diffuseg.runlog import RunLog, plot_progress
-from diffuseg.runstate import Budget, StopSignals, describe_run, prepare_run_dir, resume_run
-from diffuseg.runtime import (  # re-exported: diffuseg.training.resolve_device, ...
-    autocast,
-    autocast_dtype,
-    cpu_has_native_bf16,
-    resolve_device,
-)
-from diffuseg.weights import load_networks, save_networks, state_of
 
 
 class EMA:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from diffuseg.atomic import save_tensors_atomic, write_text_atomic
+from diffuseg.core.atomic import save_tensors_atomic, write_text_atomic
 from diffuseg.errors import DataError
 
 
@@ -83,7 +83,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
 
 def replace_folder_atomically(tmp: Path, final: Path) -> None:
     """Move a fully written ``tmp`` folder to ``final`` with two renames; an interrupted swap
-    leaves ``final`` or ``final.old`` intact (diffuseg.checkpoint.recover_checkpoint finds it).
+    leaves ``final`` or ``final.old`` intact (diffuseg.run.checkpoint.recover_checkpoint finds it).
     ``DIFFUSEG_TEST_CHECKPOINT_PAUSE`` (seconds) sleeps between the renames, for kill tests."""
     old = final.with_name(final.name + ".old")
     remove_folder(old)

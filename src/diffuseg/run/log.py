@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffuseg.atomic import write_atomic, write_text_atomic
+from diffuseg.core.atomic import write_atomic, write_text_atomic
 
 
 class RunLog:
@@ -50,7 +50,8 @@ class RunLog:
     @contextlib.contextmanager
     def progress(self, total: int, start: int, enabled: bool,
                  budget_s: float | None = None) -> Iterator[_Bar]:
-        """A training progress display (``diffuseg.progress``): step count, loss, elapsed time and
+        """A training progress display (``diffuseg.core.progress``): step count, loss, elapsed time
+        and
         an ETA from the binding budget, steps or ``budget_s`` seconds of wall clock."""
         bar = _Bar(total, start, enabled and self.enabled, budget_s)
         try:
@@ -61,7 +62,7 @@ class RunLog:
 
 class _Bar:
     def __init__(self, total: int, start: int, enabled: bool, budget_s: float | None):
-        from diffuseg.progress import Progress
+        from diffuseg.core.progress import Progress
 
         self.progress = Progress("training", total, unit="steps", start=start,
                                  budget_s=budget_s) if enabled else None

@@ -18,7 +18,7 @@ The jump length is one sampler step (the strided DDIM / DDPM timesteps), not ReP
 original steps. r = ``sample.resample_jumps`` (default 1: one pass per step) or
 ``Constraints.jumps``; each step then costs r network calls.
 
-**Wavelet methods** (``wdm``): the Haar transform (diffuseg.wavelets) is orthonormal, so the
+**Wavelet methods** (``wdm``): the Haar transform (diffuseg.methods.wavelets) is orthonormal, so the
 forward-noised coefficients sqrt(ab) H x0 + sqrt(1 - ab) eps map back to pixels as
 sqrt(ab) x0 + sqrt(1 - ab) H^T eps, with H^T eps again standard Gaussian: the pixels follow the
 same Gaussian process. The replacement is therefore done exactly in pixel space: inverse-
@@ -45,7 +45,7 @@ with ``method.target = mask``, ``wdm`` (binary or K > 1), ``berdiff``, ``hidiff`
 Methods that diffuse another space have no known value to paint in (``ldseg``: a partial mask
 has no latent code; the ``sdf`` target: the signed distance of a pixel depends on the unknown
 rest of the mask); they are guided through their x0 estimate instead, in
-``diffuseg.guidance_latent`` (binary runs).
+``diffuseg.sampling.x0_guidance`` (binary runs).
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ import torch
 from torch import Tensor
 
 from diffuseg.errors import ConfigError, DataError
-from diffuseg.samplers import Constrain  # (x_{t_prev}, t_prev) -> x_{t_prev} with known set
+from diffuseg.sampling.samplers import (
+    Constrain,  # (x_{t_prev}, t_prev) -> x_{t_prev} with known set
+)
 
 MAX_JUMPS = 100  # RePaint resamplings per step; each costs one network call per step
 MAX_SCALE = 100.0  # decoder-guidance step size (zeta); larger only overshoots the marks
@@ -71,7 +73,7 @@ class Constraints:
     """Reviewer marks on the image grid (spatial shape, no channel axis): pixels certainly inside
     and certainly outside class ``label`` (the foreground, 1, for a binary run). ``jumps``: RePaint
     resamplings per step (None: the run's ``sample.resample_jumps``). ``scale``: the step size
-    of decoder-guided methods (ldseg's DPS zeta, ``diffuseg.guidance_latent``; None: the run's
+    of decoder-guided methods (ldseg's DPS zeta, ``diffuseg.sampling.x0_guidance``; None: the run's
     ``method.options.guidance_scale``); methods that hold the marks by replacement have none."""
 
     inside: np.ndarray
@@ -181,7 +183,7 @@ class KnownPixels:
 def check_supported(method_name: str, num_classes: int, target: object | None) -> None:
     """Raise a ConfigError naming the reason when the method cannot be guided (multi-class runs
     can: per-channel marks; the Bernoulli methods refuse K > 1 when they are built)."""
-    signed = getattr(target, "signed", False)  # the sdf target: diffuseg.guidance_latent
+    signed = getattr(target, "signed", False)  # the sdf target: diffuseg.sampling.x0_guidance
     if signed and num_classes != 1:
         raise ConfigError(f"guided resampling of the sdf target needs a binary model "
                           f"(num_classes=1); this '{method_name}' run has "

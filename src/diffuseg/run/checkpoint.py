@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffuseg.atomic import fsync_dir, save_tensors_atomic, write_json_atomic
+from diffuseg.core.atomic import fsync_dir, save_tensors_atomic, write_json_atomic
 from diffuseg.errors import DataError
-from diffuseg.weights import (
+from diffuseg.run.weights import (
     load_networks,
     load_optimizer,
     load_state,

@@ -9,7 +9,7 @@ import numpy as np
 
 from diffuseg.config import RunConfig, load_config, merge  # noqa: F401 (api.merge kept)
 from diffuseg.errors import DiffusegError
-from diffuseg.planning import Plan, make_plan
+from diffuseg.training.planning import Plan, make_plan
 
 if TYPE_CHECKING:
     from diffuseg.data import Dataset
@@ -43,7 +43,7 @@ def intensity_for(channel_names: dict[str, str]) -> str:
 
 def build_config(config_path: Path | None, overrides: list[str], *, dataset: Path | Dataset | None,
                  base: Path | None = None, plan: Plan | None = None) -> RunConfig:
-    """Dataset-derived defaults and the plan (``diffuseg.planning``), then ``base`` and the
+    """Dataset-derived defaults and the plan (``diffuseg.training.planning``), then ``base`` and the
     user's config file, then ``--set`` overrides: ``config.load_config`` with those defaults."""
     defaults = dataset_defaults(dataset) if dataset is not None else None
     if plan is not None:
@@ -64,7 +64,7 @@ def train_run(config: RunConfig, dataset: Path | Dataset, output: Path, *, resum
     leaves no half-written run folder behind."""
     import shutil
 
-    from diffuseg.training import train
+    from diffuseg.training.loop import train
 
     existed = Path(output).exists()
     notes = {"plan.json": plan.to_dict()} if plan is not None and not resume else None

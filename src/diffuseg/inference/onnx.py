@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from diffuseg.errors import ConfigError, DataError
-from diffuseg.inference import Predictor, write_json
+from diffuseg.inference.predictor import Predictor, write_json
 from diffuseg.methods import Method
 
 Exporter = Literal["dynamo", "torchscript"]

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import binary_dilation, gaussian_filter
 
-from diffuseg.ensemble import Result
+from diffuseg.core.ensemble import Result
 from diffuseg.errors import ConfigError, DataError
 
 LEVELS = (0.0, 0.25, 0.5)
@@ -228,7 +228,7 @@ def explain_to_png(predictor, image: np.ndarray, kind: str, path: Path, *, n_sam
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffuseg.modes import find_modes
+    from diffuseg.review.modes import find_modes
 
     def segment(im: np.ndarray) -> Result:
         return predictor.segment(im, n_samples=n_samples, steps=steps, seed=seed)

@@ -11,8 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from diffuseg.report.names import METRIC_KEY, available_samples, pretty, split_name, supported
-from diffuseg.report.plots import UNCERTAINTY_NAME, metric_boxplots, reliability_diagram
+from diffuseg.evaluation.names import METRIC_KEY, available_samples, pretty, split_name, supported
+from diffuseg.evaluation.plots import UNCERTAINTY_NAME, metric_boxplots, reliability_diagram
 
 N_WORST = 10
 STYLE = """
@@ -34,7 +34,8 @@ dt { font-weight: 600; } dd { margin: 0; }
 def build_report(summary: Mapping[str, Any], overlays: Mapping[str, bytes], *,
                  title: str = "diffuseg evaluation",
                  label_names: Mapping[int, str] | None = None) -> str:
-    """The whole page from a summary (``diffuseg.evaluation.build_summary``) and per-case overlay
+    """The whole page from a summary (``diffuseg.evaluation.evaluate.build_summary``) and per-case
+    overlay
     PNGs keyed by case id (cases without one are listed but not pictured). Metrics are shown with
     ``label_names`` (value -> name, from dataset.json), units and a plain-language key; metrics
     naming more samples than the cases have (GED100 with 16 samples) are left out."""

@@ -1,5 +1,6 @@
 """Guided resampling for the methods that do not diffuse the mask itself: the Gaussian methods
-with ``method.target = sdf`` and LDSeg (a latent code). RePaint (``diffuseg.guidance``) cannot
+with ``method.target = sdf`` and LDSeg (a latent code). RePaint (``diffuseg.sampling.repaint``)
+cannot
 serve them: it replaces the known pixels of x_t by a forward-noised copy of their known values,
 and here no known value exists: a pixel's signed distance depends on the unknown rest of the
 mask, and a partial mask has no latent code. Both are guided through the x0 estimate instead.
@@ -66,8 +67,8 @@ from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
 from diffuseg.errors import ConfigError
-from diffuseg.guidance import KnownPixels
-from diffuseg.samplers import Denoise
+from diffuseg.sampling.repaint import KnownPixels
+from diffuseg.sampling.samplers import Denoise
 
 Correct = Callable[[Tensor], Tensor]  # x0_hat [N, 1, *sp] -> corrected x0_hat
 

@@ -1,6 +1,6 @@
 """The one consensus rule of diffuseg, used for the raters' reference mask (data loader,
 evaluation), the phantom's majority mask, training validation and the prediction consensus
-(``diffuseg.ensemble``).
+(``diffuseg.core.ensemble``).
 
 - Label maps (raters or hardened samples) ``[N, *spatial]``: per pixel, the label given by the
   most masks; **a tie goes to the higher label**. With two labels this means "foreground where at

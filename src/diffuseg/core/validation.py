@@ -308,7 +308,7 @@ def sampling_bytes(n_samples: int, voxels: int, width: int, *, window_voxels: in
     hypotheses at once, or at most ``windows.MAX_ITEMS`` crops of ``window_voxels`` when the
     image is sampled in windows) plus the state, ``STATE_COPIES`` full-size copies per
     hypothesis of ``channels`` channels."""
-    from diffuseg.windows import MAX_ITEMS
+    from diffuseg.sampling.windows import MAX_ITEMS
 
     items = n_samples if window_voxels is None else min(n_samples, MAX_ITEMS)
     call_voxels = voxels if window_voxels is None else window_voxels

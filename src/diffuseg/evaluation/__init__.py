@@ -1,0 +1,1 @@
+"""Evaluation: scores of a prediction folder against the raters, and the HTML report."""

@@ -1,0 +1,1 @@
+"""Inference: the predictor, batches of cases, the prediction folder, previews, ONNX."""

@@ -1,0 +1,1 @@
+"""Review: explanations, modes of the samples, the audit trail and the workflow report."""

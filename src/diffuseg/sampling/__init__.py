@@ -1,0 +1,1 @@
+"""Sampling: samplers over a process, windows over large volumes, RePaint and x0 guidance."""

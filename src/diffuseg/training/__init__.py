@@ -1,0 +1,1 @@
+"""Training: the loop, its budget, planning for the data and the machine, distributed runs."""
