@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     from diffuseg.data import Dataset
     from diffuseg.data.phantom import over_segmenting_marks, write_phantom_dataset
+    from diffuseg.inference.marks import Constraints
     from diffuseg.inference.predictor import Predictor
-    from diffuseg.sampling.repaint import Constraints
     from diffuseg.training.loop import train
     from diffuseg.training.start import build_config
 

@@ -1,5 +1,6 @@
+from diffuseg.config import merge
 from diffuseg.data.phantom import write_phantom_dataset
-from diffuseg.training.start import build_config, intensity_for, merge
+from diffuseg.training.start import build_config, intensity_for
 
 
 def test_intensity_follows_the_modality():

@@ -6,7 +6,7 @@ import pytest
 
 from diffuseg.config import load_config
 from diffuseg.errors import ConfigError
-from diffuseg.run.setup import Budget
+from diffuseg.training.budget import Budget
 
 
 def test_cpu_clock_does_not_count_sleep_but_wall_clock_does():

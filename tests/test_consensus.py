@@ -5,7 +5,6 @@ import torch
 
 from diffuseg.core.consensus import foreground_consensus, majority
 from diffuseg.core.ensemble import majority_vote, summarise
-from diffuseg.data.loader import majority as loader_majority
 from diffuseg.data.phantom import majority_mask
 
 
@@ -31,7 +30,6 @@ def test_every_user_applies_the_same_tie_rule():
     raters = np.array([[1, 0, 1, 0], [0, 0, 1, 1]])  # pixel 0 and 3 are 1-1 ties
     expected = [1, 0, 1, 1]
     np.testing.assert_array_equal(majority(raters, 2), expected)
-    np.testing.assert_array_equal(loader_majority(raters, 2), expected)
     np.testing.assert_array_equal(majority_mask(raters), expected)
     np.testing.assert_array_equal(majority_vote(torch.from_numpy(raters), 2).numpy(), expected)
     # the prediction consensus: binary mean probability 0.5 is a tie too

@@ -24,7 +24,7 @@ from diffuseg.data.preprocess import (
     training_bytes,
 )
 from diffuseg.data.streaming import should_stream
-from diffuseg.run.log import dataset_fingerprint
+from diffuseg.run.folder import dataset_fingerprint
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 

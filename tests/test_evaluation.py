@@ -24,10 +24,9 @@ from diffuseg.evaluation.evaluate import (
     aggregate,
     evaluate,
     pool_curves,
-    read_float_map,
     worst_cases,
 )
-from diffuseg.inference.prediction_folder import write_result
+from diffuseg.inference.prediction_folder import read_float_map, write_result
 from diffuseg.io import Geometry, write_probability
 from diffuseg.metrics import CONVENTIONS, reliability_curve
 

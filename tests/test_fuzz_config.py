@@ -17,14 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diffuseg.cli import main
-from diffuseg.config import RunConfig, load_config
+from diffuseg.config import RunConfig, load_config, value_ranges
 from diffuseg.core.paths import MAX_NAME_BYTES
-from diffuseg.core.validation import CONFIG_RANGES
 from diffuseg.errors import DiffusegError
 from diffuseg.inference.predictor import case_name
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+RANGES = value_ranges()  # the ranges declared beside the config fields
 
 
 def leaves(obj, where: str = ""):
@@ -66,8 +67,8 @@ def assert_valid(config: RunConfig) -> None:
         for item in value if isinstance(value, tuple) else [value]:
             if isinstance(item, (int, float)) and not isinstance(item, bool):
                 assert math.isfinite(item), (path, item)
-                if path in CONFIG_RANGES:
-                    assert item in CONFIG_RANGES[path], (path, item)
+                if path in RANGES:
+                    assert item in RANGES[path], (path, item)
     low, high = config.data.ct_window
     assert low < high
 

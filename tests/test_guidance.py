@@ -18,9 +18,10 @@ import diffuseg.methods.ldseg  # noqa: F401
 import diffuseg.methods.medsegdiff_v2  # noqa: F401
 from diffuseg.config import ProcessConfig, SampleConfig
 from diffuseg.errors import ConfigError, DataError
+from diffuseg.inference.marks import Constraints
 from diffuseg.methods import build_method
 from diffuseg.processes import BernoulliProcess, GaussianProcess
-from diffuseg.sampling.repaint import Constraints, repaint
+from diffuseg.sampling.repaint import repaint
 from diffuseg.sampling.samplers import ddpm
 
 GAUSSIAN = ProcessConfig(T=20)

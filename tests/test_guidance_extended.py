@@ -20,11 +20,11 @@ from diffuseg.config import DataConfig, ProcessConfig, SampleConfig
 from diffuseg.core.ensemble import to_labels
 from diffuseg.data.resample import spacing_geometry
 from diffuseg.errors import ConfigError
+from diffuseg.inference.marks import Constraints, check_jumps, read_constraints
 from diffuseg.inference.predictor import Predictor
 from diffuseg.io import Geometry
 from diffuseg.methods import build_method
 from diffuseg.processes import BernoulliProcess, GaussianProcess
-from diffuseg.sampling.repaint import Constraints, check_jumps, read_constraints
 from diffuseg.sampling.samplers import ddim, dpm_solver_pp, last
 
 GAUSSIAN = ProcessConfig(T=20)

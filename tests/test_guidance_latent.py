@@ -21,11 +21,12 @@ import diffuseg.methods.medsegdiff_v2  # noqa: F401
 from diffuseg.config import ProcessConfig, SampleConfig
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import ConfigError
+from diffuseg.inference.marks import Constraints
 from diffuseg.inference.predictor import Predictor, case_name
 from diffuseg.io import read_mask
 from diffuseg.methods import build_method
 from diffuseg.processes import GaussianProcess
-from diffuseg.sampling.repaint import Constraints, KnownPixels
+from diffuseg.sampling.repaint import KnownPixels
 from diffuseg.sampling.x0_guidance import decoder_guidance, sign_projection, x0_guided
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config

@@ -16,8 +16,8 @@ import diffuseg.methods.berdiff  # noqa: F401  (registers "berdiff")
 import diffuseg.methods.hidiff  # noqa: F401  (registers "hidiff")
 import diffuseg.methods.medsegdiff_v2  # noqa: F401  (registers "medsegdiff_v2")
 from diffuseg.cli import main as cli_main
+from diffuseg.core.consensus import majority
 from diffuseg.data import Dataset
-from diffuseg.data.loader import majority
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.data.transforms import normalize_intensity
 from diffuseg.evaluation.evaluate import evaluate

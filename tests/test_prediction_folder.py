@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from diffuseg.core.atomic import LOCK_NAME
 from diffuseg.core.ensemble import summarise
 from diffuseg.errors import DataError
 from diffuseg.inference.prediction_folder import (
-    LOCK_NAME,
     case_folders,
     load_prediction,
     lock_output,

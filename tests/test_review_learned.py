@@ -10,10 +10,10 @@ import pytest
 
 from diffuseg.data import Dataset
 from diffuseg.data.phantom import over_segmenting_marks, write_phantom_dataset
+from diffuseg.inference.marks import Constraints
 from diffuseg.inference.predictor import Predictor
 from diffuseg.review.explain import occlusion
 from diffuseg.review.modes import iou_distances
-from diffuseg.sampling.repaint import Constraints
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 

@@ -9,12 +9,12 @@ from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import DataError
 from diffuseg.run.folder import (
     check_same_dataset,
+    dataset_fingerprint,
     held_out_cases,
     run_splits,
     splits_for_run,
     training_cases,
 )
-from diffuseg.run.log import dataset_fingerprint
 
 
 @pytest.fixture

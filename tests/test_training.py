@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from diffuseg.core.consensus import majority
 from diffuseg.data import Dataset, load_splits
-from diffuseg.data.loader import majority
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.errors import DataError
 from diffuseg.inference.predictor import Predictor

@@ -153,8 +153,8 @@ def test_a_corrupt_checkpoint_file_is_a_one_line_error(tmp_path, phantom, name):
 
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, phantom,
                                                                   monkeypatch):
-    # train.lr=1e30 is refused when the config is built (validation.CONFIG_RANGES); a run that
-    # diverges anyway is simulated by a batch that turns NaN at step 4
+    # train.lr=1e30 is refused when the config is built (the range declared beside train.lr); a
+    # run that diverges anyway is simulated by a batch that turns NaN at step 4
     nan_at(monkeypatch, 3)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="non-finite") as err:

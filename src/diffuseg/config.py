@@ -10,21 +10,42 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from diffuseg.core.json_files import MAX_JSON_DEPTH, json_depth, read_json
 from diffuseg.core.validation import (
-    MAX_JSON_DEPTH,
-    STRING_PATTERNS,
+    BIG,
+    DEVICE_PATTERN,
+    MAX_SAMPLES,
+    MAX_T,
+    SEED_MAX,
+    Range,
     check_config_values,
-    json_depth,
-    read_json,
     show,
 )
 from diffuseg.errors import ConfigError
+
+
+def ranged(default: Any, low: float | None = None, high: float | None = None, *,
+           low_open: bool = False, high_open: bool = False,
+           length: tuple[int, int] | None = None,
+           pattern: tuple[re.Pattern[str], str] | None = None) -> Any:
+    """A field whose valid values are declared beside it: the range of a number (of each item of
+    a tuple), the number of items of a tuple, or the pattern of a string (with the valid forms for
+    the message). ``core.validation.check_config_values`` reads them from the field's metadata."""
+    meta: dict[str, Any] = {}
+    if low is not None or high is not None:
+        meta["range"] = Range(low, high, low_open, high_open)
+    if length is not None:
+        meta["length"] = Range(*length)
+    if pattern is not None:
+        meta["pattern"] = pattern
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -33,20 +54,24 @@ class ProcessConfig:
     # value is refused (processes.build_process)
     kind: Literal["gaussian", "bernoulli"] | None = None
     schedule: Literal["linear", "cosine"] = "cosine"  # cosine: Nichol & Dhariwal 2021, eq. 17
-    T: int = 1000  # number of diffusion steps at training time
+    T: int = ranged(1000, 1, MAX_T)  # number of diffusion steps at training time
     prediction: Literal["eps", "x0", "v"] = "x0"  # what the network predicts (x0 suits masks)
-    beta_start: float = 1e-4  # linear schedule only (Ho et al. 2020)
-    beta_end: float = 0.02  # linear schedule only
+    # linear schedule only (Ho et al. 2020)
+    beta_start: float = ranged(1e-4, 0, 1, low_open=True, high_open=True)
+    beta_end: float = ranged(0.02, 0, 1, low_open=True, high_open=True)  # linear schedule only
 
 
 @dataclass
 class NetworkConfig:
-    channels: tuple[int, ...] = (32, 64, 128)  # feature width at each resolution level
-    num_res_blocks: int = 1  # residual blocks per level
-    attention_levels: tuple[bool, ...] = (False, False, True)  # self-attention per level
-    norm_groups: int = 8  # GroupNorm groups
-    dropout: float = 0.0  # inside residual blocks (MC dropout uses > 0)
-    num_heads: int = 4  # self-attention heads
+    # feature width at each resolution level
+    channels: tuple[int, ...] = ranged((32, 64, 128), 1, 4096, length=(1, 8))
+    num_res_blocks: int = ranged(1, 1, 16)  # residual blocks per level
+    # self-attention per level
+    attention_levels: tuple[bool, ...] = ranged((False, False, True), length=(1, 8))
+    norm_groups: int = ranged(8, 1, 4096)  # GroupNorm groups
+    # inside residual blocks (MC dropout uses > 0)
+    dropout: float = ranged(0.0, 0, 1, high_open=True)
+    num_heads: int = ranged(4, 1, 256)  # self-attention heads
 
 
 @dataclass
@@ -58,41 +83,48 @@ class MethodConfig:
 
 @dataclass
 class DataConfig:
-    patch_size: tuple[int, ...] = (64, 64)  # training crop; also the inference window
+    # training crop; also the inference window
+    patch_size: tuple[int, ...] = ranged((64, 64), 1, 4096)
     rater_mode: Literal["sample", "all", "majority"] = "sample"  # one random rater per example
     intensity: Literal["zscore", "ct", "minmax", "none"] = "zscore"
-    ct_window: tuple[float, float] = (-1000.0, 400.0)  # HU window when intensity == "ct"
-    spacing: tuple[float, ...] | None = None  # resample 3D data to this spacing (mm); None keeps
+    # HU window when intensity == "ct"
+    ct_window: tuple[float, float] = ranged((-1000.0, 400.0), -100_000, 100_000, length=(2, 2))
+    # resample 3D data to this spacing (mm); None keeps
+    spacing: tuple[float, ...] | None = ranged(None, 0, 1000, low_open=True, length=(2, 3))
     augment: bool = True  # flips, small rotations and intensity jitter
     synthetic: str | None = None  # a synthetic dataset ('diffuseg synthesize') mixed into training
-    synthetic_ratio: float = 0.5  # share of training examples drawn from `synthetic`
-    foreground_fraction: float = 0.33  # share of patches centred on a rater's foreground (nnU-Net)
+    synthetic_ratio: float = ranged(0.5, 0, 1)  # share of training examples drawn from `synthetic`
+    # share of patches centred on a rater's foreground (nnU-Net)
+    foreground_fraction: float = ranged(0.33, 0, 1)
     stream: bool | None = None  # read patches from preprocessed .npy files; None: when > 1 GB
-    num_workers: int = 2  # DataLoader worker processes when streaming (0: in the main process)
+    # DataLoader worker processes when streaming (0: in the main process)
+    num_workers: int = ranged(2, 0, 256)
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 2000  # optimiser steps
-    max_minutes: float | None = None  # wall-clock budget of the whole command, validation and
-    # the final save included; continues across --resume (docs/training.md)
+    max_steps: int = ranged(2000, 1, BIG)  # optimiser steps
+    # budget of the whole command, validation and the final save included; continues across
+    # --resume (docs/training.md)
+    max_minutes: float | None = ranged(None, 0, 10**7, low_open=True)
     budget_clock: Literal["wall", "cpu"] = "wall"  # what max_minutes counts: wall clock, or this
     # process's CPU seconds (time.process_time; DataLoader workers not counted) for equal
     # budgets on a machine shared with other work
-    batch_size: int = 8
-    lr: float = 2e-4  # AdamW learning rate
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100  # linear warm-up of the learning rate
-    ema_decay: float = 0.999  # EMA of weights used for sampling
-    grad_clip: float = 1.0
+    batch_size: int = ranged(8, 1, 4096)
+    lr: float = ranged(2e-4, 0, 1, low_open=True)  # AdamW learning rate
+    weight_decay: float = ranged(1e-4, 0, 1)
+    warmup_steps: int = ranged(100, 0, BIG)  # linear warm-up of the learning rate
+    ema_decay: float = ranged(0.999, 0, 1, high_open=True)  # EMA of weights used for sampling
+    grad_clip: float = ranged(1.0, 0, 10**6, low_open=True)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CPU, fp16 on CUDA
-    val_every: int = 200  # steps between validations (progress.png refreshed then)
-    val_cases: int = 8  # validation images per validation
-    val_samples: int = 4  # samples per validation image
-    val_steps: int = 10  # DDIM steps at validation
-    checkpoint_every: int = 200  # steps between atomic checkpoints
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    val_every: int = ranged(200, 1, BIG)  # steps between validations (progress.png refreshed then)
+    val_cases: int = ranged(8, 0, 100_000)  # validation images per validation
+    val_samples: int = ranged(4, 1, 1000)  # samples per validation image
+    val_steps: int = ranged(10, 1, 100_000)  # DDIM steps at validation
+    checkpoint_every: int = ranged(200, 1, BIG)  # steps between atomic checkpoints
+    seed: int = ranged(0, 0, SEED_MAX)
+    # auto | cpu | cuda | cuda:N
+    device: str = ranged("auto", pattern=(DEVICE_PATTERN, "auto, cpu, cuda, cuda:N or mps"))
     tensorboard: bool = False  # also log metrics to RUN/tensorboard/ (needs tensorboard)
     skip_nonfinite: bool = False  # skip (and count) steps with a non-finite loss/gradient
     # instead of stopping with an error
@@ -103,21 +135,22 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    n_samples: int = 16
-    steps: int = 10
+    n_samples: int = ranged(16, 1, MAX_SAMPLES)
+    steps: int = ranged(10, 1, 100_000)
     # None: the process's default (ddim for Gaussian, ddpm for Bernoulli; samplers.DEFAULT); a
     # sampler the process cannot run is refused. dpm_solver_pp: DPM-Solver++(2M)
     sampler: Literal["ddim", "ddpm", "dpm_solver_pp"] | None = None
-    eta: float = 0.0  # DDIM stochasticity; 0 is deterministic given x_T
+    eta: float = ranged(0.0, 0, 1)  # DDIM stochasticity; 0 is deterministic given x_T
     # guided resampling only: RePaint resamplings per step (Lugmayr et al. 2022); 1 = one pass
-    resample_jumps: int = 1
+    resample_jumps: int = ranged(1, 1, 100)
 
 
 @dataclass
 class RunConfig:
-    spatial_dims: int = 2
-    in_channels: int = 1  # image channels
-    num_classes: int = 1  # 1 = binary foreground; K > 1 = one-hot over K labels incl. background
+    spatial_dims: int = ranged(2, 2, 3)
+    in_channels: int = ranged(1, 1, 64)  # image channels
+    # 1 = binary foreground; K > 1 = one-hot over K labels incl. background
+    num_classes: int = ranged(1, 1, 1000)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -212,6 +245,31 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
+def declared(path: str) -> dict[str, Any]:
+    """What the field at dotted ``path`` declares (``ranged``); empty when nothing or unknown."""
+    cls: Any = RunConfig
+    *parents, name = path.split(".")
+    for part in parents:
+        cls = typing.get_type_hints(cls).get(part)
+        if not dataclasses.is_dataclass(cls):
+            return {}
+    match = [f for f in dataclasses.fields(cls) if f.name == name]
+    return dict(match[0].metadata) if match else {}
+
+
+def value_ranges(cls: type = None, prefix: str = "") -> dict[str, Range]:
+    """Dotted path -> the range declared beside each ranged numeric field (for tests and docs)."""
+    cls = cls or RunConfig
+    out: dict[str, Range] = {}
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            out.update(value_ranges(hint, f"{prefix}{f.name}."))
+        elif "range" in f.metadata:
+            out[f"{prefix}{f.name}"] = f.metadata["range"]
+    return out
+
+
 def config_paths(cls: type = None, prefix: str = "") -> list[str]:
     """Every dotted key of ``RunConfig`` (``train.batch_size``, ...)."""
     cls = cls or RunConfig
@@ -264,7 +322,8 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         return value
     if hint is str:
         if not isinstance(value, str):
-            valid = STRING_PATTERNS[path][1] if path in STRING_PATTERNS else "a string"
+            pattern = declared(path).get("pattern")
+            valid = pattern[1] if pattern else "a string"
             raise ConfigError(f"config '{path}'={show(value)} is not valid; use {valid}")
         return value
     if hint is bool:
@@ -322,7 +381,7 @@ def merge(base: dict, top: dict) -> dict:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A JSON config file as a dict: an object, UTF-8, not too deep (``validation.read_json``),
+    """A JSON config file as a dict: an object, UTF-8, not too deep (``core.json_files.read_json``),
     its numbers finite (``check_file_values``); otherwise a one-line ConfigError."""
     data = read_json(path, "config file")
     check_file_values(data, path)

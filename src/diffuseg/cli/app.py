@@ -19,7 +19,9 @@ Every user mistake (a ``diffuseg.errors.DiffusegError``) is printed by ``main`` 
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
@@ -105,7 +107,6 @@ def click_exceptions():
 def main() -> None:
     """The ``diffuseg`` entry point: user mistakes end in one line and exit status 2."""
     import diffuseg.cli  # noqa: F401 (imports the command modules, which register themselves)
-    from diffuseg.core.validation import quiet_library_logs
 
     quiet_library_logs()  # one line on stderr: no library warnings beside the error
     click = click_exceptions()
@@ -137,3 +138,12 @@ def main() -> None:
         sys.exit(130)
     # as click's standalone mode: always exit, with an Exit's status (--help: 0), else 0
     sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
+
+
+def quiet_library_logs() -> None:
+    """For the CLI: nibabel's header repairs ("pixdim[1,2,3] should be positive; setting to
+    abs") and pydicom's "Invalid value for VR" warnings go to stderr beside diffuseg's one-line
+    error; the files they describe are refused by diffuseg's own checks, or read as repaired."""
+    logging.getLogger("nibabel.global").setLevel(logging.ERROR + 5)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\..*")

@@ -79,7 +79,7 @@ def predict_command(
     if format not in ("auto", "dicom"):
         raise DiffusegError(f"--format {format} is unknown; use auto or dicom")
     cases, chosen = select_cases(run, input=input, dataset=dataset, split=split, series=series)
-    from diffuseg.sampling.repaint import read_constraints
+    from diffuseg.inference.marks import read_constraints
 
     constraints = read_constraints(inside, outside, label=label, jumps=jumps,
                                    scale=guidance_scale)

@@ -13,9 +13,11 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,6 +63,33 @@ def save_tensors_atomic(tensors: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def replace_folder(new: Path, target: Path, *, aside: Path | None = None) -> None:
+    """The one atomic folder swap: ``target`` is renamed to ``aside`` (default
+    ``.{target}.old-{pid}``), ``new`` is renamed to ``target``, then ``aside`` is removed. Readers
+    see the old folder or the new one, never a mixture; an interrupted swap leaves ``target`` or
+    ``aside`` intact (a checkpoint passes ``checkpoint.old``, which ``recover_checkpoint`` finds).
+    ``DIFFUSEG_TEST_CHECKPOINT_PAUSE`` (seconds) sleeps between the renames, for kill tests."""
+    new, target = Path(new), Path(target)
+    aside = Path(aside) if aside is not None else target.with_name(
+        f".{target.name}.old-{os.getpid()}")
+    remove_folder(aside)
+    if target.exists():
+        os.replace(target, aside)
+    pause = float(os.environ.get("DIFFUSEG_TEST_CHECKPOINT_PAUSE", "0") or 0)
+    if pause > 0:
+        time.sleep(pause)
+    os.replace(new, target)
+    fsync_dir(target.parent)
+    remove_folder(aside)
+
+
+def remove_folder(folder: Path) -> None:
+    """Delete a folder, its completeness marker first (a half-deleted folder never looks whole)."""
+    if folder.exists():
+        (folder / "COMPLETE").unlink(missing_ok=True)
+        shutil.rmtree(folder)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from diffuseg.core.validation import read_json, show
+from diffuseg.core.json_files import read_json
+from diffuseg.core.validation import show
 from diffuseg.errors import DataError
 from diffuseg.io import NIFTI_ENDINGS, Geometry, read_image, read_mask, write_image, write_mask
 

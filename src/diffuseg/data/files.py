@@ -1,7 +1,7 @@
 """The files of a dataset folder, listed once: what both of its fingerprints are made of.
 
 A training start needs two fingerprints of the same folder: the run's (``fingerprint.json``,
-``runlog.dataset_fingerprint``: name and size of every file except the derived ``preprocessed/``
+``run.folder.dataset_fingerprint``: name and size of every file except the derived ``preprocessed/``
 folder, compared on ``--resume``) and the preprocessed folder's (``data/preprocess.py``: name, size
 and modification time of dataset.json and of the files of imagesTr/ and labelsTr/, compared before
 streaming). Both are derived from one ``scan``: ``os.scandir`` listings (no ``Path`` per file) and

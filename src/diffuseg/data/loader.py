@@ -18,13 +18,11 @@ import numpy as np
 import torch
 
 from diffuseg.config import RunConfig
-from diffuseg.core.consensus import majority  # noqa: F401 (diffuseg.data.loader.majority)
-from diffuseg.data.patches import (  # noqa: F401 (item_seed: diffuseg.data.loader.item_seed)
+from diffuseg.data.patches import (
     PatchSource,
     augmentation,
     draw_items,
     foreground_locations,
-    item_seed,
 )
 from diffuseg.data.resample import resample_case
 from diffuseg.data.transforms import normalize_intensity

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from diffuseg.core.atomic import write_json_atomic
-from diffuseg.core.validation import read_json
+from diffuseg.core.json_files import read_json
 from diffuseg.data.dataset import Dataset
 from diffuseg.errors import ConfigError, DataError
 

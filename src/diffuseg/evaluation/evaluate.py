@@ -38,11 +38,10 @@ import numpy as np
 from diffuseg.core.consensus import TIE_RULE, majority
 from diffuseg.data import Case, CaseData, Dataset
 from diffuseg.errors import ConfigError, DataError
-from diffuseg.inference.prediction_folder import (  # noqa: F401 (Prediction, read_float_map: also read from here)
+from diffuseg.inference.prediction_folder import (
     Prediction,
     case_folders,
     load_prediction,
-    read_float_map,
     run_of,
 )
 from diffuseg.metrics import (

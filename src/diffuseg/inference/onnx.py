@@ -1,8 +1,9 @@
 """ONNX export of a run's denoiser and an ONNX Runtime predictor that samples with it.
 
-Only the network that runs once per sampling step, ``method.denoiser`` (ddpm, cimd, ldseg), is
-exported: the sampler loop, the process maths, and the once-per-call networks (ldseg's image
-encoder and mask decoder, cimd's prior) stay in torch. ``onnx_predictor(run)`` loads the run with
+Only the network that runs once per sampling step, ``method.denoiser`` (the methods with
+``Method.onnx_exportable``), is exported: the sampler loop, the process maths, and the
+once-per-call networks (ldseg's image encoder and mask decoder, cimd's prior) stay in torch.
+``onnx_predictor(run)`` loads the run with
 ``Predictor.from_run`` and puts an ``OrtDenoiser`` in place of ``method.denoiser``, so the very
 same ``sample`` loop runs with ONNX Runtime evaluating each step.
 
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.inference.predictor import Predictor, write_json
 from diffuseg.methods import Method
+from diffuseg.methods.base import methods_where
 
 Exporter = Literal["dynamo", "torchscript"]
 ONNX_NAME = "denoiser.onnx"
@@ -39,9 +41,10 @@ INFO_NAME = "inference.json"
 
 def denoiser_of(method: Method) -> nn.Module:
     net = getattr(method, "denoiser", None)
-    if not isinstance(net, nn.Module):
+    if not method.onnx_exportable or not isinstance(net, nn.Module):
+        names = ", ".join(methods_where(lambda m: m.onnx_exportable))
         raise ConfigError(f"method '{method.name}' has no per-step denoiser to export; ONNX export "
-                          "supports the diffusion methods (ddpm, cimd, ldseg)")
+                          f"supports the diffusion methods ({names})")
     return net
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from diffuseg.core.atomic import LOCK_NAME, folder_lock  # noqa: F401  (LOCK_NAME: re-exported)
+from diffuseg.core.atomic import folder_lock, replace_folder
 from diffuseg.core.ensemble import Result
 from diffuseg.errors import DataError
 from diffuseg.io import (
@@ -77,20 +77,6 @@ def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return summary
-
-
-def replace_folder(new: Path, target: Path) -> None:
-    """Swap ``new`` in as ``target``: the old folder is renamed aside, then removed. Readers see
-    either the old or the new folder, never a mixture."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_files(result: Result, geometry: Geometry, case_dir: Path, *, source: Path,

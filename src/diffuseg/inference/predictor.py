@@ -6,6 +6,7 @@ A run folder is loaded from its own files alone: ``config.json`` builds the meth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -17,16 +18,17 @@ import torch
 
 from diffuseg.config import RunConfig, load_config
 from diffuseg.core.ensemble import Result, summarise
+from diffuseg.core.memory import check_sampling_memory
 from diffuseg.core.paths import inside, safe_name
 from diffuseg.core.runtime import autocast, autocast_dtype, resolve_device
-from diffuseg.core.validation import MAX_SAMPLES, check_count, check_sampling_memory, check_seed
+from diffuseg.core.validation import MAX_SAMPLES, check_count, check_seed
 from diffuseg.data.resample import resample_to_reference, resample_to_spacing
 from diffuseg.data.transforms import normalize_intensity
 from diffuseg.errors import DataError
+from diffuseg.inference.marks import Constraints, on_grid
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
 from diffuseg.run.weights import load_networks, load_state
-from diffuseg.sampling.repaint import Constraints, on_grid
 from diffuseg.sampling.samplers import on_step
 
 
@@ -119,8 +121,10 @@ class Predictor:
                               window_voxels=in_window if in_window < voxels else None,
                               channels=max(self.config.num_classes, x.shape[1]))
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        with autocast(self.device, autocast_dtype(self.precision, self.device)), \
-                on_step(progress):
+        # the progress hook, when given, replaces any outer one for this call only
+        hook = contextlib.nullcontext() if progress is None else on_step(
+            lambda k, _step: progress(k))
+        with autocast(self.device, autocast_dtype(self.precision, self.device)), hook:
             samples = self.method.segment(x, n_samples, steps=steps, generator=generator,
                                           known=known)
         samples = samples.float().cpu()

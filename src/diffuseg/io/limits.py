@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diffuseg.core.validation import gib, max_image_bytes
+from diffuseg.core.memory import gib, max_image_bytes
 from diffuseg.errors import DataError
 
 FLOAT_BYTES = 4  # readers return float32

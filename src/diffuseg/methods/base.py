@@ -83,6 +83,7 @@ class Method(ABC):
     guidable: bool = False  # sample() takes known= (guided resampling, diffuseg.sampling.repaint)
     guidance_scaled: bool = False  # known.scale sets its guidance step size (ldseg's DPS zeta)
     target: Any = None  # the mask encoding (methods/targets.py) of the Gaussian mask methods
+    onnx_exportable: bool = False  # its per-step ``denoiser`` exports (diffuseg.inference.onnx)
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -91,8 +92,9 @@ class Method(ABC):
         if self.binary_only and config.num_classes != 1:
             raise ConfigError(
                 f"method '{self.name}' models binary masks but num_classes={config.num_classes}; "
-                "use num_classes=1 (merge the labels), or a Gaussian method (ddpm, cimd)")
-        self.process: Any = None
+                "use num_classes=1 (merge the labels), or a multi-class method "
+                f"({', '.join(methods_where(lambda m: not m.binary_only))})")
+        self.process: Process | None = None
         if self.process_kind is not None:
             self.process = build_process(config.process, self.process_kind)
             check_sampler(config.sample.sampler, self.process.kind)
@@ -264,6 +266,12 @@ def register(name: str) -> Callable[[type], type]:
         return cls
 
     return wrap
+
+
+def methods_where(test: Callable[[type[Method]], bool]) -> list[str]:
+    """Registered method names whose class passes ``test`` (for messages: built from the
+    registry, never a hand-kept list)."""
+    return sorted(name for name, cls in METHODS.items() if test(cls))
 
 
 def build_method(config: RunConfig, **kwargs: Any) -> Method:

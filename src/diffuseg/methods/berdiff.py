@@ -51,6 +51,7 @@ class BerDiff(Method):
     """Bernoulli diffusion of binary masks; the U-Net predicts the logits of x0."""
 
     process_kind = "bernoulli"
+    onnx_exportable = True  # its per-step denoiser exports (diffuseg.inference.onnx)
     guidable = True  # sample(known=): guided resampling
     options_type = BerDiffOptions
     binary_only = True

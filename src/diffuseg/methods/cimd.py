@@ -76,6 +76,7 @@ class CIMD(Method):
     process_kind = "gaussian"
     guidable = True  # sample(known=): guided resampling
     options_type = CIMDOptions
+    onnx_exportable = True
 
     def __init__(self, config: RunConfig):
         super().__init__(config)

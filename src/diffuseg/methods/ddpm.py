@@ -31,6 +31,7 @@ class DDPMSegmentation(Method):
 
     process_kind = "gaussian"
     guidable = True  # sample(known=): guided resampling
+    onnx_exportable = True
 
     def __init__(self, config: RunConfig):
         super().__init__(config)

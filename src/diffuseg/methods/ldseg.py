@@ -99,6 +99,7 @@ class LDSeg(Method):
     options_type = LDSegOptions
     guidable = True  # sample(known=): decoder-guided resampling (guidance_latent)
     guidance_scaled = True  # known.scale (--guidance-scale) overrides options.guidance_scale
+    onnx_exportable = True
 
     def __init__(self, config: RunConfig):
         super().__init__(config)

@@ -80,6 +80,7 @@ class MedSegDiffV2Method(Method):
     """Gaussian diffusion with the MedSegDiff-V2 denoiser and its anchor loss."""
 
     process_kind = "gaussian"
+    onnx_exportable = True  # its per-step denoiser exports (diffuseg.inference.onnx)
     guidable = True  # sample(known=): guided resampling
     options_type = MedSegDiffV2Options
 

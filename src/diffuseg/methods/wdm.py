@@ -59,6 +59,7 @@ class WaveletDiffusion(Method):
     """``loss``: mean squared error on the process's training target, in wavelet space."""
 
     process_kind = "gaussian"
+    onnx_exportable = True  # its per-step denoiser exports (diffuseg.inference.onnx)
     options_type = WDMOptions
     guidable = True  # sample(known=): guided resampling, in pixel space (``guide``)
 

@@ -19,10 +19,14 @@ from diffuseg.processes.schedules import Schedule, cosine_betas, linear_betas, m
 
 @runtime_checkable
 class Process(Protocol):
-    """What samplers and methods rely on. `t` is an int or a LongTensor [B]."""
+    """Everything samplers, guidance and methods call on any process. `t` is an int or a
+    LongTensor [B]. Kind-specific extras are declared in `RegressionProcess` and `PriorProcess`;
+    docs/adding_a_method.md says how a new kind joins (its class, `PROCESSES`, its samplers)."""
 
     T: int
     kind: str  # "gaussian" or "bernoulli": which samplers can run it (samplers.SUPPORTED)
+
+    def alpha_bar_at(self, t: int | Tensor) -> Tensor: ...  # the signal share at t; 1 at t = -1
 
     def timesteps(self, n: int) -> list[int]: ...
 
@@ -69,6 +73,31 @@ class Process(Protocol):
     ) -> Tensor: ...
 
 
+@runtime_checkable
+class RegressionProcess(Process, Protocol):
+    """A process whose network output is regressed on a target (Gaussian: eps, x0 or v): what
+    the Gaussian methods' losses and the deterministic samplers (DDIM, DPM-Solver++) call."""
+
+    prediction: str  # what the network predicts
+
+    def training_target(self, x0: Tensor, noise: Tensor, t: int | Tensor) -> Tensor: ...
+
+    def eps_from_x0(self, x_t: Tensor, t: int | Tensor, x0: Tensor) -> Tensor: ...
+
+    def v_from(self, x0: Tensor, eps: Tensor, t: int | Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class PriorProcess(Process, Protocol):
+    """A process with a per-pixel stationary prior (Bernoulli; HiDiff anchors it on a segmentor's
+    map): the KL loss terms and ``with_prior``."""
+
+    def with_prior(self, p: Tensor) -> PriorProcess: ...
+
+    def posterior_probs(self, x_t: Tensor, t: int | Tensor, t_prev: int | Tensor,
+                        x0: Tensor) -> Tensor: ...
+
+
 PROCESSES = {"gaussian": GaussianProcess, "bernoulli": BernoulliProcess}
 
 
@@ -90,7 +119,9 @@ __all__ = [
     "BernoulliProcess",
     "GaussianProcess",
     "PROCESSES",
+    "PriorProcess",
     "Process",
+    "RegressionProcess",
     "Schedule",
     "bernoulli_loss_terms",
     "build_process",

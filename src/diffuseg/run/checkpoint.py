@@ -18,14 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffuseg.core.atomic import fsync_dir, save_tensors_atomic, write_json_atomic
+from diffuseg.core.atomic import (
+    fsync_dir,
+    remove_folder,
+    replace_folder,
+    save_tensors_atomic,
+    write_json_atomic,
+)
 from diffuseg.errors import DataError
 from diffuseg.run.weights import (
     load_networks,
     load_optimizer,
     load_state,
-    remove_folder,
-    replace_folder_atomically,
     save_optimizer,
     state_of,
 )
@@ -73,7 +77,7 @@ def save_checkpoint(run_dir: Path, networks: dict, optimizer, ema_shadow: dict, 
     files = {p.name: p.stat().st_size for p in tmp.iterdir()}
     write_json_atomic(tmp / MARKER, {"step": state["step"], "files": files})
     fsync_dir(run_dir)
-    replace_folder_atomically(tmp, run_dir / "checkpoint")
+    replace_folder(tmp, run_dir / "checkpoint", aside=run_dir / "checkpoint.old")
 
 
 def complete_step(folder: Path) -> int | None:

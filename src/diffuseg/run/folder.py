@@ -9,12 +9,14 @@ whose fingerprint differs from the run's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from diffuseg.core.atomic import write_json_atomic
 from diffuseg.data.dataset import Dataset
-from diffuseg.data.splits import FOLDS, load_splits, read_splits, write_json_atomic
+from diffuseg.data.splits import FOLDS, load_splits, read_splits
 from diffuseg.errors import DataError
 
 SPLITS = "splits.json"
@@ -59,8 +61,6 @@ def held_out_cases(run_dir: str | Path, fold: str) -> list[str]:
 def check_same_dataset(run_dir: str | Path, dataset: Dataset, files=None) -> None:
     """Refuse to continue a run on other data than it started with (``fingerprint.json``);
     ``files``: the dataset's ``data.files.scan`` when the caller has made it."""
-    from diffuseg.run.log import dataset_fingerprint
-
     path = Path(run_dir) / FINGERPRINT
     if not path.is_file():
         return  # a run from before fingerprints: nothing to compare
@@ -78,3 +78,20 @@ def check_same_dataset(run_dir: str | Path, dataset: Dataset, files=None) -> Non
 
 __all__ = ["check_same_dataset", "held_out_cases", "run_splits", "splits_for_run",
            "training_cases"]
+
+
+def dataset_fingerprint(dataset, files=None) -> dict:
+    """Which data a run saw: dataset.json's hash and a hash over every file's name and size
+    (not the derived ``preprocessed/`` folder, docs/volumes.md). ``files``: the folder's
+    ``data.files.scan``, when the caller has made it already (``train`` scans once)."""
+    from diffuseg.data import files as dataset_files
+
+    root = Path(dataset.root)
+    listing = files if files is not None else dataset_files.scan(root)
+    return {
+        "dataset": str(root.resolve()),
+        "dataset_json_sha256": hashlib.sha256((root / "dataset.json").read_bytes()).hexdigest(),
+        "files_sha256": listing.files_sha256,
+        "n_files": listing.n_files,
+        "n_cases": len(dataset.cases),
+    }

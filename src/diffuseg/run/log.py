@@ -1,10 +1,9 @@
 """What a run writes as it goes: a plain-text log, ``metrics.jsonl``, ``progress.png``, a progress
-bar, and the fingerprint of the dataset it was trained on."""
+bar (the fingerprint of the dataset it saw: ``diffuseg.run.folder``)."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import sys
 import time
@@ -147,20 +146,3 @@ def plot_progress(run_dir: Path) -> None:
     fig.tight_layout()
     write_atomic(run_dir / "progress.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
-
-
-def dataset_fingerprint(dataset, files=None) -> dict:
-    """Which data a run saw: dataset.json's hash and a hash over every file's name and size
-    (not the derived ``preprocessed/`` folder, docs/volumes.md). ``files``: the folder's
-    ``data.files.scan``, when the caller has made it already (``train`` scans once)."""
-    from diffuseg.data import files as dataset_files
-
-    root = Path(dataset.root)
-    listing = files if files is not None else dataset_files.scan(root)
-    return {
-        "dataset": str(root.resolve()),
-        "dataset_json_sha256": hashlib.sha256((root / "dataset.json").read_bytes()).hexdigest(),
-        "files_sha256": listing.files_sha256,
-        "n_files": listing.n_files,
-        "n_cases": len(dataset.cases),
-    }

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -79,30 +76,3 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
         raise DataError(f"checkpoint file '{path}' is unreadable ({type(err).__name__}: "
                         f"{str(err)[:120]}); start over in a new run folder, or put back an "
                         "older copy of the checkpoint folder and resume") from None
-
-
-def replace_folder_atomically(tmp: Path, final: Path) -> None:
-    """Move a fully written ``tmp`` folder to ``final`` with two renames; an interrupted swap
-    leaves ``final`` or ``final.old`` intact (diffuseg.run.checkpoint.recover_checkpoint finds it).
-    ``DIFFUSEG_TEST_CHECKPOINT_PAUSE`` (seconds) sleeps between the renames, for kill tests."""
-    old = final.with_name(final.name + ".old")
-    remove_folder(old)
-    if final.exists():
-        os.replace(final, old)
-    pause = float(os.environ.get("DIFFUSEG_TEST_CHECKPOINT_PAUSE", "0") or 0)
-    if pause > 0:
-        time.sleep(pause)
-    os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    remove_folder(old)
-
-
-def remove_folder(folder: Path) -> None:
-    """Delete a folder, its completeness marker first (a half-deleted folder never looks whole)."""
-    if folder.exists():
-        (folder / "COMPLETE").unlink(missing_ok=True)
-        shutil.rmtree(folder)

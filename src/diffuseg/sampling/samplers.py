@@ -142,14 +142,17 @@ def sample(name: str, denoise: Denoise, process: Process, x_T: Tensor,
                                constrain=constrain, jumps=jumps, **extra))
 
 
-_STEP_HOOK: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+StepHook = Callable[[int, Step], None]  # (k, the k-th Step of a trajectory) -> None
+_STEP_HOOK: contextvars.ContextVar[StepHook | None] = contextvars.ContextVar(
     "diffuseg_step_hook", default=None)
 
 
 @contextlib.contextmanager
-def on_step(hook: Callable[[int], None] | None) -> Iterator[None]:
-    """Call ``hook(k)`` after the k-th step of every trajectory that ``last`` consumes inside the
-    block (progress of long sampling runs, e.g. ``Predictor.segment(progress=...)``)."""
+def on_step(hook: StepHook | None) -> Iterator[None]:
+    """Call ``hook(k, step)`` after the k-th step of every trajectory that ``last`` consumes
+    inside the block, with the whole ``Step`` (state, x0_hat, t): progress of long sampling runs
+    (``Predictor.segment(progress=...)``) and the explanation's trajectory (``review.explain``),
+    without touching the method or its process."""
     token = _STEP_HOOK.set(hook)
     try:
         yield
@@ -163,7 +166,7 @@ def last(steps: Iterable[Step]) -> Tensor:
     hook = _STEP_HOOK.get()
     for k, final in enumerate(steps, 1):  # noqa: B007 - the loop variable is the result
         if hook is not None:
-            hook(k)
+            hook(k, final)
     if final is None:
         raise ConfigError("last() got an empty trajectory; give at least one timestep")
     return final.x

@@ -276,9 +276,9 @@ def review_router(settings, state) -> APIRouter:
 
     @router.post("/api/jobs/{job_id}/resample")
     def resample(job_id: str, body: ResampleBody, user: str = Depends(current_user)) -> dict:
+        from diffuseg.inference.marks import Constraints
         from diffuseg.inference.prediction_folder import write_result
         from diffuseg.inference.predictor import read_channels
-        from diffuseg.sampling.repaint import Constraints
 
         job = job_or_404(job_id)
         case = case_or_409(job, "output")

@@ -40,8 +40,9 @@ from diffuseg.metrics import dice
 from diffuseg.run.checkpoint import complete_step, load_checkpoint, save_checkpoint
 from diffuseg.run.folder import splits_for_run
 from diffuseg.run.log import RunLog, plot_progress
-from diffuseg.run.setup import Budget, StopSignals, describe_run, prepare_run_dir, resume_run
+from diffuseg.run.setup import describe_run, prepare_run_dir, resume_run
 from diffuseg.run.weights import load_networks, save_networks, state_of
+from diffuseg.training.budget import Budget, StopSignals
 from diffuseg.training.distributed import (
     Dist,
     all_reduce_sum,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diffuseg.config import RunConfig, load_config, merge  # noqa: F401 (api.merge kept)
+from diffuseg.config import RunConfig, load_config, merge
 from diffuseg.errors import DiffusegError
 from diffuseg.training.planning import Plan, make_plan
 
