@@ -131,7 +131,7 @@ def review_in_page(browser, base: str, client, job: str, truth: np.ndarray, *, t
                    shots: Path | None, by_key: bool) -> str:
     """Review ``job`` as ``review_session.review`` does, through the page; returns the outcome.
     ``approved`` is where the service writes the approved mask (checked against the intent)."""
-    from review_session import dice, plan, read_arrays
+    from review_reader import dice, plan, read_arrays
 
     from diffuseg.io import read_mask
 

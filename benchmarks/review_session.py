@@ -40,17 +40,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from review_reader import dice, plan, read_arrays
 
 SMALL = ["network.channels=[16,32]", "network.attention_levels=[false,true]",
          "network.num_heads=2", "train.batch_size=4", "train.max_steps=150", "train.lr=0.001",
          "train.warmup_steps=20", "train.val_every=1000", "train.ema_decay=0.99",
          "train.device=cpu", "process.T=100", "sample.steps=5"]
 TOKEN, USER = "bench-token-0123456789", "reviewer1"
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def b64(mask: np.ndarray) -> str:
@@ -109,27 +105,6 @@ def serve(data_dir: Path, run: Path):
     while not server.started:
         time.sleep(0.05)
     return server, f"http://127.0.0.1:{port}"
-
-
-def read_arrays(client, api: str, shape: tuple[int, ...], source: str = "output"):
-    """The job's consensus and samples as boolean arrays (GETs: nothing is logged)."""
-    def array(name: str) -> np.ndarray:
-        raw = client.get(f"{api}/array/{name}", params={"source": source}).content
-        return np.frombuffer(raw, np.uint8).reshape(-1, *shape) > 0
-
-    return array("consensus")[0], array("samples")
-
-
-def plan(meta: dict, consensus: np.ndarray, samples: np.ndarray, truth: np.ndarray) -> dict:
-    """The scripted reader's decision (module docstring): approve, reject or edit from a mode."""
-    d = dice(consensus, truth)
-    if d >= 0.9:
-        return {"kind": "approve"}
-    if d < 0.5:
-        return {"kind": "reject"}
-    medoids = meta["modes"]["medoids"]
-    return {"kind": "edit",
-            "best": max(range(len(medoids)), key=lambda j: dice(samples[medoids[j]], truth))}
 
 
 def review(client, job: str, truth: np.ndarray, rng: np.random.Generator,

@@ -60,3 +60,27 @@ def write_series(folder: Path, *, rows: int = 20, columns: int = 24, slices: int
         ds.PixelData = np.ascontiguousarray(volume[:, :, k].T).tobytes()
         ds.save_as(folder / f"im{order[k]:03d}.dcm", enforce_file_format=True)
     return folder, volume
+
+
+def dicom_slice(path: Path, z: float, series: str = "1.2.3.4", **changes: object) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality = series, "1.2.3", "MR"
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.ImagePositionPatient = [0.0, 0.0, z]
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.Rows, ds.Columns = 3, 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.arange(12, dtype=np.uint16).tobytes()
+    for key, value in changes.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)

@@ -42,3 +42,21 @@ def tiny_config(name: str, spatial_dims: int = 2, num_classes: int = 1, *,
         process=process, data=DataConfig(patch_size=SIZE[spatial_dims]),
         sample=SampleConfig(steps=steps), method=MethodConfig(name=name, options=options),
     ).validate()  # fmt: skip
+
+
+def tiny(*extra: str, attention: bool = False, T: int = 50, max_steps: int | None = 1,
+         val: int | None = 1, device: bool = True) -> list[str]:
+    """The one tiny configuration of the tests, as ``--set`` overrides: a two-level U-Net of
+    widths 8/16 (self-attention at the second level with ``attention``), ``process.T = T``, CPU,
+    ``max_steps`` optimiser steps and ``val`` validation cases/samples/steps (None: the config's
+    own), then ``extra`` overrides."""
+    out = ["network.channels=[8,16]", f"network.attention_levels=[false,{str(attention).lower()}]",
+           "network.norm_groups=4"]
+    if device:
+        out.append("train.device=cpu")
+    out.append(f"process.T={T}")
+    if max_steps is not None:
+        out.append(f"train.max_steps={max_steps}")
+    if val is not None:
+        out += [f"train.val_cases={val}", f"train.val_samples={val}", f"train.val_steps={val}"]
+    return out + list(extra)

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from helpers import tiny
 
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.inference.predictor import Predictor
@@ -20,10 +21,7 @@ from diffuseg.service.settings import ServiceSettings
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,true]",
-        "network.norm_groups=4", "network.num_heads=2", "train.max_steps=2",
-        "train.device=cpu", "process.T=50", "train.val_cases=1", "train.val_samples=1",
-        "train.val_steps=1", "sample.steps=3"]
+TINY = tiny("network.num_heads=2", "sample.steps=3", attention=True, max_steps=2)
 ANN_TOKEN, BOB_TOKEN = "tok-ann-0123456789abcdef", "tok-bob-0123456789abcdef"
 TOKENS = {ANN_TOKEN: "ann", BOB_TOKEN: "bob"}
 ANN = {"Authorization": f"Bearer {ANN_TOKEN}"}

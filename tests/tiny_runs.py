@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers import tiny
+
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
-        "network.norm_groups=4", "train.max_steps=1", "train.device=cpu", "process.T=50",
-        "train.val_cases=1", "train.val_samples=1", "train.val_steps=1", "sample.n_samples=2",
-        "sample.steps=1"]
+TINY = tiny("sample.n_samples=2", "sample.steps=1")
 
 
 def tiny_run(folder: Path, spatial_dims: int) -> Path:

@@ -8,13 +8,9 @@ list the module here.
 
 from __future__ import annotations
 
-import time
+import importlib
 
-STARTED = time.monotonic()  # the command's start: ``train --minutes`` counts its imports too
-
-import importlib  # noqa: E402
-
-from diffuseg.cli.app import app, command, main  # noqa: E402
+from diffuseg.cli.app import app, command, main  # first: app.STARTED marks the command's start
 
 COMMAND_MODULES = (
     "diffuseg.cli.run",  # train, demo

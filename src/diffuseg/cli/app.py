@@ -19,16 +19,20 @@ Every user mistake (a ``diffuseg.errors.DiffusegError``) is printed by ``main`` 
 
 from __future__ import annotations
 
-import logging
-import sys
-import warnings
-from collections.abc import Callable
-from typing import Annotated, TypeVar
+import time
 
-import typer
+STARTED = time.monotonic()  # the command's start: ``train --minutes`` counts its imports too
 
-from diffuseg import __version__
-from diffuseg.errors import DiffusegError, TrainingInterrupted
+import logging  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Annotated, TypeVar  # noqa: E402
+
+import typer  # noqa: E402
+
+from diffuseg import __version__  # noqa: E402
+from diffuseg.errors import DiffusegError, TrainingInterrupted  # noqa: E402
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 F = TypeVar("F", bound=Callable)
@@ -106,8 +110,6 @@ def click_exceptions():
 
 def main() -> None:
     """The ``diffuseg`` entry point: user mistakes end in one line and exit status 2."""
-    import diffuseg.cli  # noqa: F401 (imports the command modules, which register themselves)
-
     quiet_library_logs()  # one line on stderr: no library warnings beside the error
     click = click_exceptions()
     no_args = getattr(click, "NoArgsIsHelpError", ())  # click >= 8.2

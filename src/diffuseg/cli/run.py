@@ -86,7 +86,7 @@ def train_command(
         if run_plan is not None:
             log(f"plan '{plan}' for {dataset} on this machine: about "
                 f"{run_plan.estimate_seconds_per_step} s per step (reasons: {output}/plan.json)")
-    from diffuseg.cli import STARTED
+    from diffuseg.cli.app import STARTED
 
     run = train_run(run_config, dataset if resume else opened, output, resume=resume,
                     plan=run_plan, progress=not quiet, started=STARTED)

@@ -18,7 +18,6 @@ import torch
 
 from diffuseg.config import RunConfig, load_config
 from diffuseg.core.ensemble import Result, summarise
-from diffuseg.core.memory import check_sampling_memory
 from diffuseg.core.paths import inside, safe_name
 from diffuseg.core.runtime import autocast, autocast_dtype, resolve_device
 from diffuseg.core.validation import MAX_SAMPLES, check_count, check_seed
@@ -29,6 +28,7 @@ from diffuseg.inference.marks import Constraints, on_grid
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
 from diffuseg.run.weights import load_networks, load_state
+from diffuseg.sampling.memory import check_sampling_memory
 from diffuseg.sampling.samplers import on_step
 
 

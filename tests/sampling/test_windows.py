@@ -103,7 +103,7 @@ def test_windowed_sampling_of_a_larger_volume_runs_every_step_on_one_field():
 
 def test_sampling_memory_estimate_counts_windowed_calls_and_the_state():
     """Hand-computed: 16 hypotheses of 256^3 in 64^3 windows with width 8 and one channel."""
-    from diffuseg.core.memory import STATE_COPIES, sampling_bytes
+    from diffuseg.sampling.memory import STATE_COPIES, sampling_bytes
 
     v, w = 256**3, 64**3
     calls = 16 * 8 * w * 8  # 16 crops per call (MAX_ITEMS), 2 float32 per activation

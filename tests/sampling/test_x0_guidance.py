@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import SIZE, gen, randomise, tiny_config
+from helpers import SIZE, gen, randomise, tiny, tiny_config
 
 import diffuseg.methods.cimd  # noqa: F401  (registers)
 import diffuseg.methods.ldseg
@@ -190,9 +190,7 @@ def test_a_given_scale_replaces_the_runs_and_only_ldseg_takes_one():
 
 # -- the API and the CLI on briefly trained runs ---------------------------------------------
 
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
-        "network.norm_groups=4", "train.max_steps=1", "train.device=cpu", "process.T=50",
-        "train.val_cases=1", "train.val_samples=1", "train.val_steps=1"]
+TINY = tiny()
 RUNS = {"sdf": ["method.target=sdf"], "ldseg": ["method.name=ldseg", "method.options.width=8"]}
 
 

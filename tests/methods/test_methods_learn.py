@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny
 
 import diffuseg.methods.berdiff  # noqa: F401  (registers "berdiff")
 import diffuseg.methods.hidiff  # noqa: F401  (registers "hidiff")
@@ -32,9 +33,7 @@ METHODS = {
     "medsegdiff_v2": ["method.name=medsegdiff_v2"],
     "ddpm_sdf": ["method.name=ddpm", "method.target=sdf"],
 }
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
-        "network.norm_groups=4", "train.batch_size=2", "train.max_steps=2", "train.device=cpu",
-        "process.T=20", "train.val_cases=1", "train.val_samples=1", "train.val_steps=1"]
+TINY = tiny("train.batch_size=2", T=20, max_steps=2)
 SMALL = ["network.channels=[16,32]", "network.attention_levels=[false,false]",
          "train.batch_size=4", "train.max_steps=150", "train.lr=0.001", "train.warmup_steps=20",
          "train.val_every=1000", "train.ema_decay=0.99", "train.device=cpu", "process.T=100"]

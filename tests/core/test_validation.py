@@ -14,8 +14,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from dicom_synth import dicom_slice
+from helpers import tiny
 from PIL import Image
-from test_fuzz_readers import dicom_slice
 
 from diffuseg.cli import main
 from diffuseg.config import load_config
@@ -31,9 +32,7 @@ from diffuseg.io import read_dicom_series, read_image, read_mask
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
-        "network.norm_groups=4", "train.max_steps=1", "train.device=cpu", "process.T=50",
-        "train.val_cases=1", "train.val_samples=1", "train.val_steps=1"]
+TINY = tiny()
 
 
 def one_line(error_type: type[Exception], call, *needles: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny
 from safetensors.torch import load_file
 
 import diffuseg.training.loop as training
@@ -18,11 +19,10 @@ from diffuseg.run.log import read_metrics
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,true]",
-        "network.norm_groups=4", "network.dropout=0.1", "train.batch_size=4",
-        "train.val_cases=2", "train.val_samples=2", "train.val_steps=2", "process.T=100",
-        "sample.steps=2", "sample.n_samples=2", "train.device=cpu", "train.precision=fp32",
-        "train.warmup_steps=2", "train.checkpoint_every=2", "train.val_every=3"]
+TINY = tiny("network.dropout=0.1", "train.batch_size=4", "sample.steps=2",
+            "sample.n_samples=2", "train.precision=fp32", "train.warmup_steps=2",
+            "train.checkpoint_every=2", "train.val_every=3", attention=True, T=100, max_steps=None,
+            val=2)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from helpers import tiny
 from typer.testing import CliRunner
 
 import diffuseg.methods.ldseg  # noqa: F401  (registers "ldseg")
@@ -30,9 +31,8 @@ from diffuseg.training.start import build_config
 
 pytest.importorskip("onnxruntime")
 
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,true]",
-        "network.norm_groups=4", "network.num_heads=2", "process.T=50", "sample.n_samples=3",
-        "data.patch_size=[16,16]"]
+TINY = tiny("network.num_heads=2", "sample.n_samples=3", "data.patch_size=[16,16]",
+            attention=True, max_steps=None, val=None, device=False)
 LDSEG = ["method.name=ldseg", "method.options={\"width\": 8}"]
 
 

@@ -14,7 +14,7 @@ import torch
 from diffuseg.errors import DataError
 from diffuseg.metrics import assd, hausdorff, hd95, image_diagonal, per_class
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 _medpy_directed = getattr(mb, "__surface_distances")  # medpy's per-surface-voxel distances
 
 

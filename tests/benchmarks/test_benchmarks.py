@@ -17,7 +17,7 @@ from PIL import Image
 from diffuseg.data import Dataset
 from diffuseg.errors import DataError
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def load(name: str):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import tiny
 
 from diffuseg.data import Dataset
 from diffuseg.data.phantom import write_phantom_dataset
@@ -10,9 +11,7 @@ from diffuseg.inference.predictor import Predictor
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
-        "network.norm_groups=4", "train.max_steps=2", "train.device=cpu", "process.T=20",
-        "train.val_cases=1", "train.val_samples=1", "train.val_steps=1"]
+TINY = tiny(T=20, max_steps=2)
 
 
 def test_a_file_where_a_dataset_folder_is_expected_says_so(tmp_path):

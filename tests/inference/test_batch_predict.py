@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import tiny
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,10 +16,7 @@ from diffuseg.inference.batch import is_complete, select_cases, study_series
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
-        "network.norm_groups=4", "train.max_steps=1", "train.device=cpu", "process.T=20",
-        "train.val_cases=1", "train.val_samples=1", "train.val_steps=1", "sample.steps=2",
-        "sample.n_samples=3"]
+TINY = tiny("sample.steps=2", "sample.n_samples=3", T=20)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import tiny
 
 from diffuseg.core.consensus import majority
 from diffuseg.data import Dataset, load_splits
@@ -15,10 +16,8 @@ from diffuseg.methods import build_method
 from diffuseg.training.loop import foreground_dice, train
 from diffuseg.training.start import build_config
 
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,true]",
-        "network.norm_groups=4", "train.batch_size=4", "train.val_cases=2",
-        "train.val_samples=2", "train.val_steps=2", "process.T=100", "sample.steps=2",
-        "sample.n_samples=2", "train.device=cpu"]
+TINY = tiny("train.batch_size=4", "sample.steps=2", "sample.n_samples=2", attention=True,
+            T=100, max_steps=None, val=2)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny
 from safetensors.torch import load_file
 
 from diffuseg.cli import main
@@ -24,11 +25,10 @@ from diffuseg.run.log import read_metrics
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,true]",
-        "network.norm_groups=4", "train.batch_size=4", "train.val_cases=2",
-        "train.val_samples=2", "train.val_steps=2", "process.T=100", "sample.steps=2",
-        "sample.n_samples=2", "train.precision=fp32", "train.checkpoint_every=2"]
+ROOT = Path(__file__).resolve().parents[2]
+TINY = tiny("train.batch_size=4", "sample.steps=2", "sample.n_samples=2",
+            "train.precision=fp32", "train.checkpoint_every=2", attention=True, T=100,
+            max_steps=None, val=2, device=False)
 
 
 @pytest.fixture(scope="module")

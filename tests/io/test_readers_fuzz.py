@@ -18,11 +18,10 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from dicom_synth import dicom_slice
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from diffuseg.data import Dataset, DatasetInfo, write_dataset
 from diffuseg.errors import DataError, DiffusegError
@@ -288,30 +287,6 @@ def test_dataset_open_and_load_with_broken_files(text, junk, victim):
 
 # ---------------------------------------------------------------------------------------------
 # DICOM series
-
-
-def dicom_slice(path: Path, z: float, series: str = "1.2.3.4", **changes: object) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality = series, "1.2.3", "MR"
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.ImagePositionPatient = [0.0, 0.0, z]
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.Rows, ds.Columns = 3, 4
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.arange(12, dtype=np.uint16).tobytes()
-    for key, value in changes.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
 
 
 DICOM_CHANGES = st.fixed_dictionaries({}, optional={

@@ -144,7 +144,7 @@ def test_a_sampler_the_process_cannot_run_is_refused(name, sampler):
 # methods are leaves
 
 METHODS_DIR = Path(diffuseg.methods.__file__).parent
-SHARED = {"__init__", "base", "parts", "targets", "sdf", "wavelets"}  # modules any method may import
+SHARED = {"__init__", "base", "parts", "targets", "sdf", "wavelets"}  # any method may import
 
 
 def test_no_method_module_imports_another_method_module():

@@ -13,7 +13,7 @@ from PIL import Image
 
 from diffuseg.data import check_dataset, write_phantom_dataset
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture

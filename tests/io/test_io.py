@@ -24,7 +24,7 @@ from diffuseg.io import (
     write_probability,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def oblique_affine() -> np.ndarray:

@@ -5,6 +5,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import tiny
 
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.inference.predictor import Predictor, case_name, list_inputs
@@ -12,9 +13,7 @@ from diffuseg.io import read_mask
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 
-TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
-        "network.norm_groups=4", "train.max_steps=1", "train.device=cpu", "process.T=50",
-        "train.val_cases=1", "train.val_samples=1", "train.val_steps=1"]
+TINY = tiny()
 
 
 @pytest.fixture(scope="module")

@@ -57,4 +57,4 @@ def test_train_command_hands_its_start_to_the_budget(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         diffuseg.cli.main()
     assert exit_info.value.code in (0, None)
-    assert seen["started"] == diffuseg.cli.STARTED <= time.monotonic()
+    assert seen["started"] == diffuseg.cli.app.STARTED <= time.monotonic()
