@@ -1,7 +1,7 @@
 """Hostile inputs for ``benchmarks/fuzz.py``: each generator takes a ``random.Random`` and a
 scratch folder and returns what to feed one entry point. Plain ``random`` rather than
-hypothesis, so that 10,000 inputs take minutes (the CI suite, tests/test_fuzz_*.py, uses
-hypothesis on the same kinds of input)."""
+hypothesis, so that 10,000 inputs take minutes (the CI suite, tests/io/test_readers_fuzz.py and
+tests/test_config_fuzz.py, uses hypothesis on the same kinds of input)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ import numpy as np
 SMALL = ["network.channels=[16,32]", "network.attention_levels=[false,false]",
          "train.batch_size=4", "train.max_steps=150", "train.lr=0.001", "train.warmup_steps=20",
          "train.val_every=1000", "train.ema_decay=0.99", "train.device=cpu", "process.T=100",
-         "sample.steps=5"]  # the model of tests/test_review_learned.py
+         "sample.steps=5"]  # the model of tests/service/test_review_learned.py
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

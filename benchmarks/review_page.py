@@ -1,6 +1,6 @@
 """The scripted reviewer of benchmarks/review_session.py acting through the review page itself:
 headless Chromium (Debian's /usr/bin/chromium driven by Playwright, as in
-tests/test_review_browser.py) opens ``/review/{job}``, and every view, stroke, mark, guided
+tests/service/test_review_browser.py) opens ``/review/{job}``, and every view, stroke, mark, guided
 resampling and decision reaches the service from the page's own controls and shortcuts.
 
 The script reads the job's arrays over the HTTP API only to decide (GETs log nothing); what the

@@ -1,5 +1,5 @@
 """BerDiff (Chen et al., MICCAI 2023): loss terms, the sampler's wiring, windows, errors (shapes,
-seeding, gradients and round trips: tests/test_method_contract.py)."""
+seeding, gradients and round trips: tests/contracts/test_methods.py)."""
 
 from __future__ import annotations
 

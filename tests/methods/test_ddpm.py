@@ -1,5 +1,5 @@
 """The image-conditioned DDPM method: the loss target, one batch per step, every sampler (shapes,
-seeding, gradients and round trips: tests/test_method_contract.py)."""
+seeding, gradients and round trips: tests/contracts/test_methods.py)."""
 
 import pytest
 import torch

@@ -1,6 +1,6 @@
 """HiDiff (Chen et al., IEEE TMI 2024): the alternate-collaborative steps, the focal loss, sampling
-from the prior (its anchored Bernoulli process: tests/test_bernoulli.py; shapes, seeding and round
-trips: tests/test_method_contract.py)."""
+from the prior (its anchored Bernoulli process: tests/processes/test_bernoulli.py; shapes, seeding
+and round trips: tests/contracts/test_methods.py)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def batch(spatial_dims: int, b: int = 2, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# the focal loss (the anchored process: tests/test_bernoulli.py)
+# the focal loss (the anchored process: tests/processes/test_bernoulli.py)
 
 
 def test_focal_loss_closed_form():

@@ -105,7 +105,7 @@ def test_sampler_calls_constrain_once_per_step_with_the_next_timestep():
 
 
 def test_other_spaces_are_refused():
-    """(The sdf target and ldseg are guided through x0: tests/test_guidance_latent.py.)"""
+    """(The sdf target and ldseg are guided through x0: tests/sampling/test_x0_guidance.py.)"""
     spatial = SIZE[2]
     image = torch.randn((1, 1, *spatial), generator=gen(1))
     known = marks(spatial).known()

@@ -3,7 +3,7 @@ the conditioned-denoiser closure, repeating an image for S samples, windows, the
 terms, Dice + cross-entropy, and checks of typed options.
 
 Methods are leaves: a method module imports this module, ``base`` and ``targets``, never another
-method module (tests/test_method_contract.py checks it), so that each paradigm reads on its own.
+method module (tests/contracts/test_methods.py checks it), so that each paradigm reads on its own.
 """
 
 from __future__ import annotations

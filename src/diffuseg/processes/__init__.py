@@ -1,6 +1,6 @@
 """Diffusion processes: maths only, no nn.Module, no state changed by calls.
 
-Both processes satisfy `Process` (docs/architecture.md) and pass tests/test_process_contract.py.
+Both processes satisfy `Process` (docs/architecture.md) and pass tests/contracts/test_processes.py.
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@ unchanged, so every sampler (ddim, ddpm, dpm_solver_pp) is guided the same way; 
 follow the correction through x_{t_prev} and the next network call, as in RePaint.
 The sampler derives eps_hat from x_t and the corrected x0_hat (as it does for a clipped x0_hat;
 diffusers' use_clipped_model_output). MPGD instead keeps the network's eps, i.e. also moves x_t
-by sqrt(ab_t) (x0' - x0_hat); tried on the phantom runs of tests/test_guidance_latent_learned.py
-(docs/review.md), that variant was not better (share in the marked mode, unguided / this / MPGD:
-sdf inside 0.450 / 0.506 / 0.531, sdf outside 0.083 / 0.089 / 0.089, ldseg inside 0.412 /
-0.963 / 0.963, ldseg outside 0.130 / 0.177 / 0.052), and it would need a hook in the samplers.
+by sqrt(ab_t) (x0' - x0_hat); tried on the phantom runs of
+tests/sampling/test_x0_guidance_learned.py (docs/review.md), that variant was not better (share
+in the marked mode, unguided / this / MPGD: sdf inside 0.450 / 0.506 / 0.531, sdf outside 0.083
+/ 0.089 / 0.089, ldseg inside 0.412 / 0.963 / 0.963, ldseg outside 0.130 / 0.177 / 0.052),
+and it would need a hook in the samplers.
 
 **sdf target** (``sign_projection``): the marks constrain the SIGN of the signed distance
 (``diffuseg.methods.sdf``: phi < 0 inside, |phi| >= 1/2 at every pixel centre, x0 = phi / band).
