@@ -1,8 +1,8 @@
 """``diffuseg evaluate``: score a prediction folder against the raters of a dataset folder.
 
 For every case folder ``PRED_DIR/<case>/`` (written and read by ``diffuseg.outputs``) whose
-name is a labelled case of the dataset, the evaluator reads the samples, the consensus, the mean
-probability and the variance map, and compares them with the case's R rater masks:
+name is a labelled case of the dataset, the evaluator reads the samples, the consensus, the
+probability map and the variance map, and compares them with the case's R rater masks:
 
 - consensus vs the raters' majority mask Y_maj (per pixel most frequent label, ties to the higher
   label so that a 2-of-4 split is foreground): Dice, IoU, HD95 and ASSD per foreground label, the
@@ -11,8 +11,9 @@ probability and the variance map, and compares them with the case's R rater mask
   ``n_samples_list`` (all of them when fewer were drawn; the count used is recorded), HM-IoU and
   the CI score with its three components on the first ``n_samples_list[0]`` samples, S_NCC on the
   first ``max(n_samples_list)``;
-- calibration: ECE of the mean foreground probability p_bar against the rater-mean mask
-  m = (1/R) sum_k [y_k > 0] (10 bins, all pixels), and the uncertainty-error overlap
+- calibration: ECE of the probability map p (the share of samples marking the pixel,
+  ``diffuseg.ensemble``) against the rater-mean mask m = (1/R) sum_k [y_k > 0] (10 bins, all
+  pixels), and the uncertainty-error overlap
   UEO = Dice(v / v_max > 1/2, consensus != Y_maj) of the variance map v, with v_max = 1/4 for a
   binary foreground (p(1 - p) <= 1/4) and 1 - 1/K for K labels.
 
