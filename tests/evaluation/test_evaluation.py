@@ -78,9 +78,10 @@ def test_majority_as_prediction(phantom, tmp_path):
         raters = cases[entry["case"]].raters > 0
         maj = majority_mask(raters).astype(bool)
         assert (entry["dice"], entry["iou"], entry["hd95"], entry["assd"]) == (1.0, 1.0, 0.0, 0.0)
-        assert entry["ged_16"] == pytest.approx(ged_by_loops(np.stack([maj] * 4), raters))
-        assert entry["ged_100"] == pytest.approx(entry["ged_16"])
-        assert entry["samples_used"] == {"ged_16": 4, "ged_100": 4, "hm_iou_16": 4, "ci_16": 4}
+        # 4 samples, (16, 100) requested: reported under their own count, never as GED16/100
+        assert entry["ged_4"] == pytest.approx(ged_by_loops(np.stack([maj] * 4), raters))
+        assert "ged_16" not in entry and "ged_100" not in entry
+        assert entry["samples_used"] == {"ged_4": 4, "hm_iou_4": 4, "ci_4": 4}
         assert entry["ece"] == pytest.approx(np.abs(maj - raters.mean(0)).mean())
         assert entry["uncertainty_error_overlap"] == 1.0
         assert entry["s_ncc"] is None  # identical samples: a constant map, NCC undefined
@@ -93,10 +94,10 @@ def test_samples_equal_to_raters(phantom, tmp_path):
     write_predictions(phantom, tmp_path / "pred", lambda d: d.raters[:, None])
     summary = evaluate(tmp_path / "pred", phantom, tmp_path / "out", report=False)
     for entry in summary["per_case"]:
-        assert entry["ged_16"] == pytest.approx(0.0, abs=1e-12)
-        assert entry["hm_iou_16"] == pytest.approx(1.0)
-        assert entry["ci_16"] == pytest.approx(1.0)
-        assert entry["samples_used"]["ged_100"] == 3
+        assert entry["ged_3"] == pytest.approx(0.0, abs=1e-12)
+        assert entry["hm_iou_3"] == pytest.approx(1.0)
+        assert entry["ci_3"] == pytest.approx(1.0)
+        assert entry["samples_used"] == {"ged_3": 3, "hm_iou_3": 3, "ci_3": 3}
 
 
 def test_single_rater_3d_gives_ged_zero(phantom_3d_one_rater, tmp_path):
@@ -106,10 +107,10 @@ def test_single_rater_3d_gives_ged_zero(phantom_3d_one_rater, tmp_path):
                       lambda d: np.repeat(d.raters[:, None], 3, axis=0))
     summary = evaluate(tmp_path / "pred", phantom_3d_one_rater, tmp_path / "out", report=False)
     for entry in summary["per_case"]:
-        assert entry["ged_16"] == 0.0 and entry["ged_100"] == 0.0
-        assert entry["hm_iou_16"] == 1.0 and entry["dice"] == 1.0
-        assert entry["ci_16"] is None
-    assert summary["mean"]["ci_16"]["n_nan"] == 2
+        assert entry["ged_3"] == 0.0 and "ged_16" not in entry and "ged_100" not in entry
+        assert entry["hm_iou_3"] == 1.0 and entry["dice"] == 1.0
+        assert entry["ci_3"] is None
+    assert summary["mean"]["ci_3"]["n_nan"] == 2
 
 
 def test_surface_distances_in_mm(tmp_path):
@@ -122,8 +123,15 @@ def test_surface_distances_in_mm(tmp_path):
     root = write_dataset(tmp_path / "ds", [("c0", np.zeros((1, 8, 8, 8), np.float32), rater,
                                             geometry)], info)
     write_predictions(root, tmp_path / "pred", lambda d: np.stack([sample, sample]))
-    (entry,) = evaluate(tmp_path / "pred", root, tmp_path / "out", report=False)["per_case"]
+    summary = evaluate(tmp_path / "pred", root, tmp_path / "out")
+    (entry,) = summary["per_case"]
     assert (entry["hd95"], entry["assd"], entry["dice"]) == (6.0, 6.0, 0.0)
+    # NIfTI carries a spacing: the distances are mm, and say so
+    assert entry["distance_unit"] == summary["conventions"]["distance_unit"] == "mm"
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["conventions"][
+        "distance_unit"] == "mm"
+    text = (tmp_path / "out" / "report.html").read_text()
+    assert "HD95 (mm)" in text and "ASSD (mm)" in text and "(px)" not in text
 
 
 def test_multi_class_per_label(tmp_path):
@@ -143,10 +151,10 @@ def test_multi_class_per_label(tmp_path):
                      source=Path(case_id))
     summary = evaluate(tmp_path / "pred", root, tmp_path / "out", report=False)
     by_case = {c["case"]: c for c in summary["per_case"]}
-    assert [by_case["right"][k] for k in ("dice_1", "dice_2", "dice", "ged_16")] == [1, 1, 1, 0]
+    assert [by_case["right"][k] for k in ("dice_1", "dice_2", "dice", "ged_2")] == [1, 1, 1, 0]
     assert [by_case["swapped"][k] for k in ("dice_1", "dice_2", "dice")] == [0, 0, 0]
     # d(s, y) = 1 - mean_l IoU_l = 1 across sets, 0 within: GED = 2 * 1 - 0 - 0
-    assert by_case["swapped"]["ged_16"] == pytest.approx(2.0)
+    assert by_case["swapped"]["ged_2"] == pytest.approx(2.0)
 
 
 def test_summary_json_layout_and_config_hash(phantom, tmp_path):
@@ -169,9 +177,53 @@ def test_summary_json_layout_and_config_hash(phantom, tmp_path):
     assert conventions["n_samples_requested"] == [2, 5]
     assert conventions["n_samples_available"] == {"min": 3, "max": 3}
     assert summary["config_hash"] == hashlib.sha256((run / "config.json").read_bytes()).hexdigest()
-    assert {"ged_2", "ged_5", "hm_iou_2", "ci_2"} <= set(summary["mean"])
+    assert {"ged_2", "hm_iou_2", "ci_2"} <= set(summary["mean"])
+    assert "ged_5" not in summary["mean"]  # 3 samples: no GED5
+    assert conventions["n_samples_reported"] == [2]
     assert [c["case"] for c in summary["per_case"]] == sorted(c["case"] for c in
                                                               summary["per_case"])
+
+
+def test_16_samples_report_no_ged_100(phantom, tmp_path):
+    """16 samples per case, (16, 100) requested (the default): GED16, HM-IoU16 and CI16, and no
+    GED100 anywhere (summary.json, report); with 100 samples GED100 appears, and GED16 is the GED
+    of the first 16."""
+    def cycled(n):  # n samples: the raters over and over
+        return lambda d: d.raters[np.arange(n) % len(d.raters)][:, None]
+
+    write_predictions(phantom, tmp_path / "p16", cycled(16))
+    summary = evaluate(tmp_path / "p16", phantom, tmp_path / "o16")
+    assert {"ged_16", "hm_iou_16", "ci_16"} <= set(summary["mean"])
+    for entry in summary["per_case"]:
+        assert entry["n_samples"] == 16 and "ged_100" not in entry
+    for path in ("summary.json", "report.html"):
+        text = (tmp_path / "o16" / path).read_text()
+        assert "ged_100" not in text and "GED100" not in text, path
+    assert summary["conventions"]["n_samples_reported"] == [16]
+
+    write_predictions(phantom, tmp_path / "p100", cycled(100))
+    summary = evaluate(tmp_path / "p100", phantom, tmp_path / "o100", report=False)
+    cases = {c.case_id: c.load() for c in Dataset.open(phantom).cases}
+    for entry in summary["per_case"]:
+        raters = cases[entry["case"]].raters > 0
+        samples = raters[np.arange(100) % 3]
+        assert entry["ged_16"] == pytest.approx(ged_by_loops(samples[:16], raters))
+        assert entry["ged_100"] == pytest.approx(ged_by_loops(samples, raters))
+    assert summary["conventions"]["n_samples_reported"] == [16, 100]
+
+
+def test_png_distances_are_in_pixels(phantom, tmp_path):
+    """PNG images carry no spacing: HD95 and ASSD are in pixels, and summary.json and the report
+    say "px", never "mm"."""
+    write_predictions(phantom, tmp_path / "pred", lambda d: d.raters[:, None])
+    summary = evaluate(tmp_path / "pred", phantom, tmp_path / "out")
+    assert summary["conventions"]["distance_unit"] == "px"
+    assert all(c["distance_unit"] == "px" for c in summary["per_case"])
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["conventions"]["distance_unit"] == "px"
+    text = (tmp_path / "out" / "report.html").read_text()
+    assert "HD95 (px)" in text and "ASSD (px)" in text and "in pixels" in text
+    assert "(mm)" not in text and "millimetres" not in text
 
 
 def test_no_run_gives_null_hash_and_unmatched_folders_are_listed(phantom, tmp_path):

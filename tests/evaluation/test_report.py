@@ -20,7 +20,7 @@ from PIL import Image
 from diffuseg.core.ensemble import summarise
 from diffuseg.data import Dataset, majority_mask, write_phantom_dataset
 from diffuseg.evaluation.evaluate import evaluate
-from diffuseg.evaluation.html import build_report
+from diffuseg.evaluation.html import build_report, plain
 from diffuseg.evaluation.plots import most_foreground_slice, overlay_figure
 from diffuseg.inference.prediction_folder import write_result
 
@@ -84,10 +84,30 @@ def test_report_is_self_contained(report):
 def test_report_holds_means_and_conventions(report):
     text = report.read_text()
     for needle in ("Mean over cases", "Metric conventions", "D2_GED", "What the numbers mean",
-                   "HD95 (mm)", "phantom_0000", "phantom_0001", "&plusmn;"):
+                   "HD95 (px)", "GED4", "phantom_0000", "phantom_0001", "&plusmn;"):
         assert needle in text
-    # 4 samples per case: GED16 and GED100 would repeat GED4's samples, so they are left out
+    assert "(mm)" not in text  # PNG phantom: no spacing, distances in pixels
+    # 4 samples per case: reported as GED4; GED16 and GED100 would repeat GED4's samples
     assert "ged_16" not in text and "ged_100" not in text
+
+
+def test_report_header_shows_numbers_not_python_dicts(report):
+    """The header (title to the first section) and the conventions list give "4" and "16, 100",
+    not "{'min': 4, 'max': 4}" or "[16, 100]"."""
+    text = report.read_text()
+    head = text[text.index("<h1>"):text.index("<h2>")]
+    assert "{" not in head and "[" not in head and "'" not in head
+    assert "<dt>samples per case</dt><dd>4</dd>" in head
+    assert "<dt>sample counts requested</dt><dd>16, 100</dd>" in head
+    assert "<dt>sample counts reported</dt><dd>4</dd>" in head
+    conventions = text[text.index("<details>"):text.index("</details>")]
+    assert "{" not in conventions and "[16" not in conventions
+
+
+def test_plain_values():
+    assert plain({"min": 8, "max": 16}) == "8 to 16" and plain({"min": 3, "max": 3}) == "3"
+    assert plain([16, 100]) == "16, 100" and plain(None) == "none" and plain(0.123456) == "0.1235"
+    assert plain({"a": 1, "b": [2, 3]}) == "a 1; b 2, 3"
 
 
 def test_report_for_a_clinician():
@@ -96,7 +116,8 @@ def test_report_for_a_clinician():
     png = overlay_figure(np.zeros((1, 8, 8)), np.zeros((2, 8, 8), int), np.zeros((1, 8, 8), int),
                          np.zeros((8, 8), int), np.zeros((8, 8)))
     stat = {"mean": 0.5, "std": 0.1, "n": 2, "n_nan": 0}
-    summary = {"n_cases": 2, "conventions": {"n_samples_available": {"min": 16, "max": 16}},
+    summary = {"n_cases": 2, "conventions": {"n_samples_available": {"min": 16, "max": 16},
+                                             "distance_unit": "mm"},
                "mean": {"dice_1": stat, "hd95": stat, "ged_16": stat, "ged_100": stat},
                "per_case": [{"case": "good", "dice": 0.9, "dice_1": 0.9, "ged_16": 0.2},
                             {"case": "bad", "dice": 0.1, "dice_1": 0.1, "ged_16": 0.7}]}
@@ -105,6 +126,8 @@ def test_report_for_a_clinician():
     assert "GED100" not in text and "ged_100" not in text
     assert "generalised energy distance" in text  # the plain-language key
     assert text.index('id="case-0-bad"') < text.index('id="case-1-good"')  # worst first
+    unknown = {**summary, "conventions": {"n_samples_available": {"min": 16, "max": 16}}}
+    assert "HD95 (" not in build_report(unknown, {})  # no unit claimed when none is known
     one = {**summary, "n_cases": 1, "per_case": summary["per_case"][:1]}
     assert "metric distributions" not in build_report(one, {})  # no box plot for one case
 

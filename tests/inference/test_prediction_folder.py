@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from diffuseg.core.atomic import LOCK_NAME
 from diffuseg.core.ensemble import summarise
@@ -60,6 +61,47 @@ def test_reader_takes_the_samples_result_json_lists(tmp_path, geometry):
     info = json.loads((case / "result.json").read_text())
     assert [f for f in info["files"] if f.startswith("sample_")] == ["sample_00.png",
                                                                       "sample_01.png"]
+
+
+def mixed_samples(background: torch.Tensor) -> torch.Tensor:
+    """4 samples of 8 x 8: columns 0-3 hold ``background`` (all samples below 0.5), columns 4-7
+    vary (pixel (r, c) is foreground in the samples s <= (r + c) % 4: in 1 to 4 of them)."""
+    samples = torch.zeros(4, 1, 1, 8, 8)
+    samples[..., :4] = background
+    rows, cols = torch.meshgrid(torch.arange(8), torch.arange(4, 8), indexing="ij")
+    for s in range(4):
+        samples[s, 0, 0, :, 4:] = torch.where(s <= (rows + cols) % 4, 0.9, 0.1)
+    return samples
+
+
+def test_pixels_where_all_samples_are_0_have_no_uncertainty_in_folder_and_preview(tmp_path,
+                                                                                   geometry):
+    """Soft values 0.30-0.49 where every sample is background (the failure of the old soft-mean
+    maps: probability ~0.4, entropy ~0.97 bits there): the folder's probability is the share of
+    samples (0) and every uncertainty map is 0 there; the uncertainty preview is the one of
+    samples that are exactly 0 there (it depends on the binarized samples only)."""
+    from diffuseg.inference.prediction_folder import read_float_map
+
+    g = torch.Generator().manual_seed(0)
+    soft = mixed_samples(0.30 + 0.19 * torch.rand(4, 1, 1, 8, 4, generator=g))
+    hard = mixed_samples(torch.zeros(4, 1, 1, 8, 4))
+    image = np.zeros((1, 8, 8), np.float32)
+    for name, samples in (("soft", soft), ("hard", hard)):
+        write_result(summarise(samples), geometry, tmp_path / name, source=tmp_path / "img.png",
+                     image=image)
+    case = tmp_path / "soft"
+    share = (soft[:, 0, 0] > 0.5).double().mean(0).numpy()
+    probability = read_float_map(case / "probability.png")
+    np.testing.assert_array_equal(probability, np.round(255 * share) / 255)
+    assert (probability[:, :4] == 0).all() and (probability[:, 4:] > 0).all()
+    for name in ("variance", "entropy", "mutual_information"):
+        values = read_float_map(case / f"{name}.png")
+        assert (values[:, :4] == 0).all(), name
+        assert (values[:, 4:][share[:, 4:] < 1] > 0).all(), name  # where the samples disagree
+    def preview(name: str) -> np.ndarray:
+        return np.asarray(Image.open(tmp_path / name / "uncertainty_preview.png"))
+
+    np.testing.assert_array_equal(preview("soft"), preview("hard"))
 
 
 def test_lock_is_exclusive_reentrant_and_released(tmp_path):

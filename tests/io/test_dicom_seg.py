@@ -48,8 +48,8 @@ def check_round_trip(result, reference, folder, num_classes=1):
     assert sorted(seg) == sorted(names)
     for k, mask in seg.items():
         np.testing.assert_array_equal(mask, consensus == k)
-    mean = result.mean[0].numpy()
-    foreground = mean[0] if num_classes == 1 else 1 - mean[0]
+    labels = result.sample_labels()[:, 0].numpy()
+    foreground = (labels > 0).mean(0)  # the share of samples marking the voxel
     probability = read_seg(written["seg_probability"], reference)[1]
     np.testing.assert_array_equal(probability, np.round(foreground * 255).astype(np.float32) / 255)
     maps = read_parametric_map(written["pmap_uncertainty"], reference)
@@ -58,7 +58,10 @@ def check_round_trip(result, reference, folder, num_classes=1):
     for name in ("entropy", "mutual_information"):
         expected = np.clip(getattr(result, name)[0].numpy() / norm, 0, 1).astype(np.float32)
         np.testing.assert_array_equal(maps[name], expected)
-    labels = result.sample_labels()[:, 0].numpy()
+    agree = (labels == labels[:1]).all(0)  # voxels where every sample gives one label
+    assert agree.any() and not agree.all()
+    for name, values in maps.items():
+        assert (values[agree] == 0).all() and (values[~agree] > 0).any(), name
     samples = read_seg(written["seg_samples"], reference)
     per_sample = max(1, num_classes - 1)
     assert len(samples) == labels.shape[0] * per_sample

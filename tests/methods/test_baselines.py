@@ -8,7 +8,7 @@ from helpers import SIZE, gen
 
 import diffuseg.methods.baselines  # noqa: F401  (registers "unet", "mc_dropout", "ensemble")
 from diffuseg.config import DataConfig, MethodConfig, NetworkConfig, RunConfig
-from diffuseg.core.ensemble import summarise
+from diffuseg.core.ensemble import entropy, summarise
 from diffuseg.errors import ConfigError
 from diffuseg.methods import build_method, one_hot
 from diffuseg.methods.base import read_options
@@ -56,7 +56,9 @@ def test_dice_ce_is_small_for_a_confident_correct_prediction():
 # what each baseline's samples mean
 
 
-def test_unet_samples_are_identical_with_zero_variance_but_nonzero_entropy():
+def test_unet_samples_are_identical_so_every_map_is_zero():
+    """S copies of one prediction agree everywhere: variance, entropy and mutual information are
+    0 (the maps describe the samples); the softmax entropy survives only in ``soft_mean``."""
     method = build("unet", 2, 1).eval()
     image = batch(2, 1)["image"]
     s = method.sample(image, 4, generator=gen(0))
@@ -65,9 +67,11 @@ def test_unet_samples_are_identical_with_zero_variance_but_nonzero_entropy():
     for k in range(4):
         torch.testing.assert_close(s[k], expected)
     result = summarise(s)
-    assert result.variance.abs().max() == 0
-    assert result.mutual_information.abs().max() < 1e-5
-    assert result.entropy.min() > 0
+    for name in ("variance", "entropy", "mutual_information"):
+        assert getattr(result, name).abs().max() == 0, name
+    assert set(result.probability.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(result.soft_mean, expected)
+    assert entropy(result.soft_mean, class_dim=1).min() > 0
 
 
 def test_mc_dropout_samples_differ_and_follow_the_generator():

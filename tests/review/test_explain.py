@@ -73,9 +73,12 @@ def test_attention_maps_of_unet_levels_and_the_ss_former():
 
 
 def blob_model(im: np.ndarray):
-    """A known 'model': foreground probability rises with intensity (a bright blob = lesion)."""
-    p = 1 / (1 + np.exp(-(im[0] - 150) / 10))
-    return summarise(torch.from_numpy(p).float()[None, None, None])
+    """A known 'model': foreground probability rises with intensity (a bright blob = lesion);
+    9 samples whose thresholds spread over 110..190, so that the share of samples marking a
+    pixel (the probability the maps show) rises with intensity too."""
+    offsets = np.linspace(-40.0, 40.0, 9)[:, None, None]
+    p = 1 / (1 + np.exp(-(im[0][None] - 150 + offsets) / 10))
+    return summarise(torch.from_numpy(p).float()[:, None, None])
 
 
 def blob_image() -> np.ndarray:
@@ -103,7 +106,7 @@ def test_counterfactual_lowers_the_contrast_inside_the_consensus():
     assert np.allclose(lowered[0][region], 150.0) and (lowered[0][~region] == im[0][~region]).all()
     rows = counterfactual(blob_model, im)
     assert [a for a, _, _ in rows] == [0.0, 0.25, 0.5]
-    volumes = [float(r.mean.sum()) for _, _, r in rows]
+    volumes = [float(r.probability.sum()) for _, _, r in rows]
     assert volumes[0] > volumes[1] > volumes[2]  # less contrast, less lesion
 
 

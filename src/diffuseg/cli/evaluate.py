@@ -23,7 +23,8 @@ def evaluate_command(
         show_default="PREDICTIONS")] = None,
     samples: Annotated[list[int] | None, typer.Option(
         "--samples", "-n", help="Sample counts for GED (repeatable); the first also sets "
-        "HM-IoU and CI", show_default="16 100")] = None,
+        "HM-IoU and CI. A count is reported only for cases with at least that many samples",
+        show_default="16 100")] = None,
     report: Annotated[bool, typer.Option(
         "--report/--no-report", help="Write the self-contained report.html")] = True,
     run: Annotated[Path | None, typer.Option(
@@ -52,9 +53,12 @@ def evaluate_command(
         warn("no run folder with splits.json was found (pass --run RUN): cannot check that the "
              "scored cases were held out")
     mean = summary["mean"]
-    for name in ("dice", "hd95", f"ged_{(samples or [16])[0]}", "ece"):
+    unit = summary["conventions"].get("distance_unit", "")
+    geds = [name for name in mean if name.startswith("ged_")][:1]  # the first count reported
+    for name in ("dice", "hd95", *geds, "ece"):
         if name in mean and mean[name]["mean"] is not None:
-            typer.echo(f"{name:>8}: {mean[name]['mean']:.4f} +- {mean[name]['std']:.4f} "
+            shown = f" {unit}" if name == "hd95" and unit else ""
+            typer.echo(f"{name:>8}: {mean[name]['mean']:.4f} +- {mean[name]['std']:.4f}{shown} "
                        f"(n={mean[name]['n']})")
     typer.echo(f"{summary['n_cases']} cases: {out_dir / 'summary.json'}")
     if report:

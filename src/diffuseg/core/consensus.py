@@ -1,12 +1,12 @@
 """The one consensus rule of diffuseg, used for the raters' reference mask (data loader,
 evaluation), the phantom's majority mask, training validation and the prediction consensus
-(``diffuseg.core.ensemble``).
+(``diffuseg.core.ensemble``: the majority of the binarized samples).
 
 - Label maps (raters or hardened samples) ``[N, *spatial]``: per pixel, the label given by the
   most masks; **a tie goes to the higher label**. With two labels this means "foreground where at
   least half of the masks mark it" (2 of 4 raters is foreground).
-- Binary probabilities: the mean foreground probability p_bar is foreground when p_bar >= 0.5, the
-  same rule (exactly half is foreground).
+- A binary share of masks (the fraction q of masks that mark a pixel): foreground when q >= 0.5,
+  the same rule (exactly half is foreground).
 
 Both NumPy arrays and torch tensors are accepted; the result has the input's kind (int64).
 """
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 TIE_RULE = ("per-pixel most frequent label over the masks; a tie goes to the higher label "
-            "(binary: foreground where at least half of the masks, or a mean probability "
-            ">= 0.5, mark it)")
+            "(binary: foreground where at least half of the masks mark it; a prediction's "
+            "masks are its binarized samples)")
 
 
 def majority(labels: np.ndarray | torch.Tensor, num_labels: int
@@ -35,7 +35,8 @@ def majority(labels: np.ndarray | torch.Tensor, num_labels: int
 
 def foreground_consensus(mean_probability: np.ndarray | torch.Tensor
                          ) -> np.ndarray | torch.Tensor:
-    """Binary consensus of a mean foreground probability: p_bar >= 0.5 (a tie is foreground)."""
+    """Binary consensus of a share of masks q (``majority`` of two labels): q >= 0.5 (a tie is
+    foreground)."""
     if isinstance(mean_probability, torch.Tensor):
         return (mean_probability >= 0.5).long()
     return (np.asarray(mean_probability) >= 0.5).astype(np.int64)

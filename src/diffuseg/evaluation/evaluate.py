@@ -1,19 +1,22 @@
 """``diffuseg evaluate``: score a prediction folder against the raters of a dataset folder.
 
-For every case folder ``PRED_DIR/<case>/`` (written and read by
-``diffuseg.inference.prediction_folder``) whose
-name is a labelled case of the dataset, the evaluator reads the samples, the consensus, the mean
-probability and the variance map, and compares them with the case's R rater masks:
+For every case folder ``PRED_DIR/<case>/`` (written and read by ``inference.prediction_folder``)
+whose name is a labelled case of the dataset, the evaluator reads the samples, the consensus, the
+probability map and the variance map, and compares them with the case's R rater masks:
 
 - consensus vs the raters' majority mask Y_maj (per pixel most frequent label, ties to the higher
   label so that a 2-of-4 split is foreground): Dice, IoU, HD95 and ASSD per foreground label, the
-  surface distances in the physical units of the dataset's geometry (mm; pixels for PNG);
+  surface distances in the units of the dataset's geometry: mm when the images carry a spacing
+  (NIfTI, DICOM), pixels when they do not (PNG and other raster images); ``distance_unit`` (per
+  case and in the conventions) says which;
 - samples vs raters: GED (squared form, d = 1 - IoU) with the first n samples for each n of
-  ``n_samples_list`` (all of them when fewer were drawn; the count used is recorded), HM-IoU and
-  the CI score with its three components on the first ``n_samples_list[0]`` samples, S_NCC on the
-  first ``max(n_samples_list)``;
-- calibration: ECE of the mean foreground probability p_bar against the rater-mean mask
-  m = (1/R) sum_k [y_k > 0] (10 bins, all pixels), and the uncertainty-error overlap
+  ``n_samples_list`` that the case has samples for (``sample_counts``: GED100 only with 100
+  samples or more; a case with fewer samples than every request reports them all under their own
+  number, e.g. ``ged_4``), HM-IoU and the CI score with its three components on the first of those
+  counts, S_NCC on the first ``max(n_samples_list)``;
+- calibration: ECE of the probability map p (the share of samples marking the pixel,
+  ``diffuseg.core.ensemble``) against the rater-mean mask m = (1/R) sum_k [y_k > 0] (10 bins, all
+  pixels), and the uncertainty-error overlap
   UEO = Dice(v / v_max > 1/2, consensus != Y_maj) of the variance map v, with v_max = 1/4 for a
   binary foreground (p(1 - p) <= 1/4) and 1 - 1/K for K labels.
 
@@ -44,6 +47,7 @@ from diffuseg.inference.prediction_folder import (
     load_prediction,
     run_of,
 )
+from diffuseg.io import Geometry
 from diffuseg.metrics import (
     CONVENTIONS,
     assd,
@@ -204,12 +208,19 @@ def case_metrics(pred: Prediction, data: CaseData, labels: Sequence[int],
     raters = np.asarray(data.raters, dtype=np.int64)
     reference = majority(raters, len(labels))
     foreground = [lbl for lbl in labels if lbl != 0]
-    metrics: dict[str, Any] = {"n_samples": int(len(pred.samples)), "n_raters": int(len(raters))}
+    metrics: dict[str, Any] = {"n_samples": int(len(pred.samples)), "n_raters": int(len(raters)),
+                               "distance_unit": distance_unit(data.geometry)}
     metrics.update(consensus_metrics(pred.consensus, reference, foreground, data.geometry.spacing))
     metrics.update(distribution_metrics(pred.samples, raters, foreground, n_samples_list))
     metrics.update(calibration_metrics(pred, raters, reference, len(labels), n_samples_list))
     target = (raters > 0).mean(axis=0)
     return metrics, reliability_curve(pred.probability, target, N_BINS)
+
+
+def distance_unit(geometry: Geometry) -> str:
+    """"px" for raster images (PNG, TIFF, ...: no spacing, unit spacing is assumed), "mm" for
+    NIfTI and DICOM (their spacing, taken as mm by both conventions)."""
+    return "px" if geometry.kind == "png" else "mm"
 
 
 def consensus_metrics(consensus: np.ndarray, reference: np.ndarray, foreground: Sequence[int],
@@ -229,22 +240,32 @@ def consensus_metrics(consensus: np.ndarray, reference: np.ndarray, foreground: 
 
 def distribution_metrics(samples: np.ndarray, raters: np.ndarray, foreground: Sequence[int],
                          n_samples_list: Sequence[int]) -> dict[str, Any]:
-    """GED with the first n samples for each n, HM-IoU and CI with the first ``n_samples_list[0]``;
-    ``samples_used`` records how many were available for each metric."""
+    """GED with the first n samples for each count of ``sample_counts``, HM-IoU and CI with the
+    first of them; ``samples_used`` records the samples behind each metric."""
     by_label = {"labels": list(foreground)} if len(foreground) > 1 else {}
     s = samples if by_label else samples > 0
     y = raters if by_label else raters > 0
     out: dict[str, Any] = {}
     used: dict[str, int] = {}
-    for n in n_samples_list:
+    counts = sample_counts(n_samples_list, len(samples))
+    for n in counts:
         out[f"ged_{n}"] = float(ged(s[:n], y, **by_label)["ged"])
-        used[f"ged_{n}"] = int(len(s[:n]))
-    n = n_samples_list[0]
+        used[f"ged_{n}"] = n
+    n = counts[0]
     out[f"hm_iou_{n}"] = float(hm_iou(s[:n], y, **by_label))
     used[f"hm_iou_{n}"] = used[f"ci_{n}"] = int(len(s[:n]))
     out.update(_ci(samples[:n] > 0, raters > 0, n))
     out["samples_used"] = used
     return out
+
+
+def sample_counts(requested: Sequence[int], available: int) -> list[int]:
+    """The sample counts a case reports metrics for: each requested count it has samples for
+    (16 samples and (16, 100) -> [16]: no GED100); when it has fewer than every request, all of
+    its samples under their own number ([4] for 4 samples). A metric named by a count is never
+    computed from fewer samples."""
+    counts = [n for n in requested if n <= available]
+    return counts or [available]
 
 
 def _ci(samples: np.ndarray, raters: np.ndarray, n: int) -> dict[str, float]:
@@ -285,16 +306,17 @@ def _nanmean(values: Sequence[float]) -> float:
 # aggregation
 
 
-METADATA_KEYS = ("case", "n_samples", "n_raters", "samples_used")
+METADATA_KEYS = ("case", "n_samples", "n_raters", "distance_unit", "samples_used")
 
 
 def aggregate(per_case: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
-    """``{metric: {"mean", "std", "n", "n_nan"}}`` over cases; NaN/None values are left out of
-    mean and std (population, ddof = 0) and counted in ``n_nan``."""
-    names = [k for k in per_case[0] if k not in METADATA_KEYS] if per_case else []
+    """``{metric: {"mean", "std", "n", "n_nan"}}`` over the cases that report the metric (a
+    case with 16 samples has no ``ged_100``); NaN/None values are left out of mean and std
+    (population, ddof = 0) and counted in ``n_nan``."""
+    names = list(dict.fromkeys(k for c in per_case for k in c if k not in METADATA_KEYS))
     out: dict[str, dict[str, float | int | None]] = {}
     for name in names:
-        values = [c.get(name) for c in per_case]
+        values = [c[name] for c in per_case if name in c]
         finite = [float(v) for v in values if v is not None and not math.isnan(v)]
         out[name] = {
             "mean": float(np.mean(finite)) if finite else None,
@@ -310,11 +332,16 @@ def build_summary(per_case: list[dict[str, Any]], n_samples_list: Sequence[int],
                   reliability: dict[str, list] | None = None) -> dict[str, Any]:
     """nnU-Net's summary.json shape: conventions and provenance, "mean" first, then "per_case"."""
     available = [c["n_samples"] for c in per_case]
+    units = sorted({c["distance_unit"] for c in per_case if "distance_unit" in c})
+    reported = sorted({n for c in per_case for k, n in c.get("samples_used", {}).items()
+                       if k.startswith("ged_")})
     conventions = {
         **CONVENTIONS,
         **EVALUATION_CONVENTIONS,
+        "distance_unit": units[0] if len(units) == 1 else "mixed: " + ", ".join(units),
         "n_samples_requested": list(n_samples_list),
         "n_samples_available": {"min": min(available), "max": max(available)},
+        "n_samples_reported": reported,
         "reliability_bins": N_BINS,
     }
     clean = [_json_safe(c) for c in per_case]

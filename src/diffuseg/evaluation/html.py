@@ -8,10 +8,19 @@ import base64
 import html
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from diffuseg.evaluation.names import METRIC_KEY, available_samples, pretty, split_name, supported
+from diffuseg.evaluation.names import (
+    METRIC_KEY,
+    SAMPLED,
+    UNIT_WORDS,
+    available_samples,
+    meaning,
+    pretty,
+    split_name,
+    supported,
+)
 from diffuseg.evaluation.plots import UNCERTAINTY_NAME, metric_boxplots, reliability_diagram
 
 N_WORST = 10
@@ -37,21 +46,23 @@ def build_report(summary: Mapping[str, Any], overlays: Mapping[str, bytes], *,
     """The whole page from a summary (``diffuseg.evaluation.evaluate.build_summary``) and per-case
     overlay
     PNGs keyed by case id (cases without one are listed but not pictured). Metrics are shown with
-    ``label_names`` (value -> name, from dataset.json), units and a plain-language key; metrics
-    naming more samples than the cases have (GED100 with 16 samples) are left out."""
+    ``label_names`` (value -> name, from dataset.json), units (the summary's ``distance_unit``:
+    mm, or px for images without a spacing; none shown when it is missing) and a plain-language
+    key; metrics naming more samples than the cases have (GED100 with 16 samples) are left out."""
     per_case = sorted(summary.get("per_case", []), key=_badness)
     available = available_samples(summary)
+    unit = summary.get("conventions", {}).get("distance_unit")
     mean = {k: v for k, v in summary.get("mean", {}).items() if supported(k, available)}
     anchors = case_anchors([c["case"] for c in per_case])
     names = dict(label_names or {})
     body = [
         header(summary, title),
-        metric_key(mean),
+        metric_key(mean, unit),
         conventions(summary.get("conventions", {})),
-        mean_table(mean, names),
-        worst_table(per_case, anchors, overlays, names=names, available=available),
+        mean_table(mean, names, unit),
+        worst_table(per_case, anchors, overlays, names=names, available=available, unit=unit),
         figures({**summary, "mean": mean, "label_names": names}, per_case),
-        case_sections(per_case, overlays, anchors, names, available),
+        case_sections(per_case, overlays, anchors, names, unit),
     ]
     return page(title, "\n".join(body))
 
@@ -61,11 +72,11 @@ def _badness(case: Mapping[str, Any]) -> tuple[bool, float]:
     return (case.get("dice") is None, case.get("dice") or 0.0)
 
 
-def metric_key(mean: Mapping[str, Any]) -> str:
+def metric_key(mean: Mapping[str, Any], unit: str | None = None) -> str:
     """What each metric in the report means, in plain words."""
     bases = list(dict.fromkeys(split_name(name)[0] for name in [*mean, "n_samples"]))
-    items = "".join(f"<dt>{esc(pretty(b))}</dt><dd>{esc(METRIC_KEY[b][2])}</dd>"
-                    for b in bases if b in METRIC_KEY)
+    items = "".join(f"<dt>{esc(pretty(b, distance_unit=unit))}</dt>"
+                    f"<dd>{esc(meaning(b, unit))}</dd>" for b in bases if b in METRIC_KEY)
     items += (f"<dt>uncertainty panel</dt><dd>{esc(UNCERTAINTY_NAME)}: dark = the samples "
               "agree, bright = they disagree; the same colours in every case</dd>"
               "<dt>contours</dt><dd>outlines only, never fills: raters in their own colours, "
@@ -103,28 +114,50 @@ def case_anchors(case_ids: Sequence[str]) -> dict[str, str]:
             for i, cid in enumerate(case_ids)}
 
 
+def plain(value: Any) -> str:
+    """A value as words and numbers, never a Python repr: None -> "none", lists joined with
+    commas, ``{"min": 8, "max": 16}`` -> "8 to 16" ("16" when equal), other dicts as
+    "key value; key value"."""
+    if value is None:
+        return "none"
+    if isinstance(value, Mapping):
+        if set(value) == {"min", "max"}:
+            low, high = value["min"], value["max"]
+            return plain(low) if low == high else f"{plain(low)} to {plain(high)}"
+        return "; ".join(f"{k} {plain(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(plain(v) for v in value) or "none"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def header(summary: Mapping[str, Any], title: str) -> str:
+    conv = summary.get("conventions", {})
     rows = {
         "cases": summary.get("n_cases"),
         "run": summary.get("run"),
         "config sha256": summary.get("config_hash"),
-        "samples requested": summary.get("conventions", {}).get("n_samples_requested"),
-        "samples available": summary.get("conventions", {}).get("n_samples_available"),
+        "samples per case": conv.get("n_samples_available"),
+        "sample counts requested": conv.get("n_samples_requested"),
     }
+    if "n_samples_reported" in conv:
+        rows["sample counts reported"] = conv["n_samples_reported"]
+    if conv.get("distance_unit"):
+        rows["distances"] = UNIT_WORDS.get(conv["distance_unit"], conv["distance_unit"])
     unmatched = summary.get("unmatched_predictions") or []
     if unmatched:
         rows["ignored folders"] = ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10
                                                               else "")
-    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc('none' if v is None else v)}</dd>"
-                    for k, v in rows.items())
+    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(plain(v))}</dd>" for k, v in rows.items())
     return f"<h1>{esc(title)}</h1>\n<dl>{items}</dl>"
 
 
 def mean_table(mean: Mapping[str, Mapping[str, Any]],
-               label_names: Mapping[int, str] | None = None) -> str:
+               label_names: Mapping[int, str] | None = None, unit: str | None = None) -> str:
     """metric | mean ± std | n | NaN."""
     rows = "".join(
-        f"<tr><td>{esc(pretty(name, label_names))} <small>{esc(name)}</small></td>"
+        f"<tr><td>{esc(pretty(name, label_names, unit))} <small>{esc(name)}</small></td>"
         f"<td>{fmt(s.get('mean'))} &plusmn; {fmt(s.get('std'))}</td>"
         f"<td>{fmt(s.get('n'))}</td><td>{fmt(s.get('n_nan'))}</td></tr>"
         for name, s in mean.items())
@@ -132,17 +165,43 @@ def mean_table(mean: Mapping[str, Mapping[str, Any]],
             f"<th>n</th><th>NaN</th></tr>{rows}</table>")
 
 
-WORST_COLUMNS = ("dice", "iou", "hd95", "ged_16", "hm_iou_16", "ece")
+WORST_COLUMNS = ("dice", "iou", "hd95", "ged", "hm_iou", "ece")  # ged: the smallest count
+
+
+def by_count(keys: Iterable[str], base: str) -> list[str]:
+    """The whole-mask keys of a sampled metric, by sample count: ``ged_16``, ``ged_100`` (no
+    per-label values, no CI components)."""
+    found = {}
+    for key in keys:
+        b, count, label, rest = split_name(key)
+        if b == base and count is not None and label is None and not rest:
+            found[count] = key
+    return [found[c] for c in sorted(found)]
+
+
+def metric_columns(bases: Sequence[str], keys: Iterable[str], all_counts: bool) -> list[str]:
+    """The keys of ``bases`` among ``keys``, in that order; a sampled metric (GED) with every
+    count reported (``all_counts``) or with its smallest."""
+    keys = list(dict.fromkeys(keys))
+    out = []
+    for base in bases:
+        if base in SAMPLED:
+            counts = by_count(keys, base)
+            out += counts if all_counts else counts[:1]
+        elif base in keys:
+            out.append(base)
+    return out
 
 
 def worst_table(per_case: Sequence[Mapping[str, Any]], anchors: Mapping[str, str],
                 overlays: Mapping[str, bytes], n: int = N_WORST, *,
-                names: Mapping[int, str] | None = None, available: int | None = None) -> str:
+                names: Mapping[int, str] | None = None, available: int | None = None,
+                unit: str | None = None) -> str:
     """The n cases of lowest consensus Dice, each linked to its overlay."""
     ranked = sorted(per_case, key=_badness)[:n]
-    columns = [c for c in WORST_COLUMNS if any(c in case for case in per_case)
-               and supported(c, available)]
-    head = "".join(f"<th>{esc(pretty(c, names))}</th>" for c in columns)
+    keys = [k for case in per_case for k in case if supported(k, available)]
+    columns = metric_columns(WORST_COLUMNS, keys, all_counts=False)
+    head = "".join(f"<th>{esc(pretty(c, names, unit))}</th>" for c in columns)
     rows = []
     for rank, case in enumerate(ranked, 1):
         cid = case["case"]
@@ -158,8 +217,9 @@ def figures(summary: Mapping[str, Any], per_case: Sequence[Mapping[str, Any]]) -
     """Box plots of every metric in the mean table, and the pooled reliability diagram."""
     parts = []
     names = summary.get("label_names")
+    unit = summary.get("conventions", {}).get("distance_unit")
     boxes = metric_boxplots(per_case, list(summary.get("mean", {})),
-                            titles={m: pretty(m, names) for m in summary.get("mean", {})})
+                            titles={m: pretty(m, names, unit) for m in summary.get("mean", {})})
     if boxes is not None:
         parts.append(img_tag(boxes, "metric distributions over cases"))
     curve = summary.get("reliability")
@@ -170,30 +230,32 @@ def figures(summary: Mapping[str, Any], per_case: Sequence[Mapping[str, Any]]) -
 
 def case_sections(per_case: Sequence[Mapping[str, Any]], overlays: Mapping[str, bytes],
                   anchors: Mapping[str, str], names: Mapping[int, str] | None = None,
-                  available: int | None = None) -> str:
+                  unit: str | None = None) -> str:
     shown = sorted((c for c in per_case if c["case"] in overlays), key=_badness)
     note = (f"<p>Worst first (lowest consensus Dice); showing {len(shown)} of {len(per_case)} "
             "cases.</p>")
-    sections = "\n".join(case_section(c, overlays[c["case"]], anchors[c["case"]], names,
-                                      available) for c in shown)
+    sections = "\n".join(case_section(c, overlays[c["case"]], anchors[c["case"]], names, unit)
+                         for c in shown)
     return f'<div id="cases">\n<h2>Cases</h2>\n{note}\n{sections}\n</div>'
 
 
-CASE_METRICS = ("dice", "hd95", "assd", "ged_16", "ged_100", "hm_iou_16", "ci_16", "ece",
-                "s_ncc", "uncertainty_error_overlap", "n_samples")
+CASE_METRICS = ("dice", "hd95", "assd", "ged", "hm_iou", "ci", "ece", "s_ncc",
+                "uncertainty_error_overlap", "n_samples")  # ged, hm_iou, ci: every count
 
 
 def case_section(case: Mapping[str, Any], png: bytes, anchor: str,
-                 names: Mapping[int, str] | None = None, available: int | None = None) -> str:
-    """The overlay figure of one case with a line of its main metrics."""
+                 names: Mapping[int, str] | None = None, unit: str | None = None) -> str:
+    """The overlay figure of one case with a line of its main metrics (a sampled metric only
+    for counts the case has samples for)."""
     cid = case["case"]
-    values = " &middot; ".join(f"{esc(pretty(k, names))} {fmt(case[k])}" for k in CASE_METRICS
-                               if k in case and supported(k, available))
+    keys = [k for k in case if supported(k, case.get("n_samples"))]
+    values = " &middot; ".join(f"{esc(pretty(k, names, unit))} {fmt(case[k])}"
+                               for k in metric_columns(CASE_METRICS, keys, all_counts=True))
     return (f'<section class="case" id="{esc(anchor)}">\n<h3>{esc(cid)}</h3>\n'
             f'<p class="metrics">{values}</p>\n{img_tag(png, f"overlays of {cid}")}\n</section>')
 
 
 def conventions(conv: Mapping[str, Any]) -> str:
     """The metric conventions the numbers depend on (also in summary.json)."""
-    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in conv.items())
+    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(plain(v))}</dd>" for k, v in conv.items())
     return f"<details><summary>Metric conventions</summary>\n<dl>{items}</dl></details>"

@@ -3,11 +3,12 @@
 For one input, ``<out>/<case>/`` receives:
 
 - ``sample_XX.<ext>``   every sampled mask (label map);
-- ``consensus.<ext>``   the consensus mask (mean probability > 0.5; majority vote for multi-class);
-- ``probability.<ext>`` the mean foreground probability (binary) / 1 - P(background);
-- ``variance``, ``entropy``, ``mutual_information`` uncertainty maps (float); entropy and mutual
-  information are divided by their maximum, log K (log 2 for a binary mask), so that every map
-  lies in [0, 1] and 1 means "uniform over the classes";
+- ``consensus.<ext>``   the consensus mask: the majority of the samples (``core.consensus``);
+- ``probability.<ext>`` the share of samples that mark the pixel as foreground (any label > 0);
+- ``variance``, ``entropy``, ``mutual_information`` uncertainty maps (float) as defined in
+  ``core.ensemble`` (0 wherever all samples agree); entropy and mutual information are divided
+  by their maximum, log K (log 2 for a binary mask), so that every map lies in [0, 1] and 1 means
+  "uniform over the classes";
 - ``result.json``       shapes, sample count, per-sample foreground volume, file list, settings.
 
 2D inputs give PNG (masks as labels 0..K-1, preview-friendly 0/255 for binary masks; float maps
@@ -89,19 +90,19 @@ def _write_files(result: Result, geometry: Geometry, case_dir: Path, *, source: 
         write_mask(case_dir / files[-1], mask.astype(np.uint8), geometry)
     write_mask(case_dir / f"consensus{ext}", result.consensus[0].numpy().astype(np.uint8),
                geometry)
-    mean = result.mean[0].numpy()
-    foreground = mean[0] if mean.shape[0] == 1 else 1.0 - mean[0]
+    foreground = result.foreground()[0].numpy()
     write_probability(case_dir / f"probability{ext}", foreground.astype(np.float32), geometry)
+    norm = np.log(max(2, result.probability.shape[1]))
     for name in UNCERTAINTY_MAPS:
         values = getattr(result, name)[0].numpy().astype(np.float32)
         if name != "variance":
-            values = np.clip(values / np.log(max(2, mean.shape[0])), 0.0, 1.0)
+            values = np.clip(values / norm, 0.0, 1.0)
         write_probability(case_dir / f"{name}{ext}", values, geometry)
     previews = []
     if image is not None:
         from diffuseg.inference.previews import write_previews
 
-        entropy = np.clip(result.entropy[0].numpy() / np.log(max(2, mean.shape[0])), 0.0, 1.0)
+        entropy = np.clip(result.entropy[0].numpy() / norm, 0.0, 1.0)
         previews = write_previews(case_dir, image, labels, result.consensus[0].numpy(), entropy)
     voxel = float(np.prod(geometry.spacing))
     summary = {
@@ -113,8 +114,10 @@ def _write_files(result: Result, geometry: Geometry, case_dir: Path, *, source: 
         "sample_volumes": [float((m > 0).sum() * voxel) for m in labels],
         "mean_uncertainty_nats": {n: float(getattr(result, n)[0].mean())
                                   for n in UNCERTAINTY_MAPS},
-        "uncertainty_maps": "variance of the sample probabilities; entropy and mutual "
-        "information divided by log K (log 2 for binary), in [0, 1]",
+        "probability_map": "share of the samples that mark the pixel (any label > 0)",
+        "uncertainty_maps": "of the binarized samples, 0 where all agree: variance of their "
+        "one-hot labels; entropy of their label shares and mutual information (BALD of the "
+        "soft values where the samples disagree) divided by log K (log 2 for binary), in [0, 1]",
         "files": files + [f"consensus{ext}", f"probability{ext}"]
         + [f"{n}{ext}" for n in UNCERTAINTY_MAPS],
         "previews": previews,
@@ -146,7 +149,7 @@ class Prediction:
     case_dir: Path
     samples: np.ndarray  # [S, *spatial] int64 labels
     consensus: np.ndarray  # [*spatial] int64 labels
-    probability: np.ndarray  # [*spatial] float64 mean foreground probability in [0, 1]
+    probability: np.ndarray  # [*spatial] float64 share of samples marking foreground, [0, 1]
     variance: np.ndarray  # [*spatial] float64
     geometry: Geometry
     info: dict[str, Any]  # result.json ({} when absent)

@@ -4,10 +4,11 @@ For one case, ``write_previews`` writes:
 
 - ``preview.png``: the image with CONTOURS (never fills) of the consensus (thick) and of every
   sample (thin lines), one colour per label;
-- ``uncertainty_preview.png``: the per-pixel entropy of the mean sample probabilities divided by
-  log K (K = number of classes, 2 for a binary mask), i.e. **entropy in bits for a binary mask**,
-  on the FIXED scale [0, 1] (0 = all samples agree, 1 = a coin flip), with a colour bar; the same
-  scale for every case, so that two previews compare at a glance.
+- ``uncertainty_preview.png``: the per-pixel entropy of the samples' label shares (the binarized
+  samples drawn in ``preview.png``; ``diffuseg.core.ensemble``) divided by log K (K = number of
+  classes, 2 for a binary mask), i.e. **entropy in bits for a binary mask**, on the FIXED scale
+  [0, 1] (0 = all samples agree, exactly; 1 = half of the samples each way), with a colour bar;
+  the same scale for every case, so that two previews compare at a glance.
 
 3D volumes show a few representative slices along the last axis: the slice with the most
 consensus foreground, the one with the most uncertainty, and the centre slice.

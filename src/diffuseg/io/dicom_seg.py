@@ -3,16 +3,16 @@
 For a result on the grid of a DICOM series (the source), ``write_dicom_outputs`` writes:
 
 - ``seg_consensus.dcm``    BINARY Segmentation of the consensus, one segment per foreground label;
-- ``seg_probability.dcm``  FRACTIONAL (PROBABILITY) Segmentation of the mean foreground probability,
-                           stored as round(255 p) (MaximumFractionalValue 255);
+- ``seg_probability.dcm``  FRACTIONAL (PROBABILITY) Segmentation of the share of samples that mark
+                           the voxel as foreground, stored as round(255 p) (MaximumFractionalValue
+                           255);
 - ``pmap_uncertainty.dcm`` one Parametric Map with three channels (frames): ``variance``,
                            ``entropy`` and ``mutual_information``, float32, each frame carrying a
                            Real World Value Mapping (identity, unit "no units", LUT label = the
                            map's name). The values are those of the NIfTI outputs
-                           (``diffuseg.inference.prediction_folder``): the variance of the sample
-                           probabilities;
-                           entropy and mutual information divided by log K (log 2 for binary), in
-                           [0, 1];
+                           (``diffuseg.inference.prediction_folder``), all 0 where the samples agree
+                           (``core.ensemble``): the variance of the samples' labels; entropy
+                           and mutual information divided by log K (log 2 for binary), in [0, 1];
 - ``seg_samples.dcm``      (optional) BINARY Segmentation with every sample as a segment.
 
 Every object is derived from the source series: it references its SOP instances, shares its
@@ -50,9 +50,9 @@ if TYPE_CHECKING:  # io sits below ensemble in the import order; only the type i
 MANUFACTURER = "diffuseg"
 UNCERTAINTY_MAPS = ("variance", "entropy", "mutual_information")
 MAP_EXPLANATIONS = {
-    "variance": "variance of the sampled foreground probabilities",
-    "entropy": "predictive entropy / log K (log 2 for binary), in [0, 1]",
-    "mutual_information": "mutual information (BALD) / log K (log 2 for binary), in [0, 1]",
+    "variance": "variance of the binarized samples' labels",
+    "entropy": "entropy of the samples' label shares / log K, in [0, 1]",
+    "mutual_information": "BALD where the samples disagree / log K, in [0, 1]",
 }
 LUT_LABELS = {"variance": "variance", "entropy": "entropy", "mutual_information": "mutual_info"}
 SERIES_NUMBERS = {"seg_consensus": 9001, "seg_probability": 9002, "pmap_uncertainty": 9003,
@@ -262,9 +262,8 @@ def write_dicom_outputs(result: Result, reference: Sequence[pydicom.Dataset], ou
         raise DataError("DICOM outputs need the source series; none was given")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mean = result.mean[0].numpy()
-    num_classes = mean.shape[0]
-    foreground = mean[0] if num_classes == 1 else 1.0 - mean[0]
+    num_classes = result.probability.shape[1]
+    foreground = result.foreground()[0].numpy()
     if label_names is None and num_classes > 1:
         label_names = {k: f"label {k}" for k in range(1, num_classes)}
     norm = np.log(max(2, num_classes))

@@ -5,8 +5,10 @@ All three train ``SegmentationUNet`` (networks/unet.py) with soft Dice + cross-e
 sigmoid binary cross-entropy and Dice for K = 1). ``sample`` returns ``[S, B, K, *sp]``
 probabilities (sigmoid for K = 1, softmax over K otherwise):
 
-* ``unet``: S copies of the one prediction. Their variance and mutual information are 0; the
-  predictive entropy of the softmax is not, and is its only uncertainty.
+* ``unet``: S copies of the one prediction. They agree everywhere, so every map of
+  ``ensemble.summarise`` (variance, entropy, mutual information: statistics of the binarized
+  samples) is 0; the entropy of its softmax (``entropy(result.soft_mean, 1)``) is its only
+  uncertainty, and is not one of the written maps.
 * ``mc_dropout``: S stochastic forward passes with dropout kept on (Gal & Ghahramani, ICML 2016;
   Kendall et al., BMVC 2017), the dropout masks drawn from ``generator``.
 * ``ensemble``: M independently initialised U-Nets (Lakshminarayanan et al., NeurIPS 2017);

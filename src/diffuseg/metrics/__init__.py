@@ -25,11 +25,12 @@ CONVENTIONS: dict[str, object] = {
     "dice_iou_both_empty": EMPTY_VALUE,
     "multi_class": "one-vs-rest per listed label; background only when listed",
     "surface_distances": "MONAI: surface = mask XOR erosion (face connectivity), Euclidean "
-    "distances between voxel centres scaled by spacing (physical units, mm)",
+    "distances between voxel centres scaled by spacing, so in the spacing's unit (voxels "
+    "when no spacing is given; results say which in distance_unit)",
     "hd95": "max of the two directed 95th percentiles (MONAI percentile=95, directed=False)",
     "assd": "mean of the pooled surface distances of both masks (MONAI symmetric=True)",
     "surface_both_empty": BOTH_EMPTY_VALUE,
-    "surface_one_empty": "NaN, or empty_penalty when given (e.g. the image diagonal in mm)",
+    "surface_one_empty": "NaN, or empty_penalty when given (e.g. the image diagonal)",
     "ged": "D2_GED = 2E[d(S,Y)] - E[d(S,S')] - E[d(Y,Y')], squared form (no root), "
     "d = 1 - IoU, d(empty, empty) = 0, means over all pairs including i = j",
     "hm_iou": "repeat samples and raters to lcm(S, R), Hungarian matching on 1 - IoU, mean "

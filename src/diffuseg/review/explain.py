@@ -10,9 +10,9 @@
 - ``occlusion``: image sensitivity by perturbation (Zeiler & Fergus 2014 occlusion, with the
   blur perturbation of Fong & Vedaldi 2017): each patch (side ``patch``, stride ``patch // 2``)
   is replaced by a Gaussian-blurred copy of the image (sigma = ``patch``), the model samples again
-  with the same seed, and the patch scores mean |delta mean probability| (consensus sensitivity)
-  and mean |delta entropy| (uncertainty sensitivity) over the whole image; overlapping patches
-  average.
+  with the same seed, and the patch scores mean |delta probability| (consensus sensitivity)
+  and mean |delta entropy| (uncertainty sensitivity) over the whole image, both the maps a user
+  sees (shares of the binarized samples, ``diffuseg.core.ensemble``); overlapping patches average.
 - ``counterfactual``: the hypotheses under a stated perturbation: the lesion's contrast lowered by
   a fraction ``a`` (``LEVELS``: 0, 25 %, 50 %): inside the consensus, I' = I - a (I - b) with b
   the median intensity of a 3-pixel ring around it; the samples, consensus and modes side by side.
@@ -184,7 +184,7 @@ def occlusion(segment: Segment, image: np.ndarray, *, patch: int = 8) -> dict[st
         occluded = image.copy()
         occluded[(slice(None), *region)] = blurred[(slice(None), *region)]
         result = segment(occluded)
-        sums["consensus"][region] += float((result.mean - base.mean).abs().mean())
+        sums["consensus"][region] += float((result.probability - base.probability).abs().mean())
         sums["uncertainty"][region] += float((result.entropy - base.entropy).abs().mean())
         counts[region] += 1
     return {k: v / np.maximum(counts, 1) for k, v in sums.items()}
@@ -257,7 +257,7 @@ def explain_to_png(predictor, image: np.ndarray, kind: str, path: Path, *, n_sam
             axes[0, j].contour(_mid(result.consensus[0].numpy()), levels=[0.5], colors="yellow")
             axes[0, j].set_title(f"contrast lowered {amount:.0%}" if amount else "contrast as is",
                                  fontsize=9)
-            axes[1, j].imshow(_mid(result.mean[0, 0].numpy()), cmap="magma", vmin=0, vmax=1)
+            axes[1, j].imshow(_mid(result.foreground()[0].numpy()), cmap="magma", vmin=0, vmax=1)
             axes[1, j].set_title(modes.describe(), fontsize=8)
     elif kind == "attention":
         maps = attention_maps(predictor, image, steps=steps, seed=seed)

@@ -151,7 +151,7 @@ function labelCount(i, k) {  // how many samples give voxel i label k
   return count;
 }
 
-function probabilityAt(i) {  // binary: mean foreground probability; K > 1: share with the label
+function probabilityAt(i) {  // share of samples: binary, the probability map; K > 1: with the label
   return S.labels.length > 1 ? labelCount(i, S.label) / S.nSamples : S.maps.probability[i] / 255;
 }
 
@@ -237,13 +237,13 @@ function renderColorbars(showP, showU) {
   if (showP) {
     const l = S.labels.find((x) => x.value === S.label);
     add(S.labels.length > 1 ? `share of samples with label ${S.label} ${l ? l.name : ""}`
-      : "mean foreground probability", plasma, "0", "1");
+      : "share of samples marking the pixel", plasma, "0", "1");
   }
   if (showU) {
     const kind = $("unc-kind").value;
-    const text = { entropy: "entropy / log 2 (1 = 50:50)",
-      mutual_information: "mutual information / log 2 (samples disagree)",
-      variance: "variance of the sample probabilities" }[kind];
+    const text = { entropy: "entropy of the samples / log 2 (1 = 50:50)",
+      mutual_information: "mutual information / log 2 (confident samples disagree)",
+      variance: "variance of the samples" }[kind];
     add(text, mako, "0", kind === "variance" ? "0.25" : "1", FLOOR / UNC_SCALE[kind]);
   }
   const legend = document.createElement("div");
