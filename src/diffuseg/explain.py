@@ -77,7 +77,7 @@ def trajectory(predictor, image: np.ndarray, *, steps: int | None = None, seed: 
     method = predictor.method
     x = predictor.prepare(image)
     generator = torch.Generator(device=predictor.device).manual_seed(seed)
-    with _recording(method) as frames:
+    with _recording(method) as frames, predictor.autocast():  # the precision of segment
         method.segment(x, 1, steps=steps, generator=generator)
     target = getattr(method, "target", None)
     spatial = image.shape[1:]
@@ -150,7 +150,8 @@ def attention_maps(predictor, image: np.ndarray, *, n_samples: int = 2,
     try:
         x = predictor.prepare(image)
         generator = torch.Generator(device=predictor.device).manual_seed(seed)
-        predictor.method.segment(x, n_samples, steps=steps, generator=generator)
+        with predictor.autocast():  # the precision of segment
+            predictor.method.segment(x, n_samples, steps=steps, generator=generator)
     finally:
         for h in hooks:
             h.remove()
