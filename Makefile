@@ -12,8 +12,8 @@ export LD_PRELOAD := $(TCMALLOC)
 # Run once more with bf16 forced (DIFFUSEG_PRECISION, docs/performance.md): precision=auto picks
 # fp32 on AVX2-only CPUs, so there the main run never takes the bf16 path that AVX-512 BF16 CPUs
 # take by default; these files check it for inference, explanations and metrics. Tiny models
-# only: bf16 is emulated on AVX2 (about 40x slower per convolution), yet these took about 20 s on
-# one thread, also with AVX2 forced (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2).
+# only: bf16 is emulated on AVX2 (about 40x slower per convolution), yet these took 20-50 s on
+# 2 busy cores, also with AVX2 forced (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2).
 BF16_TESTS := tests/test_runtime.py tests/test_predict.py tests/test_explain.py \
 	tests/test_metrics_overlap.py
 
