@@ -7,7 +7,13 @@ import sys
 import pytest
 import torch
 
-from diffuseg.core.runtime import autocast, autocast_dtype, resolve_device
+from diffuseg.core.runtime import (
+    autocast,
+    autocast_dtype,
+    cpu_has_native_bf16,
+    default_precision,
+    resolve_device,
+)
 from diffuseg.errors import ConfigError
 
 
@@ -41,6 +47,30 @@ def test_training_reexports_runtime_names():
 
 def test_inference_does_not_import_training():
     code = ("import sys, diffuseg.inference.predictor; "
-            "print(any(m.startswith('diffuseg.training') for m in sys.modules))")
+            "print(any(m.startswith('diffuseg.training.loop') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_diffuseg_precision_replaces_the_default_only(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("DIFFUSEG_PRECISION", raising=False)
+    native = torch.bfloat16 if cpu_has_native_bf16() else None
+    assert default_precision() == "auto" and autocast_dtype("auto", cpu) is native
+    for value, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("auto", native)):
+        monkeypatch.setenv("DIFFUSEG_PRECISION", value)
+        assert autocast_dtype("auto", cpu) is dtype
+        assert autocast_dtype("fp32", cpu) is None  # an explicit choice is kept
+        assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    monkeypatch.setenv("DIFFUSEG_PRECISION", "")  # empty: as unset
+    assert autocast_dtype("auto", cpu) is native
+
+
+def test_bad_diffuseg_precision_is_one_line_naming_variable_value_and_choices(monkeypatch):
+    monkeypatch.setenv("DIFFUSEG_PRECISION", "float16")
+    with pytest.raises(ConfigError) as info:
+        autocast_dtype("auto", torch.device("cpu"))
+    message = str(info.value)
+    assert "\n" not in message
+    assert all(word in message for word in ("DIFFUSEG_PRECISION", "'float16'", "fp32, bf16, auto"))
+

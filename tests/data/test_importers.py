@@ -222,12 +222,32 @@ def test_ph2_lesions_in_grey(tmp_path):
     assert dataset.info.raters == 1 and dataset.info.n_channels == 1
     case = dataset.cases[0]
     data = case.load()
-    rgb = read_image(src / case.case_id / f"{case.case_id}.png")[0]
-    luma = np.round(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
-    np.testing.assert_allclose(data.image[0], luma, atol=0.5)  # float32 vs float64 rounding
+    rgb = read_image(src / case.case_id / f"{case.case_id}.png")[0].astype(np.int64)
+    # the reference in integers: 299 R + 587 G + 114 B = 1000 L + remainder, ties to even. Exact
+    # equality is right: the importer's arithmetic is exact too (folder.luma), on every CPU; a
+    # float32 reference differed by 1 on 2 tie pixels, by SIMD path
+    n = 299 * rgb[0] + 587 * rgb[1] + 114 * rgb[2]
+    whole, rest = np.divmod(n, 1000)
+    expected = whole + (rest > 500) + ((rest == 500) & (whole % 2 == 1))
+    assert (rest == 500).sum() == 20  # the ties this case holds are checked too
+    np.testing.assert_array_equal(data.image[0], expected)
     lesion = read_mask(src / case.case_id / f"{case.case_id}_lesion.png")[0]
     np.testing.assert_array_equal(data.raters[0], lesion)
     assert 0 < lesion.mean() < 1
+
+
+def test_grey_conversion_is_exact_at_ties(tmp_path):
+    """L = round((299 R + 587 G + 114 B) / 1000), ties to even, whatever the CPU: pixels from
+    PH2 whose luma is exactly k + 0.5 (a float32 dot product rounded them either way)."""
+    rgb = np.array([[[212, 156, 110], [108, 62, 51]], [[0, 0, 0], [255, 255, 255]],
+                    [[1, 1, 1], [10, 20, 30]]], np.uint8)  # [rows, cols, RGB]
+    # 167.5 -> 168, 74.5 -> 74 (even), 0, 255, 1, (2990 + 11740 + 3420) / 1000 = 18.15 -> 18
+    src = tmp_path / "src"
+    png(src / "a.png", rgb)
+    png(src / "a_mask.png", np.zeros((3, 2)))
+    import_folder(src, tmp_path / "out", grayscale=True)
+    image = Dataset.open(tmp_path / "out").case("a").load().image
+    np.testing.assert_array_equal(image, [[[168, 74], [0, 255], [1, 18]]])
 
 
 def test_folder_options_and_errors(tmp_path):

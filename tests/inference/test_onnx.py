@@ -70,8 +70,15 @@ def check_matches_eager(run: Path, image: np.ndarray) -> None:
     assert len(calls) == 2  # one ONNX Runtime call per step, all samples in one batch
     # the samples differ, so the denoiser (not a constant) decides them
     assert (a.samples[0] - a.samples[1]).abs().max() > 1e-3
+    # both fp32, but ONNX Runtime's kernels (MLAS) and torch's (oneDNN) sum in another order and
+    # SIMD width: each operation rounds at 2^-24 ~ 6e-8 relative, so O(1) values after a few
+    # dozen layers and 2 steps agree to ~1e-6; 1e-4 leaves a margin of 100
     np.testing.assert_allclose(b.samples.numpy(), a.samples.numpy(), atol=1e-4)
-    assert torch.equal(a.consensus, b.consensus)
+    # the consensus is the majority of the binarized samples (p > 0.5): samples within 1e-4 may
+    # binarize differently only where a sample lies that close to 0.5, and must agree elsewhere
+    clear = ((a.samples[:, :, 0] - 0.5).abs() > 1e-4).all(0)
+    assert clear.float().mean() > 0.9  # the comparison covers nearly every pixel
+    assert torch.equal(a.consensus[clear], b.consensus[clear])
 
 
 def check_dynamic_batch_and_size(run: Path) -> None:

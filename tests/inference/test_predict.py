@@ -158,3 +158,35 @@ def test_cli_predict_inside_outside_holds_the_marks(tmp_path, run2d, monkeypatch
     assert cli("-i", str(image), "-o", str(tmp_path / "bad"), "--inside",
                str(tmp_path / "in.png"), "--label", "2") == 2  # a binary run has label 1 only
     assert "label" in capsys.readouterr().err
+
+
+def test_diffuseg_precision_reaches_predict_and_a_bad_value_is_one_line(tmp_path, run2d,
+                                                                         monkeypatch, capsys):
+    """``DIFFUSEG_PRECISION`` replaces the default precision of ``predict`` (recorded in
+    result.json); a value that is not a precision ends the command in one line, exit 2."""
+    import sys
+
+    from diffuseg.cli import main
+
+    run, data = run2d
+    image = sorted((data / "imagesTr").iterdir())[0]
+
+    def cli(out: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["diffuseg", "predict", str(run), "-i", str(image),
+                                          "-o", str(tmp_path / out), "-n", "2", "--steps", "1",
+                                          "--quiet"])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        return exit_info.value.code
+
+    for value in ("fp32", "bf16"):
+        monkeypatch.setenv("DIFFUSEG_PRECISION", value)
+        assert cli(value) in (0, None), capsys.readouterr().err
+        result = json.loads((tmp_path / value / case_name(image) / "result.json").read_text())
+        assert result["precision"] == value
+    capsys.readouterr()
+    monkeypatch.setenv("DIFFUSEG_PRECISION", "fp64")
+    assert cli("bad") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "DIFFUSEG_PRECISION='fp64'" in err, err
+    assert not (tmp_path / "bad").exists()  # refused before any output

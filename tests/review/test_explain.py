@@ -30,7 +30,8 @@ from diffuseg.review.explain import (
 )
 
 
-def predictor(name: str, process: ProcessConfig, attention=(False, True)) -> Predictor:
+def predictor(name: str, process: ProcessConfig, attention=(False, True),
+              precision: str = "auto") -> Predictor:
     config = tiny_config(name, 2, process=process, steps=4)
     sampler = None if process.kind == "bernoulli" else "ddim"  # None: the process's default
     config = dataclasses.replace(
@@ -40,7 +41,7 @@ def predictor(name: str, process: ProcessConfig, attention=(False, True)) -> Pre
     method = build_method(config.validate()).eval()
     for net in method.networks().values():
         randomise(net)
-    return Predictor(method, config, None, torch.device("cpu"))
+    return Predictor(method, config, None, torch.device("cpu"), precision)
 
 
 def image(size: int = 16) -> np.ndarray:
@@ -60,6 +61,28 @@ def test_trajectory_has_one_frame_per_step_and_ends_at_the_sample(name, process,
     if name == "ddpm":  # deterministic DDIM: the last x0 estimate is the returned sample
         sample = p.segment(image(), n_samples=1, steps=steps, seed=3).samples[0, 0, 0].numpy()
         assert np.allclose(frames[-1], sample, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_explanations_run_in_the_precision_of_segment(precision):
+    """The trajectory and the attention maps are of the sample segment returns: every denoiser
+    call runs under segment's autocast (bf16 on an AVX-512 BF16 CPU by default), and the last
+    frame is that sample. Same precision on both sides, so the atol covers only float32
+    reordering, not a bf16 rounding (2^-8 ~ 0.004, which the test would catch)."""
+    p = predictor("ddpm", ProcessConfig(T=20), precision=precision)
+    seen: list = []
+    p.method.denoiser.register_forward_hook(lambda m, i, o: seen.append(
+        (torch.is_autocast_enabled("cpu"), o.dtype)))
+    sample = p.segment(image(), n_samples=1, steps=2, seed=3).samples[0, 0, 0].numpy()
+    expected = {(precision == "bf16", torch.bfloat16 if precision == "bf16" else torch.float32)}
+    assert set(seen) == expected
+    seen.clear()
+    frames = trajectory(p, image(), steps=2, seed=3)
+    assert set(seen) == expected
+    np.testing.assert_allclose(frames[-1], sample, atol=1e-6)
+    seen.clear()
+    attention_maps(p, image(), steps=2)
+    assert set(seen) == expected
 
 
 def test_attention_maps_of_unet_levels_and_the_ss_former():

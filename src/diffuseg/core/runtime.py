@@ -2,11 +2,16 @@
 
 Shared by training and inference (the predictor does not import the trainer). Measurements behind
 the ``precision="auto"`` choice: docs/performance.md.
+
+``DIFFUSEG_PRECISION`` (``fp32``, ``bf16`` or ``auto``), when set, replaces the default ``auto``
+wherever it is resolved (``autocast_dtype``): every command, the service and the tests. An explicit
+choice (``train.precision=fp32``, ``Predictor(precision="bf16")``) is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -36,9 +41,26 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+PRECISION_VARIABLE = "DIFFUSEG_PRECISION"
+PRECISION_CHOICES = ("fp32", "bf16", "auto")
+
+
+def default_precision() -> str:
+    """What ``precision="auto"`` stands for: ``DIFFUSEG_PRECISION`` when set, else ``auto``."""
+    value = os.environ.get(PRECISION_VARIABLE, "").strip()
+    if not value:
+        return "auto"
+    if value not in PRECISION_CHOICES:
+        raise ConfigError(f"environment variable {PRECISION_VARIABLE}={value!r} is not a "
+                          f"precision; use one of {', '.join(PRECISION_CHOICES)} or unset it")
+    return value
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 on CUDA where supported (else fp16), bf16 on CPUs with native bf16, else fp32
-    (None: no autocast)."""
+    """auto: ``DIFFUSEG_PRECISION`` when set (``default_precision``), else bf16 on CUDA where
+    supported (else fp16), bf16 on CPUs with native bf16, else fp32 (None: no autocast)."""
+    if precision == "auto":
+        precision = default_precision()
     if precision == "fp32":
         return None
     if precision == "auto":
@@ -55,4 +77,5 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-__all__ = ["autocast", "autocast_dtype", "cpu_has_native_bf16", "resolve_device"]
+__all__ = ["PRECISION_VARIABLE", "autocast", "autocast_dtype", "cpu_has_native_bf16",
+           "default_precision", "resolve_device"]

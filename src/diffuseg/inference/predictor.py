@@ -38,7 +38,21 @@ class Predictor:
     config: RunConfig
     run_dir: Path
     device: torch.device
-    precision: str = "auto"
+    precision: str = "auto"  # fp32 | bf16 | fp16 | auto (DIFFUSEG_PRECISION, runtime.py)
+
+    def __post_init__(self) -> None:
+        autocast_dtype(self.precision, self.device)  # a bad DIFFUSEG_PRECISION: refused here
+
+    def autocast(self):
+        """The precision every network call of this predictor runs in: ``segment`` and the
+        explanations (``diffuseg.review.explain``) use this one context, so an explanation is of the
+        sample ``segment`` returns."""
+        return autocast(self.device, autocast_dtype(self.precision, self.device))
+
+    def precision_used(self) -> str:
+        """fp32, bf16 or fp16: what ``autocast`` runs in (recorded in each result.json)."""
+        dtype = autocast_dtype(self.precision, self.device)
+        return "fp32" if dtype is None else {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
     @classmethod
     def from_run(cls, run_dir: str | Path, *, device: str = "auto", use_ema: bool = True,
@@ -124,7 +138,7 @@ class Predictor:
         # the progress hook, when given, replaces any outer one for this call only
         hook = contextlib.nullcontext() if progress is None else on_step(
             lambda k, _step: progress(k))
-        with autocast(self.device, autocast_dtype(self.precision, self.device)), hook:
+        with self.autocast(), hook:
             samples = self.method.segment(x, n_samples, steps=steps, generator=generator,
                                           known=known)
         samples = samples.float().cpu()
@@ -180,6 +194,7 @@ class Predictor:
                          extra={"run": str(self.run_dir.absolute()), "sampler": sampler,
                                 "steps": used_steps, "seed": seed,
                                 "threads": torch.get_num_threads(), "device": str(self.device),
+                                "precision": self.precision_used(),
                                 **guided_extra(constraints, self.config.sample.resample_jumps),
                                 **(extra or {})}, image=image,
                          also=write_dicom)

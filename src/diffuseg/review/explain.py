@@ -20,8 +20,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,54 +30,29 @@ from scipy.ndimage import binary_dilation, gaussian_filter
 
 from diffuseg.core.ensemble import Result
 from diffuseg.errors import ConfigError, DataError
+from diffuseg.methods.base import methods_where
+from diffuseg.sampling.samplers import on_step
 
 LEVELS = (0.0, 0.25, 0.5)
 KINDS = ("trajectory", "occlusion", "counterfactual", "attention")
 
 
 # ------------------------------------------------------------------------------- trajectory
-class _Recorder:
-    """The method's process with ``predict_x0`` recorded; everything else delegated."""
-
-    def __init__(self, process, frames: list) -> None:
-        self._process, self._frames = process, frames
-
-    def __getattr__(self, name: str):
-        return getattr(self._process, name)
-
-    def predict_x0(self, x_t, t, model_output):
-        x0 = self._process.predict_x0(x_t, t, model_output)
-        self._frames.append(x0.detach().float().cpu())
-        return x0
-
-    def with_prior(self, p):  # HiDiff's anchored process, recorded too
-        return _Recorder(self._process.with_prior(p), self._frames)
-
-
-@contextmanager
-def _recording(method) -> Iterator[list]:
-    process = getattr(method, "process", None)
-    if process is None or getattr(method, "guidable", False) is False:
-        raise ConfigError("the denoising trajectory is shown for methods that diffuse the mask "
-                          "itself (ddpm, cimd, medsegdiff_v2, berdiff, hidiff); not "
-                          f"'{method.name}'")
-    frames: list = []
-    method.process = _Recorder(process, frames)
-    try:
-        yield frames
-    finally:
-        method.process = process
-
-
 @torch.no_grad()
 def trajectory(predictor, image: np.ndarray, *, steps: int | None = None, seed: int = 0
                ) -> np.ndarray:
-    """``[n_steps, *spatial]`` foreground probability of x0_hat at each step of sample 0."""
+    """``[n_steps, *spatial]`` foreground probability of x0_hat at each step of sample 0: the
+    sampler's own ``Step.x0_hat`` (``sampling.samplers.on_step``), recorded while
+    ``predictor.segment`` draws that very sample (same seed, same precision), so the method and
+    its process are used as they are."""
     method = predictor.method
-    x = predictor.prepare(image)
-    generator = torch.Generator(device=predictor.device).manual_seed(seed)
-    with _recording(method) as frames:
-        method.segment(x, 1, steps=steps, generator=generator)
+    if method.process is None or not method.guidable:
+        names = ", ".join(methods_where(lambda m: m.guidable and m.process_kind is not None))
+        raise ConfigError("the denoising trajectory is shown for methods that diffuse the mask "
+                          f"itself ({names}); not '{method.name}'")
+    frames: list[torch.Tensor] = []
+    with on_step(lambda _k, step: frames.append(step.x0_hat.detach().float().cpu())):
+        predictor.segment(image, n_samples=1, steps=steps, seed=seed)
     target = getattr(method, "target", None)
     spatial = image.shape[1:]
     out = []
@@ -150,7 +124,8 @@ def attention_maps(predictor, image: np.ndarray, *, n_samples: int = 2,
     try:
         x = predictor.prepare(image)
         generator = torch.Generator(device=predictor.device).manual_seed(seed)
-        predictor.method.segment(x, n_samples, steps=steps, generator=generator)
+        with predictor.autocast():  # the precision of segment
+            predictor.method.segment(x, n_samples, steps=steps, generator=generator)
     finally:
         for h in hooks:
             h.remove()

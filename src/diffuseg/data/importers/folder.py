@@ -15,7 +15,7 @@ The case id is the image's stem; ``group_pattern`` (a regular expression searche
 id; its first group, or the whole match) names the patient, e.g. ``'Image_\\d+'`` puts both eyes
 of a CHASE_DB1 child in one group. RGB images become three channels R, G, B, or with
 ``grayscale`` one channel of luma L = round(0.299 R + 0.587 G + 0.114 B) (ITU-R BT.601; PIL's
-convert("L") computes it in fixed point and can differ by 1).
+convert("L") computes it in fixed point and can differ by 1), computed exactly (``luma``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from diffuseg.data.importers.common import DEFAULT_LABELS, ImportSummary, finish
 from diffuseg.errors import DataError
 from diffuseg.io import NIFTI_ENDINGS, Geometry, file_ending, read_image, read_mask
 
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
+LUMA_PER_MILLE = (299, 587, 114)  # ITU-R BT.601 luma weights x 1000
 MASK_ENDINGS = (".png", ".tif", ".tiff", ".nii.gz", ".nii")
 
 
@@ -75,11 +75,25 @@ def group_of(case_id: str, pattern: re.Pattern[str] | None) -> str:
     return match.group(1) if pattern.groups else match.group(0)
 
 
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """``[3, *spatial]`` -> ``[1, *spatial]`` float32, round((299 R + 587 G + 114 B) / 1000), ties
+    to even. For integer pixels (8/16-bit files) the sum n is an integer below 2^26, exact in
+    float64 in any order, and n / 1000 is correctly rounded, so a tie (n = ...500, 20 pixels of
+    PH2's IMD002) is exactly k + 0.5 and the answer is the same on every CPU (float pixels: one
+    float64 rounding per operation, element by element, also the same everywhere). The former
+    float32 dot product (BLAS picks its kernel by SIMD width and may fuse multiply-adds) landed
+    ~1e-5 either side of such a tie: (212, 156, 110), 167.5, gave 168 on an AVX-512 CPU and 167
+    on AVX2 ones."""
+    r, g, b = (np.asarray(c, dtype=np.float64) for c in rgb)
+    total = LUMA_PER_MILLE[0] * r + LUMA_PER_MILLE[1] * g + LUMA_PER_MILLE[2] * b
+    return np.round(total / 1000)[None].astype(np.float32)
+
+
 def _load(image_path: Path, mask_paths: list[Path], labels: tuple[int, ...], grayscale: bool
           ) -> tuple[np.ndarray, np.ndarray, Geometry]:
     image, geometry = read_image(image_path)
     if grayscale and image.shape[0] == 3:
-        image = np.round(np.tensordot(LUMA, image, axes=1))[None].astype(np.float32)
+        image = luma(image)
     masks = []
     for path in mask_paths:
         mask, mask_geometry = read_mask(path, labels=labels)
