@@ -46,6 +46,7 @@ def test_train_command_hands_its_start_to_the_budget(tmp_path, monkeypatch):
 
     import diffuseg.cli
     import diffuseg.training.start
+    from diffuseg.cli.app import STARTED
     from diffuseg.data.phantom import write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "d", n_cases=4, size=16, n_raters=2)
@@ -57,4 +58,4 @@ def test_train_command_hands_its_start_to_the_budget(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         diffuseg.cli.main()
     assert exit_info.value.code in (0, None)
-    assert seen["started"] == diffuseg.cli.app.STARTED <= time.monotonic()
+    assert seen["started"] == STARTED <= time.monotonic()
