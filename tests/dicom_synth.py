@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -20,9 +22,12 @@ def rotation(degrees_z: float, degrees_x: float) -> np.ndarray:
 def write_series(folder: Path, *, rows: int = 20, columns: int = 24, slices: int = 7,
                  pixel_spacing: tuple[float, float] = (0.7, 0.9), slice_step: float = 3.0,
                  angles: tuple[float, float] = (20.0, 15.0), seed: int = 0,
-                 study_uid: str | None = None) -> tuple[Path, np.ndarray]:
+                 study_uid: str | None = None, omit: Sequence[str] = (),
+                 extra: dict[str, Any] | None = None) -> tuple[Path, np.ndarray]:
     """Write an MR series of ``slices`` files; returns (folder, volume [columns, rows, slices])
-    with the stored values, slice k at origin + k * slice_step * normal."""
+    with the stored values, slice k at origin + k * slice_step * normal. ``omit``: attributes
+    left out (e.g. PatientName, as anonymised exports do); ``extra``: attributes added or
+    replaced (e.g. Laterality)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     frame = rotation(*angles)
@@ -58,6 +63,10 @@ def write_series(folder: Path, *, rows: int = 20, columns: int = 24, slices: int
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.PixelData = np.ascontiguousarray(volume[:, :, k].T).tobytes()
+        for keyword, value in (extra or {}).items():
+            setattr(ds, keyword, value)
+        for keyword in omit:
+            delattr(ds, keyword)
         ds.save_as(folder / f"im{order[k]:03d}.dcm", enforce_file_format=True)
     return folder, volume
 

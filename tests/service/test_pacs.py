@@ -1,18 +1,21 @@
 """A PACS round trip against a real Orthanc: the shared brain-tumour study goes into Orthanc, the
-service fetches the T1post series over DICOMweb, segments it and stores the SEGs and the
-Parametric Map back; read back from Orthanc they equal the direct ``predict`` outputs voxel for
-voxel (same run, seed, samples and steps). Then the review: a PACS job approved through the
-review API goes back into Orthanc as a reviewed SEG naming the reviewer."""
+service fetches the T1post series over DICOMweb, segments it and stores the SEGs, the Parametric
+Map and the RT Structure Set back; read back from Orthanc they equal the direct ``predict``
+outputs voxel for voxel (same run, seed, samples and steps), pass dciodvfy, and Orthanc files each
+under its own series number and date. Then the review: a PACS job approved through the review API
+goes back into Orthanc as a reviewed SEG naming the reviewer, in a series of its own number."""
 
 from __future__ import annotations
 
 import base64
 import time
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
 from conftest import shared_data
+from dciodvfy import DCIODVFY, assert_conformant
 from fastapi.testclient import TestClient
 from orthanc import orthanc, upload
 from review_helpers import write_tokens
@@ -20,7 +23,8 @@ from tiny_runs import tiny_run
 
 from diffuseg.inference.predictor import Predictor
 from diffuseg.io import read_image
-from diffuseg.io.dicom_seg import read_parametric_map, read_seg, reference_for
+from diffuseg.io.dicom_seg import SERIES_NUMBERS, read_parametric_map, read_seg, reference_for
+from diffuseg.io.rtstruct import read_rtstruct
 from diffuseg.review.audit import read_events
 from diffuseg.service.app import create_app
 from diffuseg.service.pacs import DicomWeb
@@ -56,7 +60,8 @@ def test_orthanc_round_trip_equals_direct_predict(tmp_path, pacs):
     run = tiny_run(tmp_path / "run", 3)
 
     settings = ServiceSettings(run_dir=run, data_dir=tmp_path / "data", auth=False,
-                               pacs_url=f"{pacs}/dicom-web", n_samples=2, steps=1, seed=3)
+                               pacs_url=f"{pacs}/dicom-web", n_samples=2, steps=1, seed=3,
+                               rtstruct=True)
     client = TestClient(create_app(settings))
     # three image series: the service asks which one
     answer = client.post(f"/v1/pacs/studies/{study_uid}/segment")
@@ -69,10 +74,11 @@ def test_orthanc_round_trip_equals_direct_predict(tmp_path, pacs):
     job = wait(client, answer.json()["id"])
     assert job["status"] == "done", job
     stored = {s["name"]: s for s in job["pacs"]["stored"]}
-    assert set(stored) == {"seg_consensus", "seg_probability", "pmap_uncertainty"}
+    assert set(stored) == {"seg_consensus", "seg_probability", "pmap_uncertainty",
+                           "rtstruct_consensus"}
 
     direct = Predictor.from_run(run).predict_file(t1, tmp_path / "direct", n_samples=2, steps=1,
-                                                  seed=3)
+                                                  seed=3, rtstruct=True)
     reference = reference_for(geometry)
     web = DicomWeb(f"{pacs}/dicom-web")
     fetched = {}
@@ -84,7 +90,22 @@ def test_orthanc_round_trip_equals_direct_predict(tmp_path, pacs):
     web.close()
     # the new series landed in the source study, next to the three source series
     series = {s["0020000E"]["Value"][0] for s in DicomWeb(f"{pacs}/dicom-web").series(study_uid)}
-    assert {s["series_uid"] for s in stored.values()} <= series and len(series) == 6
+    assert {s["series_uid"] for s in stored.values()} <= series and len(series) == 7
+    iods = {"seg_consensus": "Segmentation", "seg_probability": "Segmentation",
+            "pmap_uncertainty": "ParametricMap", "rtstruct_consensus": "RTStructureSet"}
+    for name, path in fetched.items():  # as Orthanc gives them back
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert int(ds.SeriesNumber) == SERIES_NUMBERS[name] and ds.SeriesDate and ds.SeriesTime
+        if DCIODVFY:
+            assert_conformant(path, iods[name])
+    with httpx.Client(timeout=30) as http:  # Orthanc's own index: dated, numbered series
+        for name, item in stored.items():
+            found = http.post(f"{pacs}/tools/find", json={
+                "Level": "Series", "Query": {"SeriesInstanceUID": item["series_uid"]},
+                "Expand": True}).json()
+            tags = found[0]["MainDicomTags"]
+            assert tags.get("SeriesDate") and tags.get("SeriesNumber") == \
+                str(SERIES_NUMBERS[name]), (name, tags)
 
     expected = read_seg(direct / "dicom" / "seg_consensus.dcm", reference)
     got = read_seg(fetched["seg_consensus"], reference)
@@ -96,6 +117,8 @@ def test_orthanc_round_trip_equals_direct_predict(tmp_path, pacs):
     expected_maps = read_parametric_map(direct / "dicom" / "pmap_uncertainty.dcm", reference)
     for name in ("variance", "entropy", "mutual_information"):
         np.testing.assert_array_equal(got_maps[name], expected_maps[name])
+    contours = read_rtstruct(fetched["rtstruct_consensus"], reference)
+    np.testing.assert_array_equal(contours[1], expected[1])  # the RTSTRUCT from Orthanc
 
 
 @pytest.mark.shared_data
@@ -150,6 +173,7 @@ def test_approved_review_of_a_pacs_job_is_stored_back_with_the_reviewer(tmp_path
     assert len(files) == 1
     ds = pydicom.dcmread(files[0])
     assert ds.Modality == "SEG" and str(ds.ContentCreatorName) == "Reviewer^Ann"
+    assert int(ds.SeriesNumber) == SERIES_NUMBERS["seg_reviewed"] != SERIES_NUMBERS["seg_consensus"]
     assert "reviewed" in ds.SeriesDescription
     assert ds.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
     stored = read_seg(files[0], reference_for(geometry))[1]

@@ -13,13 +13,14 @@ import pydicom
 import pytest
 
 pytest.importorskip("fastapi")
+from dciodvfy import DCIODVFY, assert_conformant  # noqa: E402
 from dicom_synth import write_series  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from review_helpers import ANN, make_app, make_job, tiny_run  # noqa: E402
 
 from diffuseg.inference.predictor import Predictor  # noqa: E402
 from diffuseg.io import read_image, read_mask  # noqa: E402
-from diffuseg.io.dicom_seg import read_seg, reference_for  # noqa: E402
+from diffuseg.io.dicom_seg import SERIES_NUMBERS, read_seg, reference_for  # noqa: E402
 
 
 def b64(mask: np.ndarray) -> str:
@@ -69,6 +70,11 @@ def test_approving_a_dicom_job_writes_a_reviewed_seg_on_the_series_grid(tmp_path
     assert ds.Modality == "SEG" and str(ds.ContentCreatorName) == "ann"
     assert "reviewed" in ds.SeriesDescription
     assert ds.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    assert int(ds.SeriesNumber) == SERIES_NUMBERS["seg_reviewed"]  # not the consensus SEG's
+    assert ds.SeriesDate and ds.SeriesTime
+    assert ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"
+    if DCIODVFY:
+        assert_conformant(folder / "approved_seg.dcm", "Segmentation")
     _, source = read_image(series)
     reference = reference_for(source)
     np.testing.assert_array_equal(read_seg(folder / "approved_seg.dcm", reference)[1], mask > 0)

@@ -221,6 +221,30 @@ def test_dicom_zip_job_gives_dicom_objects_and_survives_a_restart(tmp_path, run3
     assert failed["status"] == "failed" and "restart" in failed["error"]
 
 
+def test_anonymised_dicom_job_with_rtstruct_is_done_not_an_internal_error(tmp_path, run3d):
+    """A series without PatientName or PatientID (an anonymised export) was an 'internal error'
+    job: now its SEG carries them empty, and --rtstruct adds the structure set, downloadable."""
+    from diffuseg.io.rtstruct import read_rtstruct
+
+    client = make_client(run3d, tmp_path / "data", rtstruct=True)
+    folder, _ = write_series(tmp_path / "series", rows=24, columns=28, slices=6,
+                             omit=("PatientName", "PatientID"))
+    answer = client.post("/v1/jobs", files={"file": ("study.zip", series_zip(folder), "x")})
+    assert answer.status_code == 202, answer.text
+    job = wait(client, answer.json()["id"])
+    assert job["status"] == "done", job
+    assert {"seg_consensus", "rtstruct_consensus"} <= set(job["outputs"])
+    (tmp_path / "seg.dcm").write_bytes(
+        client.get(f"/v1/jobs/{job['id']}/result/seg_consensus").content)
+    (tmp_path / "rt.dcm").write_bytes(
+        client.get(f"/v1/jobs/{job['id']}/result/rtstruct_consensus").content)
+    seg = pydicom.dcmread(tmp_path / "seg.dcm", stop_before_pixels=True)
+    assert seg.PatientName == "" and seg.PatientID == ""
+    reference = reference_for(read_image(folder)[1])
+    np.testing.assert_array_equal(read_rtstruct(tmp_path / "rt.dcm", reference)[1],
+                                  read_seg(tmp_path / "seg.dcm", reference)[1])
+
+
 def test_channel_mismatch_is_400(tmp_path, run3d):
     client = make_client(run3d, tmp_path / "data")
     answer = client.post("/v1/jobs", files={"file": ("a.png", png_bytes(), "image/png")})

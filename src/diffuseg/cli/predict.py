@@ -51,6 +51,9 @@ def predict_command(
     dicom_samples: Annotated[bool, typer.Option(
         "--dicom-samples", help="Also write every sample as a segment of seg_samples.dcm")
     ] = False,
+    rtstruct: Annotated[bool, typer.Option(
+        "--rtstruct", help="Also write the consensus as an RT Structure Set of contours "
+        "(rtstruct_consensus.dcm; DICOM series input or --reference)")] = False,
     inside: Annotated[Path | None, typer.Option(
         "--inside", help="Mask of pixels certainly inside, on the image's grid (guided "
         "resampling: every sample holds them; docs/review.md)", show_default="none")] = None,
@@ -90,7 +93,7 @@ def predict_command(
     results = predict_cases(predictor, cases, output, split=chosen, dataset=dataset,
                             n_samples=samples, steps=steps, seed=seed, overwrite=overwrite,
                             dicom=True if format == "dicom" else None, reference=reference,
-                            dicom_samples=dicom_samples, **file_options)
+                            dicom_samples=dicom_samples, rtstruct=rtstruct, **file_options)
     skipped = sum(1 for *_, was_skipped in results if was_skipped)
     for name, folder, was_skipped in results:
         if not quiet:

@@ -36,6 +36,10 @@ def serve_command(
     dicom_samples: Annotated[bool, typer.Option(
         "--dicom-samples", help="Also write every sample as a segment of seg_samples.dcm")
     ] = False,
+    rtstruct: Annotated[bool, typer.Option(
+        "--rtstruct", help="Also write the consensus as an RT Structure Set "
+        "(rtstruct_consensus.dcm) for DICOM series jobs, stored to the PACS with the SEGs")
+    ] = False,
 ) -> None:
     """Serve the model over HTTP: upload jobs, PACS (DICOMweb) jobs, results, OpenAPI at /docs."""
     try:
@@ -51,6 +55,7 @@ def serve_command(
         run_dir=run, data_dir=data, host=host, port=port, auth=not no_auth,
         max_upload_bytes=int(max_upload_mb * 2**20), concurrency=concurrency, pacs_url=pacs,
         n_samples=samples, steps=steps, seed=seed, device=device, dicom_samples=dicom_samples,
+        rtstruct=rtstruct,
     ).validate()
     app = create_app(settings)
     typer.echo(f"diffuseg serve: http://{host}:{port}/docs (data in {data})")

@@ -152,7 +152,7 @@ class Predictor:
                      n_samples: int | None = None, steps: int | None = None, seed: int = 0,
                      overwrite: bool = False, dicom: bool | None = None,
                      reference: str | Path | None = None, dicom_samples: bool = False,
-                     progress: Callable[[int], None] | None = None,
+                     rtstruct: bool = False, progress: Callable[[int], None] | None = None,
                      extra: dict | None = None, constraints: Constraints | None = None) -> Path:
         """Segment one image and write its outputs into ``out_dir/<case>/`` (see
         ``diffuseg.inference.prediction_folder.write_result``). ``path`` is a file, a DICOM series
@@ -161,8 +161,10 @@ class Predictor:
 
         DICOM objects (``diffuseg.io.dicom_seg``) go to ``<case>/dicom/`` when ``dicom`` is True,
         or when it is None and the input is a DICOM series; a non-DICOM input needs the
-        ``reference`` series folder it was converted from. ``constraints``: guided resampling
-        (``segment``); the counts of marked pixels are recorded in the case's JSON."""
+        ``reference`` series folder it was converted from. ``rtstruct`` adds the consensus as an
+        RT Structure Set (``diffuseg.io.rtstruct``; implies the DICOM objects). ``constraints``:
+        guided resampling (``segment``); the counts of marked pixels are recorded in the case's
+        JSON."""
         from diffuseg.inference.prediction_folder import lock_output, write_result
 
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
@@ -172,15 +174,19 @@ class Predictor:
             raise DataError(f"input '{paths[0]}' lies inside its output folder '{case_dir}'; "
                             "choose an -o outside the input")
         write_dicom = None
-        if dicom or (dicom is None and (geometry.kind == "dicom" or reference is not None)):
+        if dicom or rtstruct or (dicom is None and (geometry.kind == "dicom"
+                                                    or reference is not None)):
             from diffuseg.io.dicom_seg import reference_for, run_label_names, write_dicom_outputs
+            from diffuseg.io.segment_codes import user_table
 
             refs = reference_for(geometry, reference)  # checked before any sampling
             labels = run_label_names(self.run_dir)
+            codes = user_table(self.run_dir)
 
             def write_dicom(folder: Path) -> None:  # inside the case folder's atomic swap
                 write_dicom_outputs(result, refs, folder / "dicom", label_names=labels,
-                                    method=self.config.method.name, samples=dicom_samples)
+                                    method=self.config.method.name, samples=dicom_samples,
+                                    rtstruct=rtstruct, code_table=codes)
 
         with lock_output(out_dir):  # one writer per output folder; re-entrant
             if case_dir.exists() and any(case_dir.iterdir()) and not overwrite:

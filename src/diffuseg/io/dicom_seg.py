@@ -15,22 +15,37 @@ For a result on the grid of a DICOM series (the source), ``write_dicom_outputs``
                            and mutual information divided by log K (log 2 for binary), in [0, 1];
 - ``seg_samples.dcm``      (optional) BINARY Segmentation with every sample as a segment.
 
+- ``rtstruct_consensus.dcm`` (optional) the consensus as an RT Structure Set of planar contours
+                           (``diffuseg.io.rtstruct``).
+
 Every object is derived from the source series: it references its SOP instances, shares its
 Frame of Reference, Patient and Study (so a PACS files it into the same study) and gets a new
-Series and SOP Instance UID. Frame k of every object lies on source slice k (the slices sorted along
-the normal as ``diffuseg.io.dicom`` sorts them); empty frames are kept so that every slice has its
-frame.
+Series (its own SeriesNumber, ``SERIES_NUMBERS``; SeriesDate/SeriesTime = when it was written) and
+SOP Instance UID. Patient and study attributes of Type 2 that the source lacks (PatientName in an
+anonymised export, say) are written empty; a source without StudyInstanceUID or
+FrameOfReferenceUID is refused. Segments are labelled with the label names of the run's
+dataset.json and coded by ``diffuseg.io.segment_codes``.
+
+Frame order. Every source slice has one frame per segment (SEG) or per channel (Parametric Map),
+empty frames kept. Segments (channels) are the outer loop, in segment number (channel) order.
+Within one segment highdicom orders the frames along c x r (its volume convention: row index
+first, right-handed), the reverse of ``diffuseg.io.dicom``'s sort along n = r x c: with N source
+slices, frame j of a segment lies on source slice N - 1 - j of the reader's order. Each frame
+references its source slice (DerivationImageSequence) and carries its ImagePositionPatient, and
+the readers below place frames by those, never by their index.
 
 Array axes: a volume read from a DICOM series is ``[columns, rows, slices]`` (``diffuseg.io``), so
-frame k is ``volume[:, :, k].T`` (``[rows, columns]``).
+the frame on slice k is ``volume[:, :, k].T`` (``[rows, columns]``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +58,7 @@ import diffuseg
 from diffuseg.errors import DataError
 from diffuseg.io.dicom import read_dicom_series
 from diffuseg.io.images import Geometry
+from diffuseg.io.segment_codes import SegmentCode, segment_code, user_table
 
 if TYPE_CHECKING:  # io sits below ensemble in the import order; only the type is needed
     from diffuseg.core.ensemble import Result
@@ -56,7 +72,13 @@ MAP_EXPLANATIONS = {
 }
 LUT_LABELS = {"variance": "variance", "entropy": "entropy", "mutual_information": "mutual_info"}
 SERIES_NUMBERS = {"seg_consensus": 9001, "seg_probability": 9002, "pmap_uncertainty": 9003,
-                  "seg_samples": 9004}
+                  "seg_samples": 9004, "seg_reviewed": 9005, "rtstruct_consensus": 9006}
+# Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1): present in
+# every derived object, empty when the source lacks them
+TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                       "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+PATIENT_SEX = ("M", "F", "O", "")  # the enumerated values of PatientSex (PS3.3 C.7.1.1)
+REQUIRED_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID", "SOPClassUID")
 FILES = {name: f"{name}.dcm" for name in SERIES_NUMBERS}
 NAMES_OF_LABELS = {label: name for name, label in LUT_LABELS.items()}
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
@@ -131,17 +153,62 @@ def _check_grid(shape: tuple[int, ...], reference: Sequence[pydicom.Dataset]) ->
 # writing
 
 
+def complete_reference(reference: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """Copies of the source headers with every Type 2 patient and study attribute present (empty
+    where the source lacks it, as anonymised exports often do; a PatientSex outside M, F, O
+    becomes empty, unknown); a source without the UIDs a derived object needs is refused naming
+    the file."""
+    completed = []
+    for ds in reference:
+        missing = [tag for tag in REQUIRED_UIDS if not str(ds.get(tag, "") or "")]
+        if missing:
+            where = getattr(ds, "filename", None) or "the reference series"
+            raise DataError(f"'{where}' lacks {missing}, which a derived DICOM object needs; "
+                            "export the series with them, or use the NIfTI outputs")
+        sex = str(ds.get("PatientSex", "") or "")
+        if all(tag in ds for tag in TYPE2_PATIENT_STUDY) and sex in PATIENT_SEX:
+            completed.append(ds)
+            continue
+        ds = copy.deepcopy(ds)
+        for tag in TYPE2_PATIENT_STUDY:
+            if tag not in ds:
+                setattr(ds, tag, "")
+        if sex not in PATIENT_SEX:  # e.g. 'U' or 'MALE', which highdicom refuses: unknown
+            ds.PatientSex = ""
+        completed.append(ds)
+    return completed
+
+
+def series_date_time() -> dict[str, str]:
+    """SeriesDate/SeriesTime of a derived series: now (Orthanc and viewers file and sort series
+    by them; highdicom leaves them out)."""
+    now = datetime.now()
+    return {"series_date": now.strftime("%Y%m%d"), "series_time": now.strftime("%H%M%S")}
+
+
+def code_table_or_default(code_table: dict[str, SegmentCode] | None) -> dict[str, SegmentCode]:
+    """The user's code table; None: the file of $DIFFUSEG_SEGMENT_CODES only (no run)."""
+    return user_table(None) if code_table is None else code_table
+
+
+def _coded(triple: tuple[str, str, str]) -> hd.sr.CodedConcept:
+    scheme, value, meaning = triple
+    return hd.sr.CodedConcept(value, scheme, meaning)
+
+
 def _algorithm(method: str) -> hd.AlgorithmIdentificationSequence:
     return hd.AlgorithmIdentificationSequence(
         name="diffuseg", family=codes.cid7162.ArtificialIntelligence,
         version=diffuseg.__version__, parameters={"method": method})
 
 
-def _segment(number: int, label: str, method: str, reviewed: bool) -> hd.seg.SegmentDescription:
+def _segment(number: int, label: str, method: str, reviewed: bool, code: SegmentCode
+             ) -> hd.seg.SegmentDescription:
     return hd.seg.SegmentDescription(
         segment_number=number, segment_label=label[:64],
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_category=_coded(code.category),
+        segmented_property_type=_coded(code.type),
+        anatomic_regions=[_coded(code.region)] if code.region else None,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if reviewed
         else hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=_algorithm(method))
@@ -156,11 +223,11 @@ def _quiet() -> Iterator[None]:
 
 
 def _common(name: str, reference: Sequence[pydicom.Dataset]) -> dict:
-    return dict(source_images=list(reference), series_instance_uid=hd.UID(),
+    return dict(source_images=complete_reference(reference), series_instance_uid=hd.UID(),
                 series_number=SERIES_NUMBERS.get(name, 9000), sop_instance_uid=hd.UID(),
                 instance_number=1, manufacturer=MANUFACTURER,
                 manufacturer_model_name="diffuseg", software_versions=diffuseg.__version__,
-                device_serial_number="0")
+                device_serial_number="0", **series_date_time())
 
 
 def _seg(name: str, pixels: np.ndarray, reference: Sequence[pydicom.Dataset],
@@ -178,42 +245,70 @@ def _seg(name: str, pixels: np.ndarray, reference: Sequence[pydicom.Dataset],
     return seg
 
 
+def seg_label_names(mask: np.ndarray, label_names: dict[int, str] | None) -> dict[int, str]:
+    """{label: name} of a consensus SEG's segments: ``label_names`` (the run's), else the labels
+    present (at least label 1) named 'label k'."""
+    if label_names:
+        if any(k < 1 for k in label_names):
+            raise DataError(f"label_names {label_names} must use labels >= 1 (0 is background)")
+        return dict(sorted(label_names.items()))
+    present = sorted({int(v) for v in np.unique(mask) if v > 0} | {1})
+    return {k: f"label {k}" for k in present}
+
+
 def binary_seg(mask: np.ndarray, reference: Sequence[pydicom.Dataset], *,
                label_names: dict[int, str] | None, method: str,
                content_creator: str | None = None, reviewed: bool = False,
-               series_description: str = "diffuseg consensus") -> hd.seg.Segmentation:
+               series_description: str = "diffuseg consensus",
+               code_table: dict[str, SegmentCode] | None = None) -> hd.seg.Segmentation:
     """A BINARY SEG of label map ``mask`` ``[columns, rows, slices]`` (0 = background), one segment
     per label in ``label_names`` (default: the labels present, at least label 1), segment number =
-    label value. ``reviewed`` marks the segments SEMIAUTOMATIC (an algorithm's output edited by a
-    person, ``content_creator``)."""
+    label value, coded by name (``diffuseg.io.segment_codes``). ``reviewed`` marks the segments
+    SEMIAUTOMATIC (an algorithm's output edited by a person, ``content_creator``) and gives the
+    series its own number (``seg_reviewed``)."""
     _check_grid(mask.shape, reference)
-    labels = sorted(label_names) if label_names else \
-        sorted({int(v) for v in np.unique(mask) if v > 0} | {1})
-    if any(k < 1 for k in labels):
-        raise DataError(f"label_names {label_names} must use labels >= 1 (0 is background)")
-    names = label_names or {}
-    descriptions = [_segment(k, names.get(k, f"label {k}"), method, reviewed) for k in labels]
-    pixels = np.stack([mask == k for k in labels], axis=-1)  # [columns, rows, slices, segments]
+    names = seg_label_names(mask, label_names)
+    table = code_table_or_default(code_table)
+    descriptions = [_segment(k, name, method, reviewed, segment_code(name, table))
+                    for k, name in names.items()]
+    pixels = np.stack([mask == k for k in names], axis=-1)  # [columns, rows, slices, segments]
     if reviewed:
         series_description = f"{series_description} (reviewed)"
-    return _seg("seg_consensus", _frames(pixels).astype(np.uint8), reference, descriptions,
+    return _seg("seg_reviewed" if reviewed else "seg_consensus",
+                _frames(pixels).astype(np.uint8), reference, descriptions,
                 series_description, content_creator=content_creator)
 
 
 def probability_seg(probability: np.ndarray, reference: Sequence[pydicom.Dataset], *,
-                    method: str, label: str = "foreground") -> hd.seg.Segmentation:
-    """A FRACTIONAL PROBABILITY SEG of ``probability`` in [0, 1] ``[columns, rows, slices]``."""
+                    method: str, label: str = "foreground",
+                    code_table: dict[str, SegmentCode] | None = None) -> hd.seg.Segmentation:
+    """A FRACTIONAL PROBABILITY SEG of ``probability`` in [0, 1] ``[columns, rows, slices]``: one
+    segment '<label> probability', coded as ``label``."""
     _check_grid(probability.shape, reference)
     frames = _frames(np.clip(probability, 0.0, 1.0).astype(np.float32))
+    code = segment_code(label, code_table_or_default(code_table))
     return _seg("seg_probability", frames, reference,
-                [_segment(1, f"{label} probability", method, False)],
+                [_segment(1, f"{label} probability", method, False, code)],
                 "diffuseg probability", fractional=True)
+
+
+def source_laterality(reference: Sequence[pydicom.Dataset]) -> str:
+    """Laterality (R or L) for a Parametric Map: the source's Laterality, else its
+    ImageLaterality when R or L, else '' (unknown; the attribute is Type 2C)."""
+    first = reference[0]
+    for tag in ("Laterality", "ImageLaterality"):
+        value = str(first.get(tag, "") or "").strip().upper()
+        if value in ("R", "L"):
+            return value
+    return ""
 
 
 def uncertainty_map(maps: dict[str, np.ndarray], reference: Sequence[pydicom.Dataset], *,
                     method: str) -> hd.pm.ParametricMap:
     """One float Parametric Map holding each map of ``maps`` as a channel, with an identity
-    real-world value mapping labelled with the map's name."""
+    real-world value mapping labelled with the map's name. Laterality (General Series, Type 2C,
+    which dciodvfy requires of a Parametric Map without Frame Anatomy) is the source's, or empty
+    (unknown)."""
     for values in maps.values():
         _check_grid(values.shape, reference)
     names = list(maps)
@@ -232,21 +327,27 @@ def uncertainty_map(maps: dict[str, np.ndarray], reference: Sequence[pydicom.Dat
             content_description=f"diffuseg {method} uncertainty"[:64],
             content_label="UNCERTAINTY", **_common("pmap_uncertainty", reference))
     pm.SeriesDescription = "diffuseg uncertainty"
+    pm.Laterality = source_laterality(reference)
     return pm
 
 
 def samples_seg(labels: np.ndarray, reference: Sequence[pydicom.Dataset], *, method: str,
-                num_classes: int) -> hd.seg.Segmentation:
+                num_classes: int, label_names: dict[int, str] | None = None,
+                code_table: dict[str, SegmentCode] | None = None) -> hd.seg.Segmentation:
     """Every sample's every foreground label as one segment: segment (s * L + l), L = foreground
-    labels (1 for binary), label 'sample s' or 'sample s label l'."""
+    labels (1 for binary), label 'sample s' or 'sample s <label name>', coded as the label."""
     foreground = list(range(1, max(2, num_classes)))
+    names = label_names or {}
+    table = code_table_or_default(code_table)
     masks, descriptions = [], []
     for s, sample in enumerate(labels):
         _check_grid(sample.shape, reference)
         for k in foreground:
             number = len(masks) + 1
-            name = f"sample {s}" if len(foreground) == 1 else f"sample {s} label {k}"
-            descriptions.append(_segment(number, name, method, False))
+            label = names.get(k, f"label {k}")
+            name = f"sample {s}" if len(foreground) == 1 else f"sample {s} {label}"
+            descriptions.append(_segment(number, name, method, False,
+                                         segment_code(label, table)))
             masks.append(sample == k)
     pixels = _frames(np.stack(masks, axis=-1)).astype(np.uint8)
     return _seg("seg_samples", pixels, reference, descriptions, "diffuseg samples")
@@ -255,31 +356,45 @@ def samples_seg(labels: np.ndarray, reference: Sequence[pydicom.Dataset], *, met
 def write_dicom_outputs(result: Result, reference: Sequence[pydicom.Dataset], out_dir: Path, *,
                         method: str, label_names: dict[int, str] | None = None,
                         samples: bool = False, content_creator: str | None = None,
-                        reviewed: bool = False) -> dict[str, Path]:
+                        reviewed: bool = False, rtstruct: bool = False,
+                        code_table: dict[str, SegmentCode] | None = None) -> dict[str, Path]:
     """Write the DICOM objects of ``result`` (module docstring) into ``out_dir``; returns
-    {name: path} for seg_consensus, seg_probability, pmap_uncertainty (and seg_samples)."""
+    {name: path} for seg_consensus, seg_probability, pmap_uncertainty (and seg_samples,
+    rtstruct_consensus). ``code_table``: the user's segment codes (``segment_codes.user_table``
+    of the run)."""
     if not reference:
         raise DataError("DICOM outputs need the source series; none was given")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     num_classes = result.probability.shape[1]
     foreground = result.foreground()[0].numpy()
-    if label_names is None and num_classes > 1:
-        label_names = {k: f"label {k}" for k in range(1, num_classes)}
+    probability_label = (label_names or {}).get(1, "foreground") if num_classes <= 2 \
+        else "foreground"  # the foreground of a K-class run: the share of samples with a label
+    if label_names is None:
+        label_names = {k: f"label {k}" for k in range(1, max(2, num_classes))}
+    table = code_table_or_default(code_table)
     norm = np.log(max(2, num_classes))
     maps = {"variance": result.variance[0].numpy(),
             "entropy": np.clip(result.entropy[0].numpy() / norm, 0.0, 1.0),
             "mutual_information": np.clip(result.mutual_information[0].numpy() / norm, 0.0, 1.0)}
+    consensus = result.consensus[0].numpy()
     objects = {
-        "seg_consensus": binary_seg(result.consensus[0].numpy(), reference,
-                                    label_names=label_names, method=method,
-                                    content_creator=content_creator, reviewed=reviewed),
-        "seg_probability": probability_seg(foreground, reference, method=method),
+        "seg_consensus": binary_seg(consensus, reference, label_names=label_names, method=method,
+                                    content_creator=content_creator, reviewed=reviewed,
+                                    code_table=table),
+        "seg_probability": probability_seg(foreground, reference, method=method,
+                                           label=probability_label, code_table=table),
         "pmap_uncertainty": uncertainty_map(maps, reference, method=method),
     }
     if samples:
         objects["seg_samples"] = samples_seg(result.sample_labels()[:, 0].numpy(), reference,
-                                             method=method, num_classes=num_classes)
+                                             method=method, num_classes=num_classes,
+                                             label_names=label_names, code_table=table)
+    if rtstruct:
+        from diffuseg.io.rtstruct import rt_structure_set
+
+        objects["rtstruct_consensus"] = rt_structure_set(
+            consensus, reference, label_names=label_names, method=method, code_table=table)
     written = {}
     for name, dataset in objects.items():
         written[name] = save_atomic(dataset, out_dir / FILES[name])

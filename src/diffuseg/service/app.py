@@ -101,11 +101,13 @@ def segment_job(app_state, job: Job, input_path: Path) -> None:
                         "method": predictor.config.method.name, "version": diffuseg.__version__})
     if geometry.kind == "dicom":
         from diffuseg.io.dicom_seg import reference_for, run_label_names, write_dicom_outputs
+        from diffuseg.io.segment_codes import user_table
 
         write_dicom_outputs(result, reference_for(geometry), folder / "dicom",
                             method=predictor.config.method.name,
-                            samples=settings.dicom_samples,
-                            label_names=run_label_names(settings.run_dir))
+                            samples=settings.dicom_samples, rtstruct=settings.rtstruct,
+                            label_names=run_label_names(settings.run_dir),
+                            code_table=user_table(settings.run_dir))
     store.update(job, progress=0.95)
 
 
@@ -221,7 +223,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def get_result(job_id: str, name: str, user: User) -> FileResponse:
         """One output by name: consensus, probability, variance, entropy, mutual_information,
         sample_00..., result (JSON), seg_consensus, seg_probability, pmap_uncertainty,
-        seg_samples (DICOM)."""
+        seg_samples, rtstruct_consensus (DICOM)."""
         job = store.get(job_id)
         if job is None:
             raise HTTPException(404, f"no job '{job_id[:40]}'")

@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from diffuseg.errors import DiffusegError
+from diffuseg.io.segment_codes import user_table
 from diffuseg.review.audit import append_event, label_change, last_view
 from diffuseg.service import review_data as rd
 from diffuseg.service.auth import current_user
@@ -255,7 +256,8 @@ def review_router(settings, state) -> APIRouter:
             rd.read_json(rd.case_folder(job) / "result.json") or {}).get("method", "diffuseg")
         try:
             files = rd.write_approved(job, mask, case, record, method=method,
-                                      label_names=label_names(run_dir, case.n_labels))
+                                      label_names=label_names(run_dir, case.n_labels),
+                                      code_table=user_table(run_dir))
         except DiffusegError as err:
             raise HTTPException(400, " ".join(str(err).split())) from None
         record["files"] = files

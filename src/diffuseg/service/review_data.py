@@ -99,8 +99,8 @@ def load_case(job: Path, source: str = "output", n_labels: int = 2) -> Case:
 
 
 def write_approved(job: Path, mask: np.ndarray, case: Case, record: dict, *,
-                   method: str = "diffuseg", label_names: dict[int, str] | None = None
-                   ) -> list[str]:
+                   method: str = "diffuseg", label_names: dict[int, str] | None = None,
+                   code_table: dict | None = None) -> list[str]:
     """The approved mask (a label map) in the output's format (on the output grid) and, for a
     DICOM series, a reviewed DICOM-SEG (``reviewed_seg``) with one segment per foreground label
     present (binary runs: always segment 1); returns the files written under ``approved/``."""
@@ -113,7 +113,8 @@ def write_approved(job: Path, mask: np.ndarray, case: Case, record: dict, *,
     files = [name]
     if is_dicom(job):
         reviewed_seg(job, mask, out / SEG_FILE, reviewer=record["user"], method=method,
-                     label_names=seg_labels(mask, case.n_labels, label_names))
+                     label_names=seg_labels(mask, case.n_labels, label_names),
+                     code_table=code_table)
         files.append(SEG_FILE)
     record = {**record, "files": files,
               "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -132,11 +133,12 @@ def seg_labels(mask: np.ndarray, n_labels: int, names: dict[int, str] | None
 
 
 def reviewed_seg(job: Path, mask: np.ndarray, path: Path, *, reviewer: str, method: str,
-                 label_names: dict[int, str]) -> Path:
+                 label_names: dict[int, str], code_table: dict | None = None) -> Path:
     """A BINARY DICOM-SEG of label map ``mask`` (one segment per label of ``label_names``,
     segment number = label value) derived from the job's series, its segments marked
     SEMIAUTOMATIC and its series described as reviewed, with ``reviewer`` as ContentCreatorName
-    (``diffuseg.io.dicom_seg.binary_seg``).
+    (``diffuseg.io.dicom_seg.binary_seg``; segments coded from ``code_table``, the run's
+    ``diffuseg.io.segment_codes.user_table``; SeriesNumber 9005, apart from the consensus SEG's).
 
     Grid: ``mask`` lies on the output grid, which is the grid ``diffuseg.io.read_image`` gives the
     series (``write_result`` writes the outputs on the input's geometry, and the page draws on
@@ -150,7 +152,7 @@ def reviewed_seg(job: Path, mask: np.ndarray, path: Path, *, reviewer: str, meth
         raise DataError(f"job '{job.name}': the input is not a DICOM series; no DICOM-SEG")
     seg = binary_seg(mask.astype(np.uint8), reference_for(geometry), label_names=label_names,
                      method=method, content_creator=reviewer, reviewed=True,
-                     series_description="diffuseg segmentation")
+                     series_description="diffuseg segmentation", code_table=code_table)
     return save_atomic(seg, path)
 
 

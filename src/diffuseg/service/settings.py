@@ -31,6 +31,7 @@ class ServiceSettings:
     seed: int = 0
     device: str = "auto"
     dicom_samples: bool = False  # also write seg_samples.dcm for DICOM inputs
+    rtstruct: bool = False  # also write rtstruct_consensus.dcm (RT Structure Set) for DICOM inputs
 
     def validate(self) -> ServiceSettings:
         if not self.auth and self.host not in LOCAL_HOSTS:
