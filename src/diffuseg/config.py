@@ -52,7 +52,7 @@ def ranged(default: Any, low: float | None = None, high: float | None = None, *,
 class ProcessConfig:
     # the method declares its process (Method.process_kind); None follows it, a contradicting
     # value is refused (processes.build_process)
-    kind: Literal["gaussian", "bernoulli"] | None = None
+    kind: str | None = None  # a key of processes.PROCESSES (gaussian, bernoulli, flow)
     schedule: Literal["linear", "cosine"] = "cosine"  # cosine: Nichol & Dhariwal 2021, eq. 17
     T: int = ranged(1000, 1, MAX_T)  # number of diffusion steps at training time
     prediction: Literal["eps", "x0", "v"] = "x0"  # what the network predicts (x0 suits masks)
@@ -137,9 +137,10 @@ class TrainConfig:
 class SampleConfig:
     n_samples: int = ranged(16, 1, MAX_SAMPLES)
     steps: int = ranged(10, 1, 100_000)
-    # None: the process's default (ddim for Gaussian, ddpm for Bernoulli; samplers.DEFAULT); a
-    # sampler the process cannot run is refused. dpm_solver_pp: DPM-Solver++(2M)
-    sampler: Literal["ddim", "ddpm", "dpm_solver_pp"] | None = None
+    # None: the process's default (ddim for Gaussian, ddpm for Bernoulli, euler for flow;
+    # samplers.DEFAULT); a sampler the process cannot run is refused. dpm_solver_pp:
+    # DPM-Solver++(2M); heun: Heun's second-order ODE step (flow)
+    sampler: str | None = None  # a key of sampling.samplers.SUPPORTED
     eta: float = ranged(0.0, 0, 1)  # DDIM stochasticity; 0 is deterministic given x_T
     # guided resampling only: RePaint resamplings per step (Lugmayr et al. 2022); 1 = one pass
     resample_jumps: int = ranged(1, 1, 100)

@@ -1,7 +1,8 @@
 """The contract every Process satisfies (docs/architecture.md), in 2D and 3D.
 
-Each case gives a process, masks in its domain ({-1, 1} for Gaussian, {0, 1} for Bernoulli) and
-an oracle network output that makes predict_x0 return the true x0.
+The cases are every registered process kind (``PROCESSES``) with every prediction it supports,
+with masks in its domain (``data_range``: {-1, 1} for Gaussian and flow, {0, 1} for Bernoulli)
+and the oracle network output that makes predict_x0 return the true x0 (``output_for_x0``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffuseg.processes import BernoulliProcess, GaussianProcess, Process, cosine_betas
+from diffuseg.config import ProcessConfig
+from diffuseg.processes import PROCESSES, BernoulliProcess, Process, cosine_betas
 from diffuseg.sampling.samplers import ddpm, last
 
 T = 100
@@ -27,32 +29,22 @@ class Case:
     oracle: Callable[[Process, Tensor, Tensor, Tensor], Tensor]  # (process, x_t, t, x0) -> output
 
 
-def _gaussian_oracle(process: GaussianProcess, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-    return process.training_target(x0, process.eps_from_x0(x_t, t, x0), t)
+def _oracle(process: Process, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+    """The output that makes predict_x0 return the true x0."""
+    return process.output_for_x0(x_t, t, x0)
 
 
-def _bernoulli_oracle(process: BernoulliProcess, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-    return (2 * x0 - 1) * 30.0  # logits; sigmoid(+-30) is 1 - 9e-14 or 9e-14
+def _case(make: Callable[[], Process]) -> Case:
+    low, high = make().data_range
+    return Case(make=make, to_domain=lambda m: low + (high - low) * m, oracle=_oracle)
 
 
+# every registered kind with every prediction it supports (a new kind is tested by registering)
 CASES = {
-    f"gaussian-{p}": Case(
-        make=lambda p=p: GaussianProcess(cosine_betas(T), prediction=p),
-        to_domain=lambda m: 2 * m - 1,
-        oracle=_gaussian_oracle,  # type: ignore[arg-type]
-    )
-    for p in ("eps", "x0", "v")
-} | {
-    "bernoulli": Case(
-        make=lambda: BernoulliProcess(cosine_betas(T)),
-        to_domain=lambda m: m,
-        oracle=_bernoulli_oracle,  # type: ignore[arg-type]
-    ),
-    "bernoulli-prior": Case(  # the chain redraws from B(0.3), not B(1/2): HiDiff's kind
-        make=lambda: BernoulliProcess(cosine_betas(T), prior=0.3),
-        to_domain=lambda m: m,
-        oracle=_bernoulli_oracle,  # type: ignore[arg-type]
-    ),
+    f"{kind}-{p}": _case(lambda cls=cls, p=p: cls.from_config(ProcessConfig(T=T, prediction=p)))
+    for kind, cls in sorted(PROCESSES.items()) for p in cls.predictions
+} | {  # the chain redraws from B(0.3), not B(1/2): HiDiff's kind
+    "bernoulli-prior": _case(lambda: BernoulliProcess(cosine_betas(T), prior=0.3)),
 }
 SHAPES = {"2d": (2, 1, 8, 8), "3d": (2, 1, 4, 4, 4)}
 

@@ -218,8 +218,8 @@ class Method(ABC):
             if not self.guidable:
                 raise ConfigError(
                     f"guided resampling is not available for method '{self.name}': only the "
-                    "diffusion methods support it (ddpm, cimd, medsegdiff_v2, wdm, berdiff, "
-                    "hidiff, ldseg); see docs/review.md")
+                    "diffusion methods support it "
+                    f"({', '.join(methods_where(lambda m: m.guidable))}); see docs/review.md")
             if known.values.shape[1] != self.config.num_classes:
                 raise ConfigError(
                     f"the known pixels have {known.values.shape[1]} channel(s) but the run has "
@@ -227,7 +227,8 @@ class Method(ABC):
                     f"Constraints.known(num_classes={self.config.num_classes})")
             if known.scale is not None and not self.guidance_scaled:
                 raise ConfigError(
-                    f"a guidance scale applies to decoder-guided methods (ldseg); '{self.name}' "
+                    "a guidance scale applies to decoder-guided methods "
+                    f"({', '.join(methods_where(lambda m: m.guidance_scaled))}); '{self.name}' "
                     "holds the marks by replacement (RePaint), which has no step size; drop "
                     "--guidance-scale")
             guided = {"known": known.pad(flat) if any(pads) else known}

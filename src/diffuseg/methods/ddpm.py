@@ -2,63 +2,18 @@
 
 The mask x0 is diffused by a Gaussian process; a U-Net that sees the image concatenated to x_t
 predicts eps, x0 or v (Ho et al. 2020 eq. 14, "simple" loss). Each sample starts from its own x_T,
-so n samples form an implicit ensemble (Wolleb et al., Sec. 2). All samples of all images are
-denoised as one batch per step. No options.
+so n samples form an implicit ensemble (Wolleb et al., Sec. 2). The model, loss and sampling are
+``methods/conditional.py``'s, shared with flow matching; this leaf names the process. No options.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
-
-from diffuseg.config import RunConfig
-from diffuseg.methods.base import Method, one_hot, register
-from diffuseg.methods.parts import (
-    build_denoiser,
-    conditioned_denoiser,
-    noised,
-    regression_loss,
-    repeat_samples,
-)
-from diffuseg.methods.targets import build_target
-from diffuseg.sampling.repaint import KnownPixels
-from diffuseg.sampling.samplers import Denoise
+from diffuseg.methods.base import register
+from diffuseg.methods.conditional import ConditionalMaskMethod
 
 
 @register("ddpm")
-class DDPMSegmentation(Method):
-    """``loss`` is the mean squared error on the process's training target."""
+class DDPMSegmentation(ConditionalMaskMethod):
+    """Gaussian diffusion of the mask (or its signed distance: ``method.target=sdf``)."""
 
     process_kind = "gaussian"
-    guidable = True  # sample(known=): guided resampling
-    onnx_exportable = True
-
-    def __init__(self, config: RunConfig):
-        super().__init__(config)
-        self.target = build_target(config.method.target)
-        self.denoiser = build_denoiser(config)
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"denoiser": self.denoiser}
-
-    def loss(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None
-             ) -> dict[str, Tensor]:
-        x0 = self.target.encode(one_hot(batch["mask"], self.config.num_classes))
-        t, noise, x_t = noised(self.process, x0, generator)
-        mse = regression_loss(self.process, self.denoiser(x_t, t, batch["image"]), x0, noise, t)
-        return {"loss": mse, "mse": mse}
-
-    def denoise_fn(self, cond: Tensor) -> Denoise:
-        """The denoiser as the sampler sees it: (x_t, t) -> output, with the image fixed."""
-        return conditioned_denoiser(self, self.denoiser, cond)
-
-    @torch.no_grad()
-    def sample(self, image: Tensor, n_samples: int, *, steps: int | None = None,
-               generator: torch.Generator | None = None,
-               known: KnownPixels | None = None) -> Tensor:
-        b, spatial = image.shape[0], image.shape[2:]
-        shape = (n_samples * b, self.config.num_classes, *spatial)
-        x_T = self.process.prior_sample(shape, generator=generator, device=image.device)
-        x0 = self.diffuse(self.denoise_fn(repeat_samples(image, n_samples)), x_T, steps,
-                          generator=generator, clip=self.target.clip, known=known)
-        return self.target.decode(x0).reshape(n_samples, b, *x0.shape[1:])

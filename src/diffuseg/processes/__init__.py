@@ -5,6 +5,8 @@ Both processes satisfy `Process` (docs/architecture.md) and pass tests/contracts
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -12,9 +14,23 @@ from torch import Tensor
 
 from diffuseg.config import ProcessConfig
 from diffuseg.errors import ConfigError
-from diffuseg.processes.bernoulli import BernoulliProcess, bernoulli_loss_terms, kl_bernoulli
-from diffuseg.processes.gaussian import GaussianProcess
-from diffuseg.processes.schedules import Schedule, cosine_betas, linear_betas, make_betas
+from diffuseg.processes.registry import PROCESSES
+
+for _module in pkgutil.iter_modules(__path__):  # each process module registers its kind
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from diffuseg.processes.bernoulli import (  # noqa: E402
+    BernoulliProcess,
+    bernoulli_loss_terms,
+    kl_bernoulli,
+)
+from diffuseg.processes.gaussian import GaussianProcess  # noqa: E402
+from diffuseg.processes.schedules import (  # noqa: E402
+    Schedule,
+    cosine_betas,
+    linear_betas,
+    make_betas,
+)
 
 
 @runtime_checkable
@@ -24,7 +40,9 @@ class Process(Protocol):
     docs/adding_a_method.md says how a new kind joins (its class, `PROCESSES`, its samplers)."""
 
     T: int
-    kind: str  # "gaussian" or "bernoulli": which samplers can run it (samplers.SUPPORTED)
+    kind: str  # its key in PROCESSES: which samplers can run it (samplers.SUPPORTED)
+    predictions: tuple[str, ...]  # what its network may predict (process.prediction)
+    data_range: tuple[float, float]  # a {0, 1} mask maps to low + (high - low) m
 
     def alpha_bar_at(self, t: int | Tensor) -> Tensor: ...  # the signal share at t; 1 at t = -1
 
@@ -62,6 +80,9 @@ class Process(Protocol):
 
     def predict_x0(self, x_t: Tensor, t: int | Tensor, model_output: Tensor) -> Tensor: ...
 
+    def output_for_x0(self, x_t: Tensor, t: int | Tensor, x0: Tensor) -> Tensor: ...
+    # the output predict_x0 reads as x0 (guidance through x0, the contract's oracle)
+
     def ancestral_step(
         self,
         x_t: Tensor,
@@ -98,17 +119,23 @@ class PriorProcess(Process, Protocol):
                         x0: Tensor) -> Tensor: ...
 
 
-PROCESSES = {"gaussian": GaussianProcess, "bernoulli": BernoulliProcess}
+@runtime_checkable
+class ODEProcess(Process, Protocol):
+    """A process walked back along an ODE in sigma (flow matching): what the Euler and Heun
+    samplers call."""
+
+    def sigma_at(self, t: int | Tensor) -> Tensor: ...
+
+    def velocity(self, x_t: Tensor, t: int | Tensor, x0_hat: Tensor) -> Tensor: ...
 
 
-def build_process(config: ProcessConfig, kind: str | None = None
-                  ) -> GaussianProcess | BernoulliProcess:
+def build_process(config: ProcessConfig, kind: str | None = None) -> Process:
     """The process of `kind` (a method's declared kind; default `config.kind`), with the schedule
     `config.schedule` over config.T. The one place a process is chosen: an explicit
     `config.kind` that contradicts `kind` is refused; `config.kind = None` follows `kind`."""
     kind = kind or config.kind
     if kind not in PROCESSES:
-        raise ConfigError(f"process.kind={kind!r} is unknown; use 'gaussian' or 'bernoulli'")
+        raise ConfigError(f"process.kind={kind!r} is unknown; use one of {sorted(PROCESSES)}")
     if config.kind is not None and config.kind != kind:
         raise ConfigError(f"process.kind={config.kind!r} contradicts the method, whose process is "
                           f"{kind!r}; drop process.kind (the method chooses) or set it to {kind}")
@@ -118,6 +145,7 @@ def build_process(config: ProcessConfig, kind: str | None = None
 __all__ = [
     "BernoulliProcess",
     "GaussianProcess",
+    "ODEProcess",
     "PROCESSES",
     "PriorProcess",
     "Process",

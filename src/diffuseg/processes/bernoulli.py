@@ -28,6 +28,7 @@ from torch import Tensor
 
 from diffuseg.config import ProcessConfig
 from diffuseg.errors import ConfigError
+from diffuseg.processes.registry import register_process
 from diffuseg.processes.schedules import (
     Schedule,
     Timestep,
@@ -40,11 +41,14 @@ from diffuseg.processes.schedules import (
 PRIOR_EPS = 1e-4  # a prior map is kept in [eps, 1 - eps]
 
 
+@register_process
 class BernoulliProcess(Schedule):
     """Bernoulli diffusion towards the prior B(p): p = 1/2 (BerDiff) or a map ``[N, 1, *sp]``
     (HiDiff, see ``with_prior``); network output = logits of x_0."""
 
     kind = "bernoulli"
+    predictions = ("x0",)  # logits of x_0
+    data_range = (0.0, 1.0)  # the mask itself
 
     def __init__(self, betas: Tensor, prior: float = 0.5) -> None:
         super().__init__(betas)
@@ -125,6 +129,11 @@ class BernoulliProcess(Schedule):
     def predict_x0(self, x_t: Tensor, t: Timestep, model_output: Tensor) -> Tensor:
         """x0_hat = sigmoid(logits): the probability that each pixel of x_0 is 1."""
         return torch.sigmoid(model_output)
+
+    def output_for_x0(self, x_t: Tensor, t: Timestep, x0: Tensor) -> Tensor:
+        """The logits that ``predict_x0`` reads as ``x0``: logit(x0), with 0 and 1 taken as
+        1e-13 and 1 - 1e-13 (logits of about -/+30, computed in float64)."""
+        return torch.logit(x0.double().clamp(1e-13, 1 - 1e-13)).to(x0.dtype)
 
     def posterior_probs(
         self, x_t: Tensor, t: Timestep, t_prev: Timestep, x0_prob: Tensor

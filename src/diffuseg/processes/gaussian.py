@@ -16,6 +16,7 @@ from torch import Tensor
 
 from diffuseg.config import ProcessConfig
 from diffuseg.errors import ConfigError
+from diffuseg.processes.registry import register_process
 from diffuseg.processes.schedules import (
     Schedule,
     Timestep,
@@ -28,10 +29,13 @@ from diffuseg.processes.schedules import (
 Prediction = Literal["eps", "x0", "v"]
 
 
+@register_process
 class GaussianProcess(Schedule):
     """q(x_t | x_0) = N(sqrt(ab_t) x_0, (1 - ab_t) I); the network predicts eps, x0 or v."""
 
     kind = "gaussian"
+    predictions = ("eps", "x0", "v")  # what the network may predict (process.prediction)
+    data_range = (-1.0, 1.0)  # a {0, 1} mask is diffused as 2m - 1 (methods/targets.py)
 
     def __init__(self, betas: Tensor, prediction: Prediction = "eps") -> None:
         super().__init__(betas)
@@ -120,6 +124,11 @@ class GaussianProcess(Schedule):
         if self.prediction == "x0":
             return x0
         return self.v_from(x0, noise, t)
+
+    def output_for_x0(self, x_t: Tensor, t: Timestep, x0: Tensor) -> Tensor:
+        """The network output that ``predict_x0(x_t, t, .)`` reads as ``x0`` (Salimans & Ho
+        2022, App. D): what guidance through x0 hands back to the sampler."""
+        return self.training_target(x0, self.eps_from_x0(x_t, t, x0), t)
 
     def predict_x0(self, x_t: Tensor, t: Timestep, model_output: Tensor) -> Tensor:
         """The network output, read according to `prediction`, as x0_hat."""

@@ -74,15 +74,6 @@ from diffuseg.sampling.samplers import Denoise
 Correct = Callable[[Tensor], Tensor]  # x0_hat [N, 1, *sp] -> corrected x0_hat
 
 
-def output_from_x0(process, x_t: Tensor, t: Tensor | int, x0: Tensor) -> Tensor:
-    """The network output that ``process.predict_x0(x_t, t, .)`` reads as ``x0`` (eps, x0 or v
-    prediction; Salimans & Ho 2022, App. D)."""
-    if process.prediction == "x0":
-        return x0
-    eps = process.eps_from_x0(x_t, t, x0)
-    return eps if process.prediction == "eps" else process.v_from(x0, eps, t)
-
-
 def x0_guided(denoise: Denoise, process, correct: Correct) -> Denoise:
     """``denoise`` as the sampler sees it when x0_hat is replaced by ``correct(x0_hat)`` (module
     docstring); float32, whatever the network's dtype under autocast."""
@@ -90,7 +81,7 @@ def x0_guided(denoise: Denoise, process, correct: Correct) -> Denoise:
     def guided(x_t: Tensor, t: Tensor) -> Tensor:
         x_t32 = x_t.float()
         x0 = process.predict_x0(x_t32, t, denoise(x_t, t).float())
-        return output_from_x0(process, x_t32, t, correct(x0)).to(x_t.dtype)
+        return process.output_for_x0(x_t32, t, correct(x0)).to(x_t.dtype)
 
     return guided
 
