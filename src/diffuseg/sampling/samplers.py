@@ -6,9 +6,11 @@ clamp it to [-clip, clip], and apply the sampler's update to reach the next time
 `timesteps` (-1 after the last one: the clean data, where every update returns x0_hat). The
 samplers differ only in that update:
 
-* `ddpm`: the process's own ancestral step (every process has one);
+* `ddpm`: the process's own ancestral step (Gaussian and Bernoulli processes);
 * `ddim`: Song et al. 2021, eq. 12 (`ddim_update`, Gaussian processes only);
-* `dpm_solver_pp`: Lu et al. 2022, DPM-Solver++(2M) (`dpm_solver_pp_update`, Gaussian only).
+* `dpm_solver_pp`: Lu et al. 2022, DPM-Solver++(2M) (`dpm_solver_pp_update`, Gaussian only);
+* `euler`, `heun`: Euler's (the flow process's own step) and Heun's method on the ODE of a flow
+  process (processes/flow.py).
 
 Every sampler takes `constrain` (`Constrain`, or None): the loop applies it to each new state
 with the next timestep; guided resampling (`diffuseg.sampling.repaint`, RePaint) uses it to hold the
@@ -48,8 +50,10 @@ Update = Callable[[Tensor, int, int, Tensor], Tensor]
 Constrain = Callable[[Tensor, int], Tensor]
 
 SUPPORTED = {"ddpm": ("gaussian", "bernoulli"), "ddim": ("gaussian",),
-             "dpm_solver_pp": ("gaussian",)}  # sampler -> the process kinds it can run
-DEFAULT = {"gaussian": "ddim", "bernoulli": "ddpm"}  # process kind -> sampler when none is set
+             "dpm_solver_pp": ("gaussian",), "euler": ("flow",),
+             "heun": ("flow",)}  # sampler -> the process kinds it can run
+# process kind -> sampler when none is set
+DEFAULT = {"gaussian": "ddim", "bernoulli": "ddpm", "flow": "euler"}
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,40 @@ def dpm_solver_pp(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Se
                        jumps=jumps, generator=generator)
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
+def euler(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int], *,
+          generator: torch.Generator | None = None, clip: float | None = None,
+          constrain: Constrain | None = None, jumps: int = 1) -> Iterator[Step]:
+    """Euler's method on a flow process's ODE: its own (deterministic) step,
+    ``FlowProcess.ancestral_step`` (processes/flow.py, eq. 4). One network call per step."""
+    _require_kind(process, "euler")
+    return ddpm(denoise, process, x_T, timesteps, generator=generator, clip=clip,
+                constrain=constrain, jumps=jumps)
+
+
+def heun(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequence[int], *,
+         generator: torch.Generator | None = None, clip: float | None = None,
+         constrain: Constrain | None = None, jumps: int = 1) -> Iterator[Step]:
+    """Heun's second-order method on a flow process's ODE (Karras et al. 2022, Alg. 1 without
+    churn): an Euler step to sigma', the velocity there, and the step again with the mean of the
+    two velocities, x' = x + (sigma' - sigma) (v + v') / 2; the last step (to sigma = 0) is Euler's,
+    as in Karras et al. Two network calls per step but the last."""
+    _require_kind(process, "heun")
+
+    def update(x: Tensor, t: int, t_prev: int, x0_hat: Tensor) -> Tensor:
+        x_euler = process.ancestral_step(x, t, t_prev, x0_hat)
+        if t_prev < 0:
+            return x_euler
+        v = process.velocity(x, t, x0_hat)
+        v_next = process.velocity(x_euler, t_prev,
+                                  _x0_hat(denoise, process, x_euler, t_prev, clip))
+        return x + (process.sigma_at(t_prev) - process.sigma_at(t)) * (v + v_next) / 2
+
+    return _trajectory(denoise, process, x_T, timesteps, update, clip, constrain,
+                       jumps=jumps, generator=generator)
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp, "euler": euler,
+            "heun": heun}
 
 
 def sample(name: str, denoise: Denoise, process: Process, x_T: Tensor,
@@ -243,10 +280,7 @@ def _trajectory(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequ
         raise ConfigError(f"jumps={jumps!r} must be an integer >= 1 (1 = no resampling)")
 
     def step(x: Tensor, t: int, t_prev: int) -> tuple[Tensor, Tensor]:
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        x0_hat = process.predict_x0(x, t, denoise(x, t_batch))
-        if clip is not None:
-            x0_hat = x0_hat.clamp(-clip, clip)
+        x0_hat = _x0_hat(denoise, process, x, t, clip)
         x = update(x, t, t_prev, x0_hat)
         if constrain is not None:
             x = constrain(x, t_prev)
@@ -263,6 +297,13 @@ def _trajectory(denoise: Denoise, process: Process, x_T: Tensor, timesteps: Sequ
             yield Step(x=x, x0_hat=x0_hat, t=t)
 
     return run()
+
+
+def _x0_hat(denoise: Denoise, process: Process, x: Tensor, t: int, clip: float | None) -> Tensor:
+    """The network's estimate of x0 at (x, t), clamped to [-clip, clip] when ``clip`` is set."""
+    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    x0_hat = process.predict_x0(x, t, denoise(x, t_batch))
+    return x0_hat if clip is None else x0_hat.clamp(-clip, clip)
 
 
 def _pairs(timesteps: Sequence[int] | Tensor, T: int) -> list[tuple[int, int]]:
