@@ -1,7 +1,7 @@
-"""BerDiff, HiDiff, MedSegDiff-V2 and DDPM on signed distances train through the same ``train()``
-API as every method, leave a run folder that ``Predictor.from_run``, ``predict_file`` and
-``evaluation.evaluate`` use unchanged, and (slow) learn the 2D phantom when trained with
-``diffuseg train``."""
+"""BerDiff, HiDiff, MedSegDiff-V2, DDPM on signed distances and flow matching train through the
+same ``train()`` API as every method, leave a run folder that ``Predictor.from_run``,
+``predict_file`` and ``evaluation.evaluate`` use unchanged, and (slow) learn the 2D phantom when
+trained with ``diffuseg train``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ METHODS = {
     "hidiff": ["method.name=hidiff", "process.kind=bernoulli"],
     "medsegdiff_v2": ["method.name=medsegdiff_v2"],
     "ddpm_sdf": ["method.name=ddpm", "method.target=sdf"],
+    "flow_matching": ["method.name=flow_matching"],  # x0 prediction, Euler (the defaults)
+    "flow_matching_v_heun": ["method.name=flow_matching", "process.prediction=v",
+                             "sample.sampler=heun"],
 }
 TINY = tiny("train.batch_size=2", T=20, max_steps=2)
 SMALL = ["network.channels=[16,32]", "network.attention_levels=[false,false]",
