@@ -21,6 +21,7 @@ from tiny_runs import tiny_run
 from diffuseg.cli import main
 from diffuseg.errors import DataError
 from diffuseg.io import read_image, read_mask
+from diffuseg.io.dicom_outputs import write_dicom_outputs
 from diffuseg.io.dicom_seg import (
     SERIES_NUMBERS,
     TYPE2_PATIENT_STUDY,
@@ -29,7 +30,6 @@ from diffuseg.io.dicom_seg import (
     read_seg,
     reference_for,
     save_atomic,
-    write_dicom_outputs,
 )
 from diffuseg.io.segment_codes import ENV, parse_table, segment_code, user_table
 

@@ -19,12 +19,12 @@ import diffuseg
 from diffuseg.core.ensemble import summarise
 from diffuseg.inference.predictor import Predictor
 from diffuseg.io import read_image, read_mask
+from diffuseg.io.dicom_outputs import write_dicom_outputs
 from diffuseg.io.dicom_seg import (
     load_reference,
     read_parametric_map,
     read_seg,
     reference_for,
-    write_dicom_outputs,
 )
 
 T1POST = "dicom_brain_tumor_progression/PGBM-001/11-T1post-03326"

@@ -19,7 +19,8 @@ from tiny_runs import tiny_run
 from diffuseg.cli import main
 from diffuseg.errors import DataError
 from diffuseg.io import read_image, read_mask
-from diffuseg.io.dicom_seg import reference_for, write_dicom_outputs
+from diffuseg.io.dicom_outputs import write_dicom_outputs
+from diffuseg.io.dicom_seg import reference_for
 from diffuseg.io.rtstruct import plane_contours, read_rtstruct, rt_structure_set
 
 

@@ -8,6 +8,7 @@ goes back into Orthanc as a reviewed SEG naming the reviewer, in a series of its
 from __future__ import annotations
 
 import base64
+import io
 import time
 
 import httpx
@@ -63,9 +64,12 @@ def test_orthanc_round_trip_equals_direct_predict(tmp_path, pacs):
                                pacs_url=f"{pacs}/dicom-web", n_samples=2, steps=1, seed=3,
                                rtstruct=True)
     client = TestClient(create_app(settings))
-    # three image series: the service asks which one
+    # two image series and a mask series (Mask_Tumor, skipped as the CLI skips it): the
+    # service asks which one
     answer = client.post(f"/v1/pacs/studies/{study_uid}/segment")
-    assert answer.status_code == 400 and "3 image series" in answer.json()["detail"]
+    detail = answer.json()["detail"]
+    assert answer.status_code == 400 and "2 image series" in detail, detail
+    assert "skipped as masks: 'Mask_Tumor'" in detail
     assert client.post("/v1/pacs/studies/1.2.3/../../x/segment").status_code == 404
     assert client.post("/v1/pacs/studies/1.2.x/segment").status_code == 400
     answer = client.post(f"/v1/pacs/studies/{study_uid}/segment",
@@ -73,6 +77,8 @@ def test_orthanc_round_trip_equals_direct_predict(tmp_path, pacs):
     assert answer.status_code == 202, answer.text
     job = wait(client, answer.json()["id"])
     assert job["status"] == "done", job
+    assert (job["patient_name"], job["study_date"], job["series_description"]) == (
+        "PGBM-001", "1991-11-19", "T1post")  # from the fetched series' headers
     stored = {s["name"]: s for s in job["pacs"]["stored"]}
     assert set(stored) == {"seg_consensus", "seg_probability", "pmap_uncertainty",
                            "rtstruct_consensus"}
@@ -163,6 +169,9 @@ def test_approved_review_of_a_pacs_job_is_stored_back_with_the_reviewer(tmp_path
     reviewed_uid = record["pacs"]["series_uid"]
     assert client.get(f"/v1/jobs/{job['id']}").json()["pacs"]["reviewed"]["series_uid"] == \
         reviewed_uid
+    served = client.get(f"/v1/jobs/{job['id']}/result/approved")  # the same SEG, over HTTP
+    assert served.status_code == 200 and served.headers["content-type"] == "application/dicom"
+    assert pydicom.dcmread(io.BytesIO(served.content)).SeriesInstanceUID == reviewed_uid
 
     web = DicomWeb(f"{pacs}/dicom-web")
     series = {s["0020000E"]["Value"][0] for s in web.series(study_uid)}

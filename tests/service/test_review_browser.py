@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+from dicom_synth import write_series  # noqa: E402
 from PIL import Image  # noqa: E402
 from review_helpers import (  # noqa: E402
     ANN_TOKEN,
@@ -59,6 +60,8 @@ def server(tmp_path_factory):
                            extra=["data.patch_size=[16,16,16]"])
     ids["vol"] = make_job(data_dir, Predictor.from_run(run3),
                           sorted((data3 / "imagesTr").iterdir())[0], n_samples=3)
+    series, _ = write_series(root / "series")  # Synthetic^Phantom, 20260101, synthetic oblique
+    ids["dcm"] = make_job(data_dir, Predictor.from_run(run3), series, n_samples=2)
     for base in serve(make_app(data_dir, run)):
         yield base, data_dir, ids
 
@@ -292,6 +295,21 @@ def test_worklist_lists_the_jobs(server, browser):
     page.wait_for_selector("#jobs tr >> nth=1", timeout=10000)
     text = page.locator("#jobs").inner_text()
     assert ids["job0"] in text and ids["job1"] in text and "approved by ann" in text
+    rows = {row.split("\t")[0]: row.split("\t") for row in text.splitlines()}
+    assert rows[ids["dcm"]][1:4] == ["Synthetic, Phantom", "2026-01-01", "synthetic oblique"]
+    assert rows[ids["job0"]][1:4] == ["\u2014"] * 3  # a PNG job: no patient, date or series
+    page.close()
+
+
+def test_review_header_names_patient_study_date_and_series(server, browser):
+    base, _, ids = server
+    page, errors = open_job(browser, base, ids["dcm"])
+    assert page.locator("#study").inner_text() == \
+        "Synthetic, Phantom \u00b7 2026-01-01 \u00b7 synthetic oblique"
+    page.close()
+    page, more = open_job(browser, base, ids["job0"])
+    assert page.locator("#study").inner_text() == "\u2014 \u00b7 \u2014 \u00b7 \u2014"
+    assert errors == more == []
     page.close()
 
 

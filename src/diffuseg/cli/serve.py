@@ -58,5 +58,15 @@ def serve_command(
         rtstruct=rtstruct,
     ).validate()
     app = create_app(settings)
-    typer.echo(f"diffuseg serve: http://{host}:{port}/docs (data in {data})")
+    root = service_root(host, port)
+    typer.echo(f"diffuseg serve: {root}/docs (data in {data})")
+    token = "" if no_auth else f"?token=YOUR_TOKEN (from {data / 'tokens.json'})"
+    typer.echo(f"review page: {root}/review{token}")
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def service_root(host: str, port: int) -> str:
+    """The URL a browser on this machine opens: a wildcard listen address (0.0.0.0, ::) is
+    reached at 127.0.0.1; an IPv6 address goes in brackets (RFC 3986)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"

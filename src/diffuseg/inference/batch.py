@@ -82,17 +82,24 @@ def _folder(path: Path, flag: str) -> Path:
     return path
 
 
+def is_mask_series(name: str, modality: str = "") -> bool:
+    """A series of masks, not of images: its name (a folder name, or a PACS's SeriesDescription)
+    holds one of ``MASK_WORDS`` (e.g. 'Mask_Tumor'), or its Modality is SEG or RTSTRUCT. The one
+    rule of ``study_series`` (the CLI) and of the service's PACS series choice."""
+    return any(word in name.lower() for word in MASK_WORDS) or modality in ("SEG", "RTSTRUCT")
+
+
 def _looks_like_mask(folder: Path) -> bool:
     import pydicom
 
-    if any(word in folder.name.lower() for word in MASK_WORDS):
+    if is_mask_series(folder.name):
         return True
     for file in sorted(folder.iterdir())[:1]:
         try:
             ds = pydicom.dcmread(file, stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - not DICOM: not a mask series either
             return False
-        return str(ds.get("Modality", "")) in ("SEG", "RTSTRUCT")
+        return is_mask_series("", str(ds.get("Modality", "")))
     return False
 
 

@@ -176,7 +176,8 @@ class Predictor:
         write_dicom = None
         if dicom or rtstruct or (dicom is None and (geometry.kind == "dicom"
                                                     or reference is not None)):
-            from diffuseg.io.dicom_seg import reference_for, run_label_names, write_dicom_outputs
+            from diffuseg.io.dicom_outputs import write_dicom_outputs
+            from diffuseg.io.dicom_seg import reference_for, run_label_names
             from diffuseg.io.segment_codes import user_table
 
             refs = reference_for(geometry, reference)  # checked before any sampling

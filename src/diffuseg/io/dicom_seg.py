@@ -55,13 +55,14 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 import diffuseg
+from diffuseg.core.atomic import write_atomic
 from diffuseg.errors import DataError
 from diffuseg.io.dicom import read_dicom_series
 from diffuseg.io.images import Geometry
 from diffuseg.io.segment_codes import SegmentCode, segment_code, user_table
 
 if TYPE_CHECKING:  # io sits below ensemble in the import order; only the type is needed
-    from diffuseg.core.ensemble import Result
+    pass
 
 MANUFACTURER = "diffuseg"
 UNCERTAINTY_MAPS = ("variance", "entropy", "mutual_information")
@@ -353,59 +354,10 @@ def samples_seg(labels: np.ndarray, reference: Sequence[pydicom.Dataset], *, met
     return _seg("seg_samples", pixels, reference, descriptions, "diffuseg samples")
 
 
-def write_dicom_outputs(result: Result, reference: Sequence[pydicom.Dataset], out_dir: Path, *,
-                        method: str, label_names: dict[int, str] | None = None,
-                        samples: bool = False, content_creator: str | None = None,
-                        reviewed: bool = False, rtstruct: bool = False,
-                        code_table: dict[str, SegmentCode] | None = None) -> dict[str, Path]:
-    """Write the DICOM objects of ``result`` (module docstring) into ``out_dir``; returns
-    {name: path} for seg_consensus, seg_probability, pmap_uncertainty (and seg_samples,
-    rtstruct_consensus). ``code_table``: the user's segment codes (``segment_codes.user_table``
-    of the run)."""
-    if not reference:
-        raise DataError("DICOM outputs need the source series; none was given")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    num_classes = result.probability.shape[1]
-    foreground = result.foreground()[0].numpy()
-    probability_label = (label_names or {}).get(1, "foreground") if num_classes <= 2 \
-        else "foreground"  # the foreground of a K-class run: the share of samples with a label
-    if label_names is None:
-        label_names = {k: f"label {k}" for k in range(1, max(2, num_classes))}
-    table = code_table_or_default(code_table)
-    norm = np.log(max(2, num_classes))
-    maps = {"variance": result.variance[0].numpy(),
-            "entropy": np.clip(result.entropy[0].numpy() / norm, 0.0, 1.0),
-            "mutual_information": np.clip(result.mutual_information[0].numpy() / norm, 0.0, 1.0)}
-    consensus = result.consensus[0].numpy()
-    objects = {
-        "seg_consensus": binary_seg(consensus, reference, label_names=label_names, method=method,
-                                    content_creator=content_creator, reviewed=reviewed,
-                                    code_table=table),
-        "seg_probability": probability_seg(foreground, reference, method=method,
-                                           label=probability_label, code_table=table),
-        "pmap_uncertainty": uncertainty_map(maps, reference, method=method),
-    }
-    if samples:
-        objects["seg_samples"] = samples_seg(result.sample_labels()[:, 0].numpy(), reference,
-                                             method=method, num_classes=num_classes,
-                                             label_names=label_names, code_table=table)
-    if rtstruct:
-        from diffuseg.io.rtstruct import rt_structure_set
-
-        objects["rtstruct_consensus"] = rt_structure_set(
-            consensus, reference, label_names=label_names, method=method, code_table=table)
-    written = {}
-    for name, dataset in objects.items():
-        written[name] = save_atomic(dataset, out_dir / FILES[name])
-    return written
-
-
 def save_atomic(dataset: pydicom.Dataset, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    dataset.save_as(tmp, enforce_file_format=True)
-    tmp.replace(path)
-    return path
+    """Write one DICOM object atomically (``core.atomic.write_atomic``)."""
+    write_atomic(Path(path), lambda tmp: dataset.save_as(tmp, enforce_file_format=True))
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,8 +35,14 @@ from diffuseg.service.auth import current_user, load_tokens
 from diffuseg.service.jobs import Job, JobRunner, JobStore
 from diffuseg.service.pacs import DicomWeb, PacsError, check_uid
 from diffuseg.service.review import review_router
+from diffuseg.service.review_data import approved_file
 from diffuseg.service.settings import ServiceSettings
-from diffuseg.service.uploads import UploadError, check_dicom_headers, receive_upload
+from diffuseg.service.uploads import (
+    UploadError,
+    check_dicom_headers,
+    receive_upload,
+    series_info,
+)
 
 log = logging.getLogger("diffuseg.service")
 User = Annotated[str, Depends(current_user)]
@@ -76,22 +82,27 @@ class BodyLimit:
         await JSONResponse({"detail": self._reason()}, 413)(scope, receive, send)
 
 
-def check_image_shape(predictor: Predictor, image, name: str) -> None:
+def check_image_shape(predictor: Predictor, spatial_dims: int, channels: int | None,
+                      name: str) -> None:
+    """The model's spatial axes and channels; ``channels`` None: the spatial axes only (from the
+    header, before the image is decoded)."""
     config = predictor.config
-    if image.ndim != config.spatial_dims + 1 or image.shape[0] != config.in_channels:
-        raise UploadError(400, f"'{name[:80]}' is a {image.ndim - 1}D image with "
-                          f"{image.shape[0]} channel(s); the model takes {config.spatial_dims}D "
-                          f"images with {config.in_channels} channel(s)")
+    if spatial_dims != config.spatial_dims or channels not in (None, config.in_channels):
+        has = "" if channels is None else f" with {channels} channel(s)"
+        raise UploadError(400, f"'{name[:80]}' is a {spatial_dims}D image{has}; the model takes "
+                          f"{config.spatial_dims}D images with {config.in_channels} channel(s)")
 
 
 def segment_job(app_state, job: Job, input_path: Path) -> None:
-    """Read, segment, write the case folder and (DICOM input) the DICOM objects."""
+    """Read, segment, write the case folder and (DICOM input) the DICOM objects; a DICOM
+    input's patient name, study date and series description go into the job (worklist)."""
     settings: ServiceSettings = app_state.settings
     predictor: Predictor = app_state.predictor
     store: JobStore = app_state.jobs
     folder = store.folder(job.id)
     image, geometry = read_channels([input_path])
-    store.update(job, progress=0.2)
+    info = series_info(input_path) if geometry.kind == "dicom" else {}
+    store.update(job, progress=0.2, **info)
     result = predictor.segment(image, geometry=geometry, n_samples=settings.n_samples,
                                steps=settings.steps, seed=settings.seed, source=job.input_name)
     store.update(job, progress=0.8)
@@ -100,7 +111,8 @@ def segment_job(app_state, job: Job, input_path: Path) -> None:
                         "steps": settings.steps or predictor.config.sample.steps,
                         "method": predictor.config.method.name, "version": diffuseg.__version__})
     if geometry.kind == "dicom":
-        from diffuseg.io.dicom_seg import reference_for, run_label_names, write_dicom_outputs
+        from diffuseg.io.dicom_outputs import write_dicom_outputs
+        from diffuseg.io.dicom_seg import reference_for, run_label_names
         from diffuseg.io.segment_codes import user_table
 
         write_dicom_outputs(result, reference_for(geometry), folder / "dicom",
@@ -196,15 +208,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         name = file.filename or "upload"
         job = store.create(source="upload", input_name=name[:200], user=user)
         try:
-            path = await run_in_threadpool(receive_upload, file.file, name,
-                                           store.folder(job.id) / "input", settings)
+            path, spatial_dims = await run_in_threadpool(
+                receive_upload, file.file, name, store.folder(job.id) / "input", settings)
+            check_image_shape(predictor, spatial_dims, None, name)  # before decoding
             image, _ = await run_in_threadpool(read_channels, [path])
-            check_image_shape(predictor, image, name)
+            check_image_shape(predictor, image.ndim - 1, image.shape[0], name)
+            del image
         except (UploadError, DiffusegError) as err:
+            store.remove(job)  # a refused upload leaves nothing behind
             reason = err.reason if isinstance(err, UploadError) else " ".join(str(err).split())
-            store.update(job, status="failed", error=reason)
+            log.info("upload '%s' refused: %s", name[:80], reason)
             raise UploadError(getattr(err, "status", 400), reason) from None
-        del image
+        except BaseException:
+            store.remove(job)
+            raise
         runner.submit(job, lambda j: segment_job(app.state, j, path))
         return vars(job)
 
@@ -223,10 +240,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def get_result(job_id: str, name: str, user: User) -> FileResponse:
         """One output by name: consensus, probability, variance, entropy, mutual_information,
         sample_00..., result (JSON), seg_consensus, seg_probability, pmap_uncertainty,
-        seg_samples, rtstruct_consensus (DICOM)."""
+        seg_samples, rtstruct_consensus (DICOM); once the job is approved on the review page,
+        approved (the reviewed DICOM-SEG of a DICOM input, else the mask in the input's format)
+        and approved_mask (the mask as NIfTI or PNG, whatever the input)."""
         job = store.get(job_id)
         if job is None:
             raise HTTPException(404, f"no job '{job_id[:40]}'")
+        if name in ("approved", "approved_mask"):
+            path, why = approved_file(store.folder(job.id), dicom=name == "approved")
+            if path is None:
+                raise HTTPException(404, f"job {job_id} has no approved mask: {why}")
+            media = "application/dicom" if path.suffix == ".dcm" else None
+            return FileResponse(path, media_type=media, filename=path.name)
         path = store.output_path(job, name)
         if path is None:
             raise HTTPException(404, f"job {job_id} has no output '{name[:40]}' (status "

@@ -6,14 +6,17 @@ Each job is a folder ``DATA_DIR/jobs/{id}/`` (the id is server-made, 32 hex digi
                 times (ISO 8601, UTC), source (upload | pacs), input_name (the client's file name
                 or the study UID, for display only), study_uid, user, error, outputs (names served
                 by ``GET /v1/jobs/{id}/result/{name}``) and, for PACS jobs, ``pacs`` (the series
-                segmented and the UIDs stored back); rewritten atomically at each change;
+                segmented and the UIDs stored back), and for DICOM inputs patient_name,
+                study_date (YYYY-MM-DD) and series_description from the series' headers (empty
+                for other inputs); rewritten atomically at each change;
 - ``input/``    the upload as received (``upload.nii.gz`` / ``upload.png``) or the DICOM series
                 (``series/00000.dcm`` ...);
 - ``output/``   the case folder of ``diffuseg.inference.prediction_folder.write_result``;
 - ``dicom/``    the DICOM objects of ``diffuseg.io.dicom_seg`` (DICOM inputs only).
 
 At start-up, a job left queued or running by a stopped service is marked failed ("interrupted by a
-service restart"); finished jobs are kept as they are.
+service restart"); finished jobs are kept as they are. A refused upload leaves no job: its folder
+is removed (``JobStore.remove``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import uuid
 from collections.abc import Callable
@@ -55,6 +59,9 @@ class Job:
     error: str | None = None
     outputs: list[str] = field(default_factory=list)
     pacs: dict | None = None
+    patient_name: str = ""  # DICOM inputs: from the series' headers (uploads.series_info)
+    study_date: str = ""
+    series_description: str = ""
 
 
 class JobStore:
@@ -77,6 +84,10 @@ class JobStore:
             (folder / sub).mkdir(parents=True)
         self.save(job)
         return job
+
+    def remove(self, job: Job) -> None:
+        """Delete the job's folder and everything in it (a refused upload)."""
+        shutil.rmtree(self.folder(job.id), ignore_errors=True)
 
     def save(self, job: Job) -> None:
         path = self.folder(job.id) / "job.json"

@@ -1,9 +1,11 @@
 """A small DICOMweb client (QIDO-RS, WADO-RS, STOW-RS; DICOM PS3.18) over httpx.
 
 Series selection for ``POST /v1/pacs/studies/{uid}/segment``: the study's series are listed with
-QIDO-RS; series of non-image modalities (SEG, RTSTRUCT, SR, KO, PR, REG) and series written by
-diffuseg (description starting with 'diffuseg') are skipped. With one image series left it is
-segmented; with several, the caller must name one (``?series=UID``).
+QIDO-RS; series of non-image modalities (SEG, RTSTRUCT, SR, KO, PR, REG), series written by
+diffuseg (description starting with 'diffuseg') and mask series by the rule of ``diffuseg
+predict -i STUDY`` (``diffuseg.inference.batch.is_mask_series``: a description such as
+'Mask_Tumor') are skipped. With one image series left it is segmented; with several, the caller
+must name one (``?series=UID``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from diffuseg.errors import DiffusegError
+from diffuseg.inference.batch import is_mask_series
 
 UID = re.compile(r"^[0-9.]{1,64}$")
 NON_IMAGE = {"SEG", "RTSTRUCT", "SR", "KO", "PR", "REG", "RWV", "DOC"}
@@ -76,11 +79,15 @@ class DicomWeb:
             return chosen[0]
         images = [s for s in found if s["modality"] not in NON_IMAGE
                   and not s["description"].lower().startswith("diffuseg")]
+        masks = [s for s in images if is_mask_series(s["description"], s["modality"])]
+        images = [s for s in images if s not in masks]
         if len(images) != 1:
             listing = ", ".join(f"{s['series_uid']} ({s['modality']} '{s['description']}')"
                                 for s in images) or "none"
-            raise PacsError(f"study {study_uid} holds {len(images)} image series ({listing}); "
-                            "name one with ?series=UID")
+            skipped = "; skipped as masks: " + ", ".join(
+                f"'{s['description']}'" for s in masks) if masks else ""
+            raise PacsError(f"study {study_uid} holds {len(images)} image series ({listing})"
+                            f"{skipped}; name one with ?series=UID")
         return images[0]
 
     def fetch_series(self, study_uid: str, series_uid: str, dest: Path, *, max_bytes: int,

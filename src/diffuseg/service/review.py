@@ -145,6 +145,16 @@ def review_router(settings, state) -> APIRouter:
     def job_or_404(job_id: str) -> Path:
         return store.folder(find(job_id).id)
 
+    def done_or_409(job_id: str) -> Job:
+        """A job that can be reviewed: it exists (else 404) and is done (else 409, before
+        anything is written)."""
+        job = find(job_id)
+        if job.status != "done":
+            why = f" ({job.error})" if job.error else ""
+            raise HTTPException(409, f"job {job.id} is {job.status}{why}; only a finished job "
+                                "can be edited, resampled, approved or rejected")
+        return job
+
     def n_labels() -> int:
         return run_labels(state, run_dir)
 
@@ -233,33 +243,33 @@ def review_router(settings, state) -> APIRouter:
 
     @router.post("/api/jobs/{job_id}/edit")
     def edit(job_id: str, body: EditBody, user: str = Depends(current_user)) -> dict:
-        job_or_404(job_id)
+        done_or_409(job_id)
         extra = {} if body.label is None else {"label": body.label}
         return append_event(data_dir, "edit", user, job_id, tool=body.tool, slice=body.slice,
                             voxels=body.voxels, **extra)
 
     @router.post("/api/jobs/{job_id}/approve")
     def approve(job_id: str, body: DecisionBody, user: str = Depends(current_user)) -> dict:
-        info = find(job_id)
+        info = done_or_409(job_id)
         job = store.folder(info.id)
         case = case_or_409(job, "output")
         mask = mask_from(body.mask, case.consensus.shape, "approve", case.n_labels)
         opened = last_view(data_dir, job_id, user)
         change = label_change(case.consensus, mask, case.n_labels)
         seconds = None if opened is None else round(time.time() - opened, 3)
-        event = append_event(data_dir, "approve", user, job_id, comment=body.comment,
-                             start_from=body.start_from, seconds_open=seconds, **change)
         record = {"user": user, "decision": "approved", "comment": body.comment,
-                  "start_from": body.start_from, "time": event["time"],
+                  "start_from": body.start_from, "time": rd.utc_now(),
                   "seconds_open": seconds, **change}
         method = state.predictor.config.method.name if state.predictor is not None else (
             rd.read_json(rd.case_folder(job) / "result.json") or {}).get("method", "diffuseg")
-        try:
+        try:  # the files first: the audit records an approval only once it is on disk
             files = rd.write_approved(job, mask, case, record, method=method,
                                       label_names=label_names(run_dir, case.n_labels),
                                       code_table=user_table(run_dir))
         except DiffusegError as err:
             raise HTTPException(400, " ".join(str(err).split())) from None
+        append_event(data_dir, "approve", user, job_id, comment=body.comment,
+                     start_from=body.start_from, seconds_open=seconds, **change)
         record["files"] = files
         if info.source == "pacs" and rd.SEG_FILE in files:
             record["pacs"] = store_reviewed(state, info, job / "approved" / rd.SEG_FILE, user)
@@ -269,7 +279,7 @@ def review_router(settings, state) -> APIRouter:
 
     @router.post("/api/jobs/{job_id}/reject")
     def reject(job_id: str, body: DecisionBody, user: str = Depends(current_user)) -> dict:
-        job = job_or_404(job_id)
+        job = store.folder(done_or_409(job_id).id)
         event = append_event(data_dir, "reject", user, job_id, comment=body.comment)
         record = {"user": user, "decision": "rejected", "comment": body.comment,
                   "time": event["time"]}
@@ -282,7 +292,7 @@ def review_router(settings, state) -> APIRouter:
         from diffuseg.inference.prediction_folder import write_result
         from diffuseg.inference.predictor import read_channels
 
-        job = job_or_404(job_id)
+        job = store.folder(done_or_409(job_id).id)
         case = case_or_409(job, "output")
         inside = mask_from(body.inside, case.consensus.shape, "inside") > 0
         outside = mask_from(body.outside, case.consensus.shape, "outside") > 0

@@ -40,6 +40,10 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def case_folder(job: Path, source: str = "output") -> Path:
     """``output/`` itself when it holds result.json, else its single case subfolder."""
     root = job / source
@@ -120,6 +124,25 @@ def write_approved(job: Path, mask: np.ndarray, case: Case, record: dict, *,
               "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json_atomic(out / "review.json", record)
     return files
+
+
+def approved_file(job: Path, dicom: bool = True) -> tuple[Path | None, str]:
+    """The approved mask of a job whose latest decision is 'approved': the reviewed DICOM-SEG
+    when ``dicom`` and the input is a DICOM series, else the mask in the output's format (PNG or
+    NIfTI); (None, why) when there is none."""
+    record = read_json(job / "review.json") or {}
+    decision = record.get("decision")
+    if decision != "approved":
+        return None, (f"its review decision is '{decision}'" if decision else
+                      "it has not been approved on the review page yet")
+    files = record.get("files") or []
+    seg = [f for f in files if f == SEG_FILE]
+    masks = [f for f in files if f.startswith("approved_mask")]
+    chosen = seg if dicom and seg else masks
+    path = job / "approved" / chosen[0] if chosen else None
+    if path is None or not path.is_file():
+        return None, "its approved files are missing from the job folder"
+    return path, ""
 
 
 def seg_labels(mask: np.ndarray, n_labels: int, names: dict[int, str] | None

@@ -5,8 +5,14 @@ Nothing here builds a path from a client string: an upload becomes ``input/uploa
 extension chosen from a fixed list) and the members of a zip become ``input/series/00000.dcm``,
 ``00001.dcm``, ... A zip is refused (400) as a whole, before extraction, when a member has an
 absolute path, a ``..`` component or is a symbolic link, when it holds too many members, when the
-declared uncompressed total exceeds ``max_unpacked_bytes``, or when a member's compression ratio
-exceeds ``max_zip_ratio`` (a decompression bomb); extraction also stops at the declared sizes.
+declared uncompressed total exceeds ``max_unpacked_bytes``, or when the declared uncompressed
+total, or one member over 1 MiB, exceeds ``max_zip_ratio`` times its compressed size (a
+decompression bomb, however it is split into members); extraction also stops at the declared
+sizes.
+
+The memory an image needs is checked from its header before any pixel is decoded: the float32
+array the reader returns against ``DIFFUSEG_MAX_IMAGE_BYTES`` (``diffuseg.io.limits``), and its
+number of spatial axes, returned with the path, against the model's (``app.submit``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from diffuseg.errors import DataError
+from diffuseg.errors import DiffusegError
+from diffuseg.io.limits import check_image_size
 from diffuseg.service.settings import ServiceSettings
 
 CHUNK = 1 << 20
@@ -61,9 +68,10 @@ def save_stream(source: BinaryIO, dest: Path, limit: int) -> int:
 
 
 def receive_upload(source: BinaryIO, filename: str, input_dir: Path,
-                   settings: ServiceSettings) -> Path:
+                   settings: ServiceSettings) -> tuple[Path, int]:
     """Store an upload under ``input_dir``; returns the path the job reads (a file or the
-    series folder). Headers are checked here; the pixels are read by the caller."""
+    series folder) and its spatial axes (2 or 3) from the header. Headers are checked here; the
+    pixels are read by the caller."""
     kind, ending = upload_kind(filename)
     input_dir.mkdir(parents=True, exist_ok=True)
     stored = input_dir / f"upload{ending}"
@@ -76,12 +84,11 @@ def receive_upload(source: BinaryIO, filename: str, input_dir: Path,
         extract_zip(stored, series, settings)
         stored.unlink()
         check_dicom_headers(sorted(series.iterdir()), settings.max_voxels)
-        return series
+        return series, 3
     if kind == "nifti":
-        check_nifti_header(stored, settings.max_voxels)
-    else:
-        check_png_header(stored, settings.max_voxels)
-    return stored
+        return stored, check_nifti_header(stored, settings.max_voxels, filename)
+    check_png_header(stored, settings.max_voxels)
+    return stored, 2
 
 
 def _bad_name(name: str) -> bool:
@@ -90,7 +97,10 @@ def _bad_name(name: str) -> bool:
             or ".." in PurePosixPath(posix).parts)
 
 
-def _members(archive: zipfile.ZipFile, settings: ServiceSettings) -> list[zipfile.ZipInfo]:
+def _members(archive: zipfile.ZipFile, settings: ServiceSettings, packed: int
+             ) -> list[zipfile.ZipInfo]:
+    """The members to extract, every check of the module docstring passed; ``packed`` is the
+    size of the zip file (bytes)."""
     infos = archive.infolist()
     if len(infos) > settings.max_files:
         raise UploadError(400, f"the zip holds {len(infos)} members; at most "
@@ -117,6 +127,10 @@ def _members(archive: zipfile.ZipFile, settings: ServiceSettings) -> list[zipfil
         members.append(info)
     if not members:
         raise UploadError(400, "the zip holds no files; send a zip of one DICOM series")
+    if total > CHUNK and total > settings.max_zip_ratio * max(1, packed):
+        raise UploadError(400, f"the zip's {len(members)} members unpack to {total} bytes, "
+                          f"{total / max(1, packed):.0f} times its {packed} bytes (over "
+                          f"{settings.max_zip_ratio:g}; a decompression bomb?); refused")
     return members
 
 
@@ -124,7 +138,7 @@ def extract_zip(path: Path, dest: Path, settings: ServiceSettings) -> None:
     """Check every member (module docstring), then extract them as ``dest/00000.dcm``, ..."""
     try:
         with zipfile.ZipFile(path) as archive:
-            members = _members(archive, settings)
+            members = _members(archive, settings, path.stat().st_size)
             dest.mkdir()
             for i, info in enumerate(members):
                 with archive.open(info) as src, open(dest / f"{i:05d}.dcm", "wb") as out:
@@ -159,7 +173,10 @@ def check_dicom_headers(files: list[Path], max_voxels: int) -> None:
                               "refused before reading its pixels")
 
 
-def check_nifti_header(path: Path, max_voxels: int) -> None:
+def check_nifti_header(path: Path, max_voxels: int, name: str = "upload") -> int:
+    """The NIfTI's spatial axes (2 or 3; a 4th axis holds channels), from its header; refused
+    (400) when it holds more than ``max_voxels`` voxels or its float32 array would exceed
+    ``DIFFUSEG_MAX_IMAGE_BYTES``: before any voxel is decompressed."""
     try:
         shape = nib.load(path).header.get_data_shape()
     except Exception as err:  # nibabel raises many types on corrupt headers
@@ -167,6 +184,11 @@ def check_nifti_header(path: Path, max_voxels: int) -> None:
     if int(np.prod(shape, dtype=np.int64)) > max_voxels:
         raise UploadError(400, f"the NIfTI image has shape {tuple(shape)}, more than "
                           f"{max_voxels} voxels; refused")
+    try:
+        check_image_size(name[:80], shape, "NIfTI image")  # the client's name, not our path
+    except DiffusegError as err:
+        raise UploadError(400, describe_error(err)) from None
+    return min(len(shape), 3)
 
 
 def check_png_header(path: Path, max_voxels: int) -> None:
@@ -179,5 +201,27 @@ def check_png_header(path: Path, max_voxels: int) -> None:
         raise UploadError(400, f"the PNG is {width} x {height}, more than {max_voxels} pixels")
 
 
-def describe_error(err: DataError) -> str:
+def describe_error(err: DiffusegError) -> str:
     return " ".join(str(err).split())
+
+
+def series_info(folder: Path) -> dict[str, str]:
+    """patient_name ('Family, Given'), study_date (YYYY-MM-DD) and series_description of a DICOM
+    series, from the header of its first file, for the worklist (empty strings where absent)."""
+    files = sorted(folder.iterdir())
+    if not files:
+        return {}
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    name = str(ds.get("PatientName", "") or "").split("=")[0]  # the alphabetic group
+    family, _, rest = name.partition("^")
+    given = rest.split("^")[0]
+    date = str(ds.get("StudyDate", "") or "")
+    if re.fullmatch(r"\d{8}", date):
+        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    return {"patient_name": _line(", ".join(part for part in (family, given) if part)),
+            "study_date": _line(date), "series_description": _line(
+                str(ds.get("SeriesDescription", "") or ""))}
+
+
+def _line(text: str, limit: int = 64) -> str:
+    return " ".join(text.split())[:limit]

@@ -109,6 +109,12 @@ async function init() {
   if (S.meta.review) showDecision(S.meta.review);
   document.body.dataset.state = "ready";
   setStatus(S.meta.job && S.meta.job.input_name ? S.meta.job.input_name : "");
+  showStudy(S.meta.job || {});
+}
+
+function showStudy(job) {  // patient, study date and series of a DICOM input; a dash otherwise
+  $("study").textContent = [job.patient_name, job.study_date, job.series_description]
+    .map((text) => text || "\u2014").join(" \u00b7 ");
 }
 
 // ---------------------------------------------------------------- display
