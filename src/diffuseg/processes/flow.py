@@ -40,13 +40,13 @@ from torch import Tensor
 from diffuseg.config import ProcessConfig
 from diffuseg.errors import ConfigError
 from diffuseg.processes.registry import register_process
-from diffuseg.processes.schedules import Timestep, check_step, coef, randn_like
+from diffuseg.processes.schedules import TimeGrid, Timestep, check_step, coef, randn_like
 
 Prediction = Literal["v", "x0"]
 
 
 @register_process
-class FlowProcess:
+class FlowProcess(TimeGrid):
     """The straight path (1) between data (sigma = 0) and N(0, I) (sigma = 1) on T steps."""
 
     kind = "flow"
@@ -83,20 +83,6 @@ class FlowProcess:
         the variance-preserving process with the same signal-to-noise ratio (1 at t = -1)."""
         s = self.sigma_at(t)
         return (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
-
-    def timesteps(self, n: int) -> list[int]:
-        """n descending timesteps, trailing spacing as the other processes: the first is T - 1."""
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.T:
-            raise ConfigError(f"number of sampling steps n={n!r} must be an integer in "
-                              f"[1, {self.T}]")
-        return [round(self.T * (n - i) / n) - 1 for i in range(n)]
-
-    def sample_t(self, batch: int, *, generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> Tensor:
-        """Training timesteps, uniform over {0, ..., T-1}: a LongTensor [batch]."""
-        draw_on = generator.device if generator is not None else device
-        t = torch.randint(0, self.T, (batch,), generator=generator, device=draw_on)
-        return t.to(device) if device is not None else t
 
     # -- the path --------------------------------------------------------------------------------
 

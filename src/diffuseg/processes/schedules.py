@@ -59,7 +59,36 @@ def _check_T(T: int) -> None:
         raise ConfigError(f"number of diffusion steps T={T!r} must be an integer >= 1")
 
 
-class Schedule:
+class TimeGrid:
+    """The T training timesteps 0 .. T-1 of a process (t = -1 is the clean data): how sampling
+    steps are spaced and how training draws them. Shared by every process kind."""
+
+    T: int
+
+    def timesteps(self, n: int) -> list[int]:
+        """n descending timesteps with "trailing" spacing (Lin et al. 2024, Table 2; diffusers'
+        timestep_spacing="trailing"): t_i = round(T (n - i) / n) - 1, so the first is T - 1."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.T:
+            raise ConfigError(
+                f"number of sampling steps n={n!r} must be an integer in [1, {self.T}]"
+            )
+        return [round(self.T * (n - i) / n) - 1 for i in range(n)]
+
+    def sample_t(
+        self,
+        batch: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Training timesteps, uniform over {0, ..., T-1}: a LongTensor [batch]."""
+        draw_on = generator.device if generator is not None else device
+        t = torch.randint(0, self.T, (batch,), generator=generator, device=draw_on)
+        return t.to(device) if device is not None else t
+
+
+
+class Schedule(TimeGrid):
     """alpha_bar and timestep bookkeeping over betas [T]; the base of both processes.
 
     Tables are float64 on the CPU; copies on other devices are memoised on first use (a cache,
@@ -93,27 +122,6 @@ class Schedule:
         if not -1 <= t < self.T:
             raise ConfigError(f"timestep t={t} is outside [-1, {self.T - 1}] for T={self.T}")
         return self._alpha_bar_ext[t + 1]
-
-    def timesteps(self, n: int) -> list[int]:
-        """n descending timesteps with "trailing" spacing (Lin et al. 2024, Table 2; diffusers'
-        timestep_spacing="trailing"): t_i = round(T (n - i) / n) - 1, so the first is T - 1."""
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.T:
-            raise ConfigError(
-                f"number of sampling steps n={n!r} must be an integer in [1, {self.T}]"
-            )
-        return [round(self.T * (n - i) / n) - 1 for i in range(n)]
-
-    def sample_t(
-        self,
-        batch: int,
-        *,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> Tensor:
-        """Training timesteps, uniform over {0, ..., T-1}: a LongTensor [batch]."""
-        draw_on = generator.device if generator is not None else device
-        t = torch.randint(0, self.T, (batch,), generator=generator, device=draw_on)
-        return t.to(device) if device is not None else t
 
 
 def coef(value: Tensor, like: Tensor) -> Tensor:
