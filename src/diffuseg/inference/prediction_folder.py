@@ -28,14 +28,15 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from diffuseg.core.atomic import folder_lock, replace_folder
+from diffuseg.core.atomic import folder_lock, lock_held_by_job, replace_folder
+from diffuseg.core.distributed import Dist, barrier
 from diffuseg.core.ensemble import Result
 from diffuseg.errors import DataError
 from diffuseg.io import (
@@ -131,9 +132,39 @@ def _write_files(result: Result, geometry: Geometry, case_dir: Path, *, source: 
 # the lock: one writer per output folder
 
 
-def lock_output(folder: str | Path) -> contextlib.AbstractContextManager[Path]:
-    """One writer per prediction folder: the project's one folder lock (``atomic.folder_lock``)."""
-    return folder_lock(folder, "output folder")
+def lock_output(folder: str | Path, ctx: Dist | None = None
+                ) -> contextlib.AbstractContextManager[Path]:
+    """One writer per prediction folder: the project's one folder lock (``atomic.folder_lock``).
+    Under torchrun (``ctx``: the job's ranks, ``diffuseg.core.distributed``) the job is the one
+    writer: ``job_lock``."""
+    if ctx is None or ctx.world == 1:
+        return folder_lock(folder, "output folder")
+    return job_lock(folder, ctx)
+
+
+@contextlib.contextmanager
+def job_lock(folder: str | Path, ctx: Dist) -> Iterator[Path]:
+    """The lock of a prediction folder written by the ranks of one torchrun job (sharded
+    ``predict``): rank 0 takes the folder lock; a barrier lets the other ranks in only once it
+    holds it (if it cannot, it fails and torchrun stops the job), and they write under it
+    (``atomic.lock_held_by_job``); a second barrier on the way out keeps it held until every rank
+    has left. Another ``predict`` (or another job) on the folder meanwhile is refused by rank 0's
+    kernel lock, as it would be by one process. Ranks write disjoint case folders (each through
+    its own ``.<case>.tmp-<pid>`` and the atomic swap), so they need no lock among themselves."""
+    if ctx.is_main:
+        with folder_lock(folder, "output folder") as held:
+            barrier(ctx)
+            try:
+                yield held
+            finally:
+                barrier(ctx)
+    else:
+        barrier(ctx)
+        with lock_held_by_job(folder) as held:
+            try:
+                yield held
+            finally:
+                barrier(ctx)
 
 
 # ---------------------------------------------------------------------------------------------

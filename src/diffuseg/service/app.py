@@ -31,6 +31,7 @@ import diffuseg
 from diffuseg.errors import DiffusegError
 from diffuseg.inference.prediction_folder import write_result
 from diffuseg.inference.predictor import Predictor, read_channels
+from diffuseg.inference.slices import slice_record
 from diffuseg.service.auth import current_user, load_tokens
 from diffuseg.service.jobs import Job, JobRunner, JobStore
 from diffuseg.service.pacs import DicomWeb, PacsError, check_uid
@@ -78,10 +79,12 @@ class BodyLimit:
 
 def check_image_shape(predictor: Predictor, image, name: str) -> None:
     config = predictor.config
-    if image.ndim != config.spatial_dims + 1 or image.shape[0] != config.in_channels:
+    if not predictor.takes(image):
+        dims = "2D images (or 3D volumes, slice by slice)" if config.spatial_dims == 2 else \
+            f"{config.spatial_dims}D images"
         raise UploadError(400, f"'{name[:80]}' is a {image.ndim - 1}D image with "
-                          f"{image.shape[0]} channel(s); the model takes {config.spatial_dims}D "
-                          f"images with {config.in_channels} channel(s)")
+                          f"{image.shape[0]} channel(s); the model takes {dims} with "
+                          f"{config.in_channels} channel(s)")
 
 
 def segment_job(app_state, job: Job, input_path: Path) -> None:
@@ -92,13 +95,18 @@ def segment_job(app_state, job: Job, input_path: Path) -> None:
     folder = store.folder(job.id)
     image, geometry = read_channels([input_path])
     store.update(job, progress=0.2)
+    def on_slice(done: int, total: int) -> None:  # a 2D run on a volume: 0.2 .. 0.8 by slice
+        store.update(job, progress=round(0.2 + 0.6 * done / total, 3))
+
     result = predictor.segment(image, geometry=geometry, n_samples=settings.n_samples,
-                               steps=settings.steps, seed=settings.seed, source=job.input_name)
+                               steps=settings.steps, seed=settings.seed, source=job.input_name,
+                               on_slice=on_slice)
     store.update(job, progress=0.8)
     write_result(result, geometry, folder / "output", source=input_path.relative_to(folder),
                  extra={"job": job.id, "run": str(settings.run_dir), "seed": settings.seed,
                         "steps": settings.steps or predictor.config.sample.steps,
-                        "method": predictor.config.method.name, "version": diffuseg.__version__})
+                        "method": predictor.config.method.name, "version": diffuseg.__version__,
+                        **slice_record(predictor, image)})
     if geometry.kind == "dicom":
         from diffuseg.io.dicom_seg import reference_for, run_label_names, write_dicom_outputs
 
