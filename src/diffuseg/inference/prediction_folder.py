@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from diffuseg.core.atomic import folder_lock, lock_held_by_job, replace_folder
-from diffuseg.core.distributed import Dist, barrier
+from diffuseg.core.distributed import Dist, barrier, gather_objects
 from diffuseg.core.ensemble import Result
 from diffuseg.errors import DataError
 from diffuseg.io import (
@@ -145,26 +145,31 @@ def lock_output(folder: str | Path, ctx: Dist | None = None
 @contextlib.contextmanager
 def job_lock(folder: str | Path, ctx: Dist) -> Iterator[Path]:
     """The lock of a prediction folder written by the ranks of one torchrun job (sharded
-    ``predict``): rank 0 takes the folder lock; a barrier lets the other ranks in only once it
-    holds it (if it cannot, it fails and torchrun stops the job), and they write under it
-    (``atomic.lock_held_by_job``); a second barrier on the way out keeps it held until every rank
-    has left. Another ``predict`` (or another job) on the folder meanwhile is refused by rank 0's
-    kernel lock, as it would be by one process. Ranks write disjoint case folders (each through
-    its own ``.<case>.tmp-<pid>`` and the atomic swap), so they need no lock among themselves."""
-    if ctx.is_main:
-        with folder_lock(folder, "output folder") as held:
+    ``predict``): rank 0 takes the folder lock and tells every rank whether it got it (a
+    collective, so the others start writing only once it is held, and all stop with rank 0's
+    one-line error when it is not); the other ranks write under it (``atomic.lock_held_by_job``);
+    a barrier on the way out keeps it held until every rank has finished. Another ``predict`` (or
+    another job) on the folder meanwhile is refused by rank 0's kernel lock, as it would be by
+    one process. Ranks write disjoint case folders (each through its own ``.<case>.tmp-<pid>``
+    and the atomic swap), so they need no lock among themselves."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(folder_lock(folder, "output folder"))
+            except DataError as err:
+                refused = err
+        message = gather_objects(None if refused is None else str(refused), ctx)[0]
+        if refused is not None:
+            raise refused
+        if message is not None:
+            raise DataError(message)
+        if not ctx.is_main:
+            stack.enter_context(lock_held_by_job(folder))
+        try:
+            yield Path(folder)
+        finally:
             barrier(ctx)
-            try:
-                yield held
-            finally:
-                barrier(ctx)
-    else:
-        barrier(ctx)
-        with lock_held_by_job(folder) as held:
-            try:
-                yield held
-            finally:
-                barrier(ctx)
 
 
 # ---------------------------------------------------------------------------------------------
