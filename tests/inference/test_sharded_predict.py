@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import tiny
 
 from diffuseg.core.atomic import LOCK_NAME, folder_lock, lock_held_by_job
+from diffuseg.core.distributed import init_distributed
 from diffuseg.data.phantom import write_phantom_dataset
-from diffuseg.errors import DataError
+from diffuseg.errors import ConfigError, DataError
+from diffuseg.inference.batch import is_complete
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 
@@ -76,6 +80,30 @@ def test_two_cpu_ranks_write_the_files_of_one_process(tmp_path, run_and_data):
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{len(test_ids)} already complete" in again.stdout  # resumed, on both ranks
     assert files_of(tmp_path / "two") == b
+    # rank 1's first case was drawn with other settings: rank 0 still predicts its own, then the
+    # job fails in one line naming the rank (never exit 0 with a case missing)
+    shutil.rmtree(tmp_path / "two" / test_ids[0])  # rank 0's
+    record = tmp_path / "two" / test_ids[1] / "result.json"  # rank 1's
+    record.write_text(json.dumps(dict(json.loads(record.read_text()), seed=99)))
+    failed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node=2", "-m", "diffuseg", *args, "-o",
+                             str(tmp_path / "two"), "--quiet"],
+                            env=env(), capture_output=True, text=True, timeout=600)
+    assert failed.returncode != 0
+    assert (f"error: rank 1 of 2 failed: output folder '{tmp_path / 'two' / test_ids[1]}' "
+            "already holds a prediction drawn with other settings") in failed.stderr
+    assert is_complete(tmp_path / "two" / test_ids[0])
+    assert files_of(tmp_path / "two" / test_ids[0]) == files_of(tmp_path / "one" / test_ids[0])
+
+
+def test_more_ranks_than_gpus_is_one_line(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="process for GPU 1 but this machine has 1 GPU"):
+        init_distributed("auto")
 
 
 def test_the_ranks_of_a_job_write_under_rank_0s_lock_and_others_are_refused(tmp_path):

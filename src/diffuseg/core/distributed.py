@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from diffuseg.errors import ConfigError
+
 
 @dataclass
 class Dist:
@@ -37,6 +39,10 @@ def init_distributed(device_name: str) -> Dist:
         return Dist()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device_name != "cpu" and torch.cuda.is_available()
+    if cuda and local >= torch.cuda.device_count():
+        raise ConfigError(f"torchrun started a process for GPU {local} but this machine has "
+                          f"{torch.cuda.device_count()} GPU(s); use --nproc-per-node "
+                          f"{torch.cuda.device_count()} or --device cpu")
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(local)
