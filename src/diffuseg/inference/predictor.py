@@ -25,6 +25,7 @@ from diffuseg.data.resample import resample_to_reference, resample_to_spacing
 from diffuseg.data.transforms import normalize_intensity
 from diffuseg.errors import DataError
 from diffuseg.inference.marks import Constraints, on_grid
+from diffuseg.inference.slices import sample_slices, slice_record
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
 from diffuseg.run.weights import load_networks, load_state
@@ -116,8 +117,6 @@ class Predictor:
         slice by slice (``diffuseg.inference.slices``; ``on_slice(done, total)`` after each
         slice) and forms the maps over the volume."""
         if self.slices_volume(image):
-            from diffuseg.inference.slices import sample_slices
-
             samples = sample_slices(self, image, n_samples=n_samples, steps=steps, seed=seed,
                                     source=source, progress=progress, constraints=constraints,
                                     on_slice=on_slice)
@@ -199,7 +198,6 @@ class Predictor:
         (``segment``); the counts of marked pixels are recorded in the case's JSON. A volume given
         to a 2D run is segmented slice by slice (``segment``; ``on_slice(done, total)``)."""
         from diffuseg.inference.prediction_folder import lock_output, write_result
-        from diffuseg.inference.slices import slice_record
 
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
         image, geometry = read_channels(paths)
