@@ -73,27 +73,35 @@ def predict_command(
     quiet: Quiet = False,
 ) -> None:
     """Draw samples; write them, the consensus, uncertainty maps and previews in the input's
-    geometry. Cases whose result.json is complete are skipped (an interrupted call resumes)."""
+    geometry. Cases whose result.json is complete are skipped (an interrupted call resumes).
+    A 2D run segments a volume slice by slice. Under torchrun the processes share the cases
+    (case k on rank k % N) and write the files one process would; rank 0 prints."""
+    from diffuseg.core.distributed import device_name_for, process_group
     from diffuseg.core.validation import check_predict_options
     from diffuseg.inference.batch import predict_cases, select_cases
 
-    set_quiet(quiet)
     check_predict_options(samples, steps, seed, device)  # one-line errors before any work
     if format not in ("auto", "dicom"):
         raise DiffusegError(f"--format {format} is unknown; use auto or dicom")
-    cases, chosen = select_cases(run, input=input, dataset=dataset, split=split, series=series)
-    from diffuseg.inference.marks import read_constraints
+    with process_group(device) as ctx:
+        set_quiet(quiet or not ctx.is_main)  # one progress display and summary: rank 0's
+        cases, chosen = select_cases(run, input=input, dataset=dataset, split=split,
+                                     series=series)
+        from diffuseg.inference.marks import read_constraints
 
-    constraints = read_constraints(inside, outside, label=label, jumps=jumps,
-                                   scale=guidance_scale)
-    if constraints is not None and len(cases) > 1:
-        raise DiffusegError("--inside/--outside mark one image; give a single image with -i")
-    file_options = {"constraints": constraints} if constraints is not None else {}
-    predictor = load_predictor(run, device, onnx)
-    results = predict_cases(predictor, cases, output, split=chosen, dataset=dataset,
-                            n_samples=samples, steps=steps, seed=seed, overwrite=overwrite,
-                            dicom=True if format == "dicom" else None, reference=reference,
-                            dicom_samples=dicom_samples, rtstruct=rtstruct, **file_options)
+        constraints = read_constraints(inside, outside, label=label, jumps=jumps,
+                                       scale=guidance_scale)
+        if constraints is not None and len(cases) > 1:
+            raise DiffusegError("--inside/--outside mark one image; give a single image with -i")
+        file_options = {"constraints": constraints} if constraints is not None else {}
+        predictor = load_predictor(run, device_name_for(ctx, device), onnx)
+        results = predict_cases(predictor, cases, output, split=chosen, dataset=dataset,
+                                n_samples=samples, steps=steps, seed=seed, overwrite=overwrite,
+                                dicom=True if format == "dicom" else None, reference=reference,
+                                dicom_samples=dicom_samples, rtstruct=rtstruct, ctx=ctx,
+                                **file_options)
+        if not ctx.is_main:
+            return
     skipped = sum(1 for *_, was_skipped in results if was_skipped)
     for name, folder, was_skipped in results:
         if not quiet:

@@ -122,6 +122,23 @@ def folder_lock(folder: str | Path, what: str = "folder") -> Iterator[Path]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+@contextlib.contextmanager
+def lock_held_by_job(folder: str | Path) -> Iterator[Path]:
+    """Write into ``folder`` while another process of the same job holds its ``folder_lock``:
+    rank 0 of a torchrun job, which takes the lock before the other ranks start writing and
+    releases it after they have all finished (``diffuseg.inference.prediction_folder
+    .lock_output``). Inside, ``folder_lock(folder)`` calls of this thread pass through as
+    re-entrant ones; a process outside the job is still refused by rank 0's kernel lock."""
+    key = (threading.get_ident(), Path(folder).resolve())
+    _held[key] = _held.get(key, 0) + 1
+    try:
+        yield Path(folder)
+    finally:
+        _held[key] -= 1
+        if not _held[key]:
+            del _held[key]
+
+
 def _acquire(path: Path, folder: Path, what: str) -> int:
     for _ in range(20):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

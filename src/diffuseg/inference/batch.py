@@ -10,7 +10,8 @@
 
 ``predict_cases`` skips cases whose ``result.json`` is complete (resuming where a previous call
 stopped), records in each result.json which run and split produced it, and shows progress per
-case and per sampling step.
+case, per slice (a 2D run on volumes, ``diffuseg.inference.slices``) and per sampling step.
+Under ``torchrun`` it shards the cases over the ranks (``predict_cases``' ``ctx``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from diffuseg.core.distributed import Dist, gather_objects
 from diffuseg.core.progress import Progress
 from diffuseg.errors import DataError
 from diffuseg.inference.predictor import case_name, list_inputs
@@ -159,42 +161,84 @@ def settings_text(result: dict) -> str:
 def predict_cases(predictor, cases: Sequence[Sequence[Path]], out_dir: Path, *,
                   split: str | None = None, dataset: Path | None = None,
                   n_samples: int | None = None, steps: int | None = None, seed: int = 0,
-                  overwrite: bool = False, **file_options) -> list[tuple[str, Path, bool]]:
+                  overwrite: bool = False, ctx: Dist | None = None,
+                  **file_options) -> list[tuple[str, Path, bool]]:
     """Predict each case into ``out_dir/<case>/`` (one writer at a time: ``lock_output``);
     ``file_options`` go to ``Predictor.predict_file`` (e.g. the DICOM outputs). Returns (case,
-    folder, skipped) per case."""
+    folder, skipped) per case, in the order of ``cases``.
+
+    ``ctx``: the ranks of a torchrun job (``diffuseg.core.distributed``; None: one process).
+    Case k goes to rank k % world; every case is drawn with the same ``seed`` whatever its rank,
+    so the job writes the files one process would. The job holds the folder as one writer
+    (``prediction_folder.job_lock``); every rank returns the whole list (gathered). A case that
+    fails on one rank lets the others finish theirs, then raises on that rank (its own error)
+    and on rank 0 (naming the rank), so a second call resumes like after one process's failure.
+    """
     from diffuseg.inference.prediction_folder import lock_output
 
+    ctx = ctx or Dist()
     out_dir = Path(out_dir)
-    done: list[tuple[str, Path, bool]] = []
+    mine = [(k, paths) for k, paths in enumerate(cases) if k % ctx.world == ctx.rank]
+    options = dict(split=split, dataset=dataset, n_samples=n_samples, steps=steps, seed=seed,
+                   overwrite=overwrite, **file_options)
+    label = "predict" if ctx.world == 1 else f"predict (rank {ctx.rank} of {ctx.world})"
+    with lock_output(out_dir, ctx), Progress(label, len(mine), unit="cases") as bar:
+        if ctx.world == 1:
+            return [row for _, row in _predict_own(predictor, mine, out_dir, bar, **options)]
+        done, error = [], None
+        try:
+            done = _predict_own(predictor, mine, out_dir, bar, **options)
+        except Exception as err:  # noqa: BLE001 - reported after every rank has finished
+            error = err
+        gathered = gather_objects((done, None if error is None else str(error)), ctx)
+    if error is not None:
+        raise error
+    failed = [(rank, message) for rank, (_, message) in enumerate(gathered) if message]
+    if failed and ctx.is_main:
+        rank, message = failed[0]
+        raise DataError(f"rank {rank} of {ctx.world} failed: {message}")
+    return [row for _, row in sorted(item for part, _ in gathered for item in part)]
+
+
+def _predict_own(predictor, cases: Sequence[tuple[int, Sequence[Path]]], out_dir: Path,
+                 bar: Progress, *, split: str | None, dataset: Path | None,
+                 n_samples: int | None, steps: int | None, seed: int, overwrite: bool,
+                 **file_options) -> list[tuple[int, tuple[str, Path, bool]]]:
+    """``predict_cases`` for the cases ``(index, channel files)`` of this process."""
+    done: list[tuple[int, tuple[str, Path, bool]]] = []
     method = getattr(predictor, "method", None)  # the ONNX predictor has none
     n_steps = (method.sampling(steps)[1] if method is not None else None) or steps or \
         predictor.config.sample.steps  # the steps sample() runs (LDSeg: its own default)
     wanted = {"n_samples": n_samples or predictor.config.sample.n_samples, "seed": seed,
               "steps": steps}
-    with lock_output(out_dir), Progress("predict", len(cases), unit="cases") as bar:
-        for paths in cases:
-            name = case_name(Path(paths[0]))
-            case_dir = out_dir / name
-            previous = None if overwrite else completed_settings(case_dir)
-            if previous is not None:
-                if not same_settings(previous, wanted):
-                    raise DataError(f"output folder '{case_dir}' already holds a prediction drawn "
-                                    f"with other settings ({settings_text(previous)}); pass "
-                                    "--overwrite to replace it or choose another -o")
-                done.append((name, case_dir, True))
-                bar.advance(info=f"{name} (done before, skipped)")
-                continue
-            if case_dir.exists() and not overwrite:
-                shutil.rmtree(case_dir)  # an interrupted case: predict it again
-            extra = {"split": split, "dataset": str(dataset) if dataset else None}
+    for index, paths in cases:
+        name = case_name(Path(paths[0]))
+        case_dir = out_dir / name
+        previous = None if overwrite else completed_settings(case_dir)
+        if previous is not None:
+            if not same_settings(previous, wanted):
+                raise DataError(f"output folder '{case_dir}' already holds a prediction drawn "
+                                f"with other settings ({settings_text(previous)}); pass "
+                                "--overwrite to replace it or choose another -o")
+            done.append((index, (name, case_dir, True)))
+            bar.advance(info=f"{name} (done before, skipped)")
+            continue
+        if case_dir.exists() and not overwrite:
+            shutil.rmtree(case_dir)  # an interrupted case: predict it again
+        extra = {"split": split, "dataset": str(dataset) if dataset else None}
+        where = {"slice": ""}  # "slice k/Z, " while a volume runs slice by slice
 
-            def on_step(k: int, name: str = name) -> None:
-                bar.update(bar.completed, info=f"{name}: sampling step {k}/{n_steps}")
+        def on_step(k: int, name: str = name, where: dict = where) -> None:
+            bar.update(bar.completed, info=f"{name}: {where['slice']}sampling step {k}/{n_steps}")
 
-            folder = predictor.predict_file(list(paths), out_dir, n_samples=n_samples,
-                                            steps=steps, seed=seed, overwrite=True,
-                                            progress=on_step, extra=extra, **file_options)
-            done.append((name, folder, False))
-            bar.advance(info=name)
+        def on_slice(k: int, total: int, name: str = name, where: dict = where) -> None:
+            where["slice"] = f"slice {min(k + 1, total)}/{total}, "
+            bar.update(bar.completed, info=f"{name}: slice {k}/{total} done")
+
+        folder = predictor.predict_file(list(paths), out_dir, n_samples=n_samples,
+                                        steps=steps, seed=seed, overwrite=True,
+                                        progress=on_step, on_slice=on_slice, extra=extra,
+                                        **file_options)
+        done.append((index, (name, folder, False)))
+        bar.advance(info=name)
     return done

@@ -28,14 +28,15 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from diffuseg.core.atomic import folder_lock, replace_folder
+from diffuseg.core.atomic import folder_lock, lock_held_by_job, replace_folder
+from diffuseg.core.distributed import Dist, barrier, gather_objects
 from diffuseg.core.ensemble import Result
 from diffuseg.errors import DataError
 from diffuseg.io import (
@@ -131,9 +132,44 @@ def _write_files(result: Result, geometry: Geometry, case_dir: Path, *, source: 
 # the lock: one writer per output folder
 
 
-def lock_output(folder: str | Path) -> contextlib.AbstractContextManager[Path]:
-    """One writer per prediction folder: the project's one folder lock (``atomic.folder_lock``)."""
-    return folder_lock(folder, "output folder")
+def lock_output(folder: str | Path, ctx: Dist | None = None
+                ) -> contextlib.AbstractContextManager[Path]:
+    """One writer per prediction folder: the project's one folder lock (``atomic.folder_lock``).
+    Under torchrun (``ctx``: the job's ranks, ``diffuseg.core.distributed``) the job is the one
+    writer: ``job_lock``."""
+    if ctx is None or ctx.world == 1:
+        return folder_lock(folder, "output folder")
+    return job_lock(folder, ctx)
+
+
+@contextlib.contextmanager
+def job_lock(folder: str | Path, ctx: Dist) -> Iterator[Path]:
+    """The lock of a prediction folder written by the ranks of one torchrun job (sharded
+    ``predict``): rank 0 takes the folder lock and tells every rank whether it got it (a
+    collective, so the others start writing only once it is held, and all stop with rank 0's
+    one-line error when it is not); the other ranks write under it (``atomic.lock_held_by_job``);
+    a barrier on the way out keeps it held until every rank has finished. Another ``predict`` (or
+    another job) on the folder meanwhile is refused by rank 0's kernel lock, as it would be by
+    one process. Ranks write disjoint case folders (each through its own ``.<case>.tmp-<pid>``
+    and the atomic swap), so they need no lock among themselves."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(folder_lock(folder, "output folder"))
+            except DataError as err:
+                refused = err
+        message = gather_objects(None if refused is None else str(refused), ctx)[0]
+        if refused is not None:
+            raise refused
+        if message is not None:
+            raise DataError(message)
+        if not ctx.is_main:
+            stack.enter_context(lock_held_by_job(folder))
+        try:
+            yield Path(folder)
+        finally:
+            barrier(ctx)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from diffuseg.data.resample import resample_to_reference, resample_to_spacing
 from diffuseg.data.transforms import normalize_intensity
 from diffuseg.errors import DataError
 from diffuseg.inference.marks import Constraints, on_grid
+from diffuseg.inference.slices import sample_slices, slice_record
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
 from diffuseg.run.weights import load_networks, load_state
@@ -95,12 +96,43 @@ class Predictor:
         image = normalize_intensity(image, self.config.data.intensity, self.config.data.ct_window)
         return torch.from_numpy(image)[None].to(self.device)
 
-    @torch.no_grad()
+    def slices_volume(self, image: np.ndarray) -> bool:
+        """Whether ``image`` is a volume ``[C, X, Y, Z]`` that this 2D run segments slice by slice
+        (``diffuseg.inference.slices``)."""
+        return self.config.spatial_dims == 2 and image.ndim == 4
+
+    def takes(self, image: np.ndarray) -> bool:
+        """Whether ``segment`` accepts ``image``: the run's channel count, and its spatial_dims
+        or, for a 2D run, a volume (slice by slice)."""
+        dims_ok = image.ndim == self.config.spatial_dims + 1 or self.slices_volume(image)
+        return dims_ok and image.shape[0] == self.config.in_channels
+
     def segment(self, image: np.ndarray, *, geometry: Geometry | None = None,
                 n_samples: int | None = None, steps: int | None = None, seed: int = 0,
                 source: str = "image", progress: Callable[[int], None] | None = None,
-                constraints: Constraints | None = None) -> Result:
-        """Samples, consensus and uncertainty for one image ``[C, *spatial]`` (raw intensities).
+                constraints: Constraints | None = None,
+                on_slice: Callable[[int, int], None] | None = None) -> Result:
+        """Samples, consensus and uncertainty for one image ``[C, *spatial]`` (raw intensities):
+        ``summarise(self.sample(...))``. A 2D run given a volume ``[C, X, Y, Z]`` segments it
+        slice by slice (``diffuseg.inference.slices``; ``on_slice(done, total)`` after each
+        slice) and forms the maps over the volume."""
+        if self.slices_volume(image):
+            samples = sample_slices(self, image, n_samples=n_samples, steps=steps, seed=seed,
+                                    source=source, progress=progress, constraints=constraints,
+                                    on_slice=on_slice)
+        else:
+            samples = self.sample(image, geometry=geometry, n_samples=n_samples, steps=steps,
+                                  seed=seed, source=source, progress=progress,
+                                  constraints=constraints)
+        return summarise(samples)
+
+    @torch.no_grad()
+    def sample(self, image: np.ndarray, *, geometry: Geometry | None = None,
+               n_samples: int | None = None, steps: int | None = None, seed: int = 0,
+               source: str = "image", progress: Callable[[int], None] | None = None,
+               constraints: Constraints | None = None) -> torch.Tensor:
+        """The samples ``[S, 1, K, *spatial]`` (probabilities, float32, CPU) of one image
+        ``[C, *spatial]`` (raw intensities) of the run's spatial_dims.
 
         When the run resamples 3D data (``data.spacing``) and ``geometry`` is given, the image is
         resampled to that spacing, and every sample's probabilities are mapped back onto the
@@ -146,14 +178,15 @@ class Predictor:
             samples = map_back(samples, grid, geometry)
             if held is not None:
                 samples = held.hold(samples)
-        return summarise(samples)
+        return samples
 
     def predict_file(self, path: str | Path | Sequence[Path], out_dir: str | Path, *,
                      n_samples: int | None = None, steps: int | None = None, seed: int = 0,
                      overwrite: bool = False, dicom: bool | None = None,
                      reference: str | Path | None = None, dicom_samples: bool = False,
                      rtstruct: bool = False, progress: Callable[[int], None] | None = None,
-                     extra: dict | None = None, constraints: Constraints | None = None) -> Path:
+                     extra: dict | None = None, constraints: Constraints | None = None,
+                     on_slice: Callable[[int, int], None] | None = None) -> Path:
         """Segment one image and write its outputs into ``out_dir/<case>/`` (see
         ``diffuseg.inference.prediction_folder.write_result``). ``path`` is a file, a DICOM series
         folder, or the
@@ -164,7 +197,8 @@ class Predictor:
         ``reference`` series folder it was converted from. ``rtstruct`` adds the consensus as an
         RT Structure Set (``diffuseg.io.rtstruct``; implies the DICOM objects). ``constraints``:
         guided resampling (``segment``); the counts of marked pixels are recorded in the case's
-        JSON."""
+        JSON. A volume given to a 2D run is segmented slice by slice (``segment``;
+        ``on_slice(done, total)``)."""
         from diffuseg.inference.prediction_folder import lock_output, write_result
 
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
@@ -195,7 +229,7 @@ class Predictor:
                                 "to replace it or choose another -o")
             result = self.segment(image, geometry=geometry, n_samples=n_samples, steps=steps,
                                   seed=seed, source=str(paths[0]), progress=progress,
-                                  constraints=constraints)
+                                  constraints=constraints, on_slice=on_slice)
             sampler, used_steps = self.method.sampling(steps)  # what sample() ran
             write_result(result, geometry, case_dir, source=paths[0],  # replaces the whole folder
                          extra={"run": str(self.run_dir.absolute()), "sampler": sampler,
@@ -203,7 +237,7 @@ class Predictor:
                                 "threads": torch.get_num_threads(), "device": str(self.device),
                                 "precision": self.precision_used(),
                                 **guided_extra(constraints, self.config.sample.resample_jumps),
-                                **(extra or {})}, image=image,
+                                **slice_record(self, image), **(extra or {})}, image=image,
                          also=write_dicom)
         return case_dir
 

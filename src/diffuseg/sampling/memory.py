@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from diffuseg.core.memory import gib, max_work_bytes
 from diffuseg.errors import ConfigError
 from diffuseg.sampling.windows import MAX_ITEMS
@@ -28,9 +30,38 @@ def sampling_bytes(n_samples: int, voxels: int, width: int, *, window_voxels: in
 def check_sampling_memory(n_samples: int, voxels: int, width: int, *,
                           window_voxels: int | None = None, channels: int = 1) -> None:
     """Refuse a sampling pass that would not fit DIFFUSEG_MAX_WORK_BYTES (``sampling_bytes``)."""
-    def need_for(n: int) -> int:
-        return sampling_bytes(n, voxels, width, window_voxels=window_voxels, channels=channels)
+    _check(n_samples, voxels, lambda n: sampling_bytes(n, voxels, width,
+                                                       window_voxels=window_voxels,
+                                                       channels=channels))
 
+
+# float32-sized copies per sample, class and voxel of a volume segmented slice by slice, at the
+# peak of ``core.ensemble.summarise``: the stacked samples (1), their labels (int64: 2), and the
+# per-sample entropy of the BALD score (the clamped copy, xlogy(p, p), 1 - p, xlogy(1 - p, 1 - p)
+# and their sum: 5)
+SUMMARY_COPIES = 8
+
+
+def slices_bytes(n_samples: int, slice_voxels: int, slices: int, width: int, *,
+                 channels: int = 1, classes: int = 1) -> int:
+    """A 2D run on a volume (``diffuseg.inference.slices``): one slice's sampling pass
+    (``sampling_bytes``) plus the stacked samples of every slice and the maps formed from them,
+    ``SUMMARY_COPIES`` float32 copies per sample and class."""
+    volume = slice_voxels * slices
+    return (sampling_bytes(n_samples, slice_voxels, width, channels=channels)
+            + n_samples * max(classes, 1) * volume * 4 * SUMMARY_COPIES)
+
+
+def check_slices_memory(n_samples: int, slice_voxels: int, slices: int, width: int, *,
+                        channels: int = 1, classes: int = 1) -> None:
+    """Refuse a slice-by-slice pass that would not fit DIFFUSEG_MAX_WORK_BYTES
+    (``slices_bytes``)."""
+    _check(n_samples, slice_voxels * slices,
+           lambda n: slices_bytes(n, slice_voxels, slices, width, channels=channels,
+                                  classes=classes))
+
+
+def _check(n_samples: int, voxels: int, need_for: Callable[[int], int]) -> None:
     need, limit = need_for(n_samples), max_work_bytes()
     if need > limit:
         fit = next((n for n in range(n_samples - 1, 0, -1) if need_for(n) <= limit), 0)

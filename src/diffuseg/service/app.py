@@ -31,6 +31,7 @@ import diffuseg
 from diffuseg.errors import DiffusegError
 from diffuseg.inference.prediction_folder import write_result
 from diffuseg.inference.predictor import Predictor, read_channels
+from diffuseg.inference.slices import slice_record
 from diffuseg.service.auth import current_user, load_tokens
 from diffuseg.service.jobs import Job, JobRunner, JobStore
 from diffuseg.service.pacs import DicomWeb, PacsError, check_uid
@@ -87,10 +88,14 @@ def check_image_shape(predictor: Predictor, spatial_dims: int, channels: int | N
     """The model's spatial axes and channels; ``channels`` None: the spatial axes only (from the
     header, before the image is decoded)."""
     config = predictor.config
-    if spatial_dims != config.spatial_dims or channels not in (None, config.in_channels):
+    volume_for_2d = config.spatial_dims == 2 and spatial_dims == 3  # slice by slice
+    if (spatial_dims != config.spatial_dims and not volume_for_2d) or channels not in (
+            None, config.in_channels):
         has = "" if channels is None else f" with {channels} channel(s)"
+        takes = ("2D images (or 3D volumes, slice by slice)" if config.spatial_dims == 2
+                 else f"{config.spatial_dims}D images")
         raise UploadError(400, f"'{name[:80]}' is a {spatial_dims}D image{has}; the model takes "
-                          f"{config.spatial_dims}D images with {config.in_channels} channel(s)")
+                          f"{takes} with {config.in_channels} channel(s)")
 
 
 def segment_job(app_state, job: Job, input_path: Path) -> None:
@@ -103,13 +108,19 @@ def segment_job(app_state, job: Job, input_path: Path) -> None:
     image, geometry = read_channels([input_path])
     info = series_info(input_path) if geometry.kind == "dicom" else {}
     store.update(job, progress=0.2, **info)
+
+    def on_slice(done: int, total: int) -> None:  # a 2D run on a volume: 0.2 .. 0.8 by slice
+        store.update(job, progress=round(0.2 + 0.6 * done / total, 3))
+
     result = predictor.segment(image, geometry=geometry, n_samples=settings.n_samples,
-                               steps=settings.steps, seed=settings.seed, source=job.input_name)
+                               steps=settings.steps, seed=settings.seed, source=job.input_name,
+                               on_slice=on_slice)
     store.update(job, progress=0.8)
     write_result(result, geometry, folder / "output", source=input_path.relative_to(folder),
                  extra={"job": job.id, "run": str(settings.run_dir), "seed": settings.seed,
                         "steps": settings.steps or predictor.config.sample.steps,
-                        "method": predictor.config.method.name, "version": diffuseg.__version__})
+                        "method": predictor.config.method.name, "version": diffuseg.__version__,
+                        **slice_record(predictor, image)})
     if geometry.kind == "dicom":
         from diffuseg.io.dicom_outputs import write_dicom_outputs
         from diffuseg.io.dicom_seg import reference_for, run_label_names

@@ -22,6 +22,7 @@ import torch
 from diffuseg.config import RunConfig
 from diffuseg.core.atomic import holds_files, run_lock, save_tensors_atomic, write_json_atomic
 from diffuseg.core.consensus import majority
+from diffuseg.core.distributed import Dist, barrier, device_name_for, init_distributed, shutdown
 from diffuseg.core.ensemble import summarise
 from diffuseg.core.runtime import (  # re-exported: diffuseg.training.loop.resolve_device, ...
     autocast,
@@ -43,15 +44,7 @@ from diffuseg.run.log import RunLog, plot_progress
 from diffuseg.run.setup import describe_run, prepare_run_dir, resume_run
 from diffuseg.run.weights import load_networks, save_networks, state_of
 from diffuseg.training.budget import Budget, StopSignals
-from diffuseg.training.distributed import (
-    Dist,
-    all_reduce_sum,
-    barrier,
-    device_name_for,
-    init_distributed,
-    shutdown,
-    sum_gradients,
-)
+from diffuseg.training.distributed import all_reduce_sum, sum_gradients
 
 
 class EMA:
