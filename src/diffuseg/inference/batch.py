@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from diffuseg.core.paths import check_output
 from diffuseg.core.progress import Progress
 from diffuseg.errors import DataError
 from diffuseg.inference.predictor import case_name, list_inputs
@@ -159,6 +160,8 @@ def predict_cases(predictor, cases: Sequence[Sequence[Path]], out_dir: Path, *,
     from diffuseg.inference.prediction_folder import lock_output
 
     out_dir = Path(out_dir)
+    for paths in cases:  # before anything is written (or an unfinished case folder deleted)
+        check_output(paths, out_dir, out_dir / case_name(Path(paths[0])))
     done: list[tuple[str, Path, bool]] = []
     method = getattr(predictor, "method", None)  # the ONNX predictor has none
     n_steps = (method.sampling(steps)[1] if method is not None else None) or steps or \
