@@ -246,12 +246,14 @@ def test_refused_writes_are_one_line_and_leave_nothing(tmp_path, run2d, predicto
     assert snapshot(tmp_path / "out") == before and leftovers(tmp_path / "out") == []
 
 
-def test_file_size_limit_through_the_cli(tmp_path, run2d):
-    """RLIMIT_FSIZE (ulimit -f) makes a write fail with EFBIG (Python ignores SIGXFSZ): the
-    previews exceed 4 kB here. One line, exit 2, no temporary file left."""
+@pytest.mark.parametrize("limit", [0, 4096])
+def test_file_size_limit_through_the_cli(tmp_path, run2d, limit):
+    """RLIMIT_FSIZE (ulimit -f) makes a write fail with EFBIG (Python ignores SIGXFSZ): at 0
+    bytes the lock file's first line, at 4 kB the previews. One line, exit 2, no temporary
+    file (nor lock file) left."""
     run, data = run2d
-    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
-            "from diffuseg.cli import main; sys.argv[0] = 'diffuseg'; main()")
+    code = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))"
+            "; from diffuseg.cli import main; sys.argv[0] = 'diffuseg'; main()")
     done = subprocess.run([sys.executable, "-c", code, "predict", str(run), "-i",
                            str(first_image(data)), "-o", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=300,

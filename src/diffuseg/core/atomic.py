@@ -197,9 +197,15 @@ def _acquire(path: Path, folder: Path, what: str) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} "
-                          f"({' '.join(sys.argv)[:300]})\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} "
+                              f"({' '.join(sys.argv)[:300]})\n".encode(), 0)
+            except OSError:  # disk full, a file-size limit: no lock, and no lock file left
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                os.close(fd)
+                raise
             return fd
         os.close(fd)
     raise DataError(f"could not lock {what} '{folder}' (its lock file keeps changing); retry")
