@@ -425,8 +425,9 @@ def try_overlap(rng, folder):
             done = predict_cases(FIXTURES.predictor, [[p] for p in files], out, n_samples=1,
                                  steps=1)
         except DiffusegError:
-            return None if {p.name: p.read_bytes() for p in files} == before else \
-                "the input changed (before the refusal)"
+            if {p.name: p.read_bytes() for p in files} != before:
+                return "the input changed (before the refusal)"
+            raise
         if {p.name: p.read_bytes() for p in files if p.is_file()} != before:
             return "the input changed"
         if any(name in {p.name for p in inputs.iterdir()} for name, *_ in done):
