@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import json
 import math
@@ -35,15 +36,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_inputs as gen  # noqa: E402
 
 from diffuseg.config import load_config  # noqa: E402
-from diffuseg.data import DatasetInfo  # noqa: E402
-from diffuseg.data.importers import import_msd  # noqa: E402
+from diffuseg.data import Dataset, DatasetInfo  # noqa: E402
+from diffuseg.data.importers import import_lidc_slices, import_msd  # noqa: E402
 from diffuseg.data.phantom import write_phantom_dataset  # noqa: E402
 from diffuseg.errors import DiffusegError, one_line  # noqa: E402
+from diffuseg.evaluation.evaluate import evaluate  # noqa: E402
+from diffuseg.inference.batch import predict_cases  # noqa: E402
 from diffuseg.inference.predictor import Predictor, case_name  # noqa: E402
 from diffuseg.io import read_image, read_mask  # noqa: E402
 from diffuseg.training.start import build_config  # noqa: E402
@@ -51,7 +55,8 @@ from diffuseg.training.start import build_config  # noqa: E402
 KEYS = tuple(path for path, _ in gen.PATHS if "." in path) + ("spatial_dims", "num_classes")
 STATUSES = ("clean error", "valid result", "unclean error", "traceback", "hang", "silent wrong")
 WEIGHTS = {"override": 30, "config_file": 10, "dataset_json": 10, "nifti": 15, "png": 12,
-           "dicom": 9, "case_name": 10, "predict": 4, "convert": 2}
+           "dicom": 9, "case_name": 10, "predict": 4, "convert": 2, "lidc": 3, "evaluate": 2,
+           "run_config": 2, "write": 2, "overlap": 2}
 TINY = ["network.channels=[8,16]", "network.attention_levels=[false,false]",
         "network.norm_groups=4", "train.max_steps=1", "train.device=cpu", "process.T=50",
         "train.val_cases=1", "train.val_samples=1", "train.val_steps=1"]
@@ -196,14 +201,18 @@ def try_case_name(rng, folder):
 
 
 class Fixtures:
-    """What the predict and convert trials share: one tiny trained run and an MSD source."""
+    """What the predict, convert and evaluate trials share: one tiny trained run, the phantom
+    dataset it was trained on and its predictions of that dataset."""
 
     def __init__(self, root: Path) -> None:
-        data = write_phantom_dataset(root / "phantom", n_cases=4, size=24, n_raters=2)
+        self.data = write_phantom_dataset(root / "phantom", n_cases=4, size=24, n_raters=2)
         from diffuseg.training.loop import train
-        self.run = train(build_config(None, TINY, dataset=data), data, root / "run",
+        self.run = train(build_config(None, TINY, dataset=self.data), self.data, root / "run",
                          progress=False)
         self.predictor = Predictor.from_run(self.run)
+        self.pred = root / "pred"
+        for image in sorted((self.data / "imagesTr").iterdir()):
+            self.predictor.predict_file(image, self.pred, n_samples=2, steps=1)
 
 
 FIXTURES: Fixtures | None = None
@@ -289,10 +298,149 @@ def try_convert(rng, folder):
     return checked, ("input", "Task", "dst")
 
 
+def try_lidc(rng, folder):
+    tar = gen.lidc_tar(rng, folder / "release.tar")
+    dst = folder / "ds"
+
+    def call():
+        summary = import_lidc_slices(tar, dst)
+        dataset = Dataset.open(dst)
+        if summary.n_cases != len(dataset.cases) or not dataset.cases:
+            return f"{summary.n_cases} cases reported, {len(dataset.cases)} written"
+        longest = max(len(p.name.encode()) for p in dst.rglob("*"))
+        return None if longest <= 255 else f"a file name of {longest} bytes"
+    return call, ("release.tar",)
+
+
+def try_evaluate(rng, folder):
+    pred = shutil.copytree(FIXTURES.pred, folder / "pred")
+    case = rng.choice(sorted(p for p in pred.iterdir() if p.is_dir()))
+    gen.damage_prediction(rng, case)
+
+    def call():
+        summary = evaluate(pred, FIXTURES.data, folder / "out", n_samples_list=(2,),
+                           report=rng.random() < 0.2)
+        values = [v for c in summary["per_case"] for v in c.values()
+                  if isinstance(v, float)]
+        return None if all(math.isfinite(v) or math.isnan(v) for v in values) else "Inf metric"
+    return call, (case.name,)
+
+
+def try_run_config(rng, folder):
+    run = folder / "run"
+    run.mkdir()
+    for name in ("config.json", "dataset.json", "model.safetensors", "ema.safetensors"):
+        shutil.copy(FIXTURES.run / name, run / name)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(gen.damage_run_config(rng, config)))
+
+    def call():
+        predictor = Predictor.from_run(run)
+        result = predictor.segment(np.ones((1, 24, 24), np.float32), n_samples=1, steps=1)
+        return None if torch.isfinite(result.probability).all() else "NaN probabilities"
+    return call, ("config.json", *KEYS)  # the file, or the key of a bad value
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden temporaries of the atomic writers (and the lock) left under ``folder``."""
+    return [p.name for p in folder.rglob("*") if p.name.startswith(".")] if folder.exists() \
+        else []
+
+
+@contextlib.contextmanager
+def refused_writes(rng, under: Path):
+    """One way the file system refuses writes below ``under``: a file-size limit (a real
+    RLIMIT_FSIZE, EFBIG), or disk full / read-only / permission denied (ENOSPC, EROFS, EACCES)
+    raised by ``open`` for writing or by ``os.replace``."""
+    import builtins
+    import errno
+    import resource
+
+    mode = rng.choice(["fsize", "open", "replace"])
+    code = rng.choice([errno.ENOSPC, errno.EROFS, errno.EACCES])
+    real_open, real_replace = builtins.open, os.replace
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def open_(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and str(file).startswith(str(under)):
+            raise OSError(code, os.strerror(code), str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).startswith(str(under)):
+            raise OSError(code, os.strerror(code))
+        return real_replace(src, dst, *args, **kwargs)
+    try:
+        if mode == "fsize":
+            resource.setrlimit(resource.RLIMIT_FSIZE, (rng.choice([0, 300, 3000]), limits[1]))
+        elif mode == "open":
+            builtins.open = open_
+        else:
+            os.replace = replace
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        builtins.open, os.replace = real_open, real_replace
+
+
+def try_write(rng, folder):
+    out = folder / "out"
+    image = rng.choice(sorted((FIXTURES.data / "imagesTr").iterdir()))
+    overwrite = rng.random() < 0.5
+    if overwrite:  # a previous prediction that a refused write must leave whole
+        FIXTURES.predictor.predict_file(image, out, n_samples=1, steps=1)
+    before = snapshot(out) if out.exists() else {}
+
+    def call():
+        try:
+            with refused_writes(rng, out):
+                case = FIXTURES.predictor.predict_file(image, out, n_samples=2, steps=1,
+                                                       overwrite=True)
+        except DiffusegError:
+            if leftovers(out):
+                return f"temporaries left after the refusal: {leftovers(out)[:2]}"
+            if out.exists() and snapshot(out) != before:
+                return "the previous prediction changed"
+            raise
+        if leftovers(out):
+            return f"temporaries left: {leftovers(out)[:2]}"
+        return None if (case / "result.json").is_file() else "no result.json"
+    return call, (str(out),)
+
+
+def try_overlap(rng, folder):
+    inputs = folder / "in"
+    inputs.mkdir()
+    for image in sorted((FIXTURES.data / "imagesTr").iterdir())[:2]:
+        shutil.copy(image, inputs / image.name)
+    files = sorted(inputs.iterdir())
+    out = rng.choice([files[0], inputs, inputs / ".", inputs / "sub", folder / "out",
+                      folder, files[1].with_suffix(".x")])
+    if out.suffix == ".x":
+        out.write_bytes(b"a file")
+    before = {p.name: p.read_bytes() for p in files}
+
+    def call():
+        try:
+            done = predict_cases(FIXTURES.predictor, [[p] for p in files], out, n_samples=1,
+                                 steps=1)
+        except DiffusegError:
+            if {p.name: p.read_bytes() for p in files} != before:
+                return "the input changed (before the refusal)"
+            raise
+        if {p.name: p.read_bytes() for p in files if p.is_file()} != before:
+            return "the input changed"
+        if any(name in {p.name for p in inputs.iterdir()} for name, *_ in done):
+            return "case folders written among the inputs"
+        return None if all((f / "result.json").is_file() for _, f, _ in done) else "incomplete"
+    return call, ("-o", "input", str(out.name))
+
+
 ENTRY = {"override": try_override, "config_file": try_config_file,
          "dataset_json": try_dataset_json, "nifti": try_file("nifti"), "png": try_file("png"),
          "dicom": try_dicom, "case_name": try_case_name, "predict": try_predict,
-         "convert": try_convert}
+         "convert": try_convert, "lidc": try_lidc, "evaluate": try_evaluate,
+         "run_config": try_run_config, "write": try_write, "overlap": try_overlap}
 
 
 # ---------------------------------------------------------------------------------------------

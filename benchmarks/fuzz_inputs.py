@@ -11,6 +11,7 @@ import io
 import json
 import random
 import struct
+import tarfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,8 @@ def nifti(rng: random.Random) -> tuple[str, bytes]:
             flat[rng.randrange(flat.size)] = rng.choice([np.nan, np.inf, -np.inf, 1e300])
     if rng.random() < 0.3:
         data = np.abs(np.round(data)) % 3
+    elif dtype == np.float32 and rng.random() < 0.2:  # finite, near float32's largest (#26)
+        data = data / max(float(np.abs(data).max()), 1.0) * rng.choice([1e37, 1e38, 3.4e38])
     affine = np.diag([rng.choice([1.0, 0.5, 2.0]) for _ in range(3)] + [1.0])
     image = nib.Nifti1Image(np.asarray(data).astype(dtype), affine)
     raw = bytearray(image.to_bytes())
@@ -193,11 +196,18 @@ def png(rng: random.Random) -> tuple[str, bytes]:
         return ".png", (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
                         + png_chunk(b"IDAT", zlib.compress(rng.randbytes(rng.randint(0, 20))))
                         + png_chunk(b"IEND", b""))
+    if rng.random() < 0.1:  # a header declaring more rows than the data holds (#26)
+        return ".png", png_short_of_rows(rng)
     mode = rng.choice(["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F"])
-    shape = (rng.randint(1, 9), rng.randint(1, 9))
+    shape = (rng.randint(1, 9), rng.randint(1, 9)) if rng.random() < 0.9 else (1, 1)
     gen = np.random.default_rng(rng.getrandbits(32))
     base = gen.integers(0, rng.choice([2, 3, 256]), size=shape).astype(np.uint8)
     image = Image.fromarray(base).convert(mode)
+    if mode == "F" and rng.random() < 0.5:  # float TIFFs with NaN/Inf or huge values (#26)
+        values = np.asarray(image, dtype=np.float32).copy()
+        values.reshape(-1)[rng.randrange(values.size)] = rng.choice(
+            [np.nan, np.inf, -np.inf, 3.4e38, -1e37])
+        image = Image.fromarray(values, mode="F")
     buffer = io.BytesIO()
     ending = ".tif" if mode in ("I", "F") or rng.random() < 0.1 else ".png"
     image.save(buffer, format="TIFF" if ending == ".tif" else "PNG")
@@ -205,6 +215,122 @@ def png(rng: random.Random) -> tuple[str, bytes]:
     if rng.random() < 0.15:
         raw = raw[: rng.randint(0, len(raw))]
     return ending, raw
+
+
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+         (0, 1, 1, 2))  # (x0, y0, dx, dy) of the interlace passes (PNG spec 8.2)
+
+
+def png_short_of_rows(rng: random.Random) -> bytes:
+    """An 8-bit grey or RGB PNG (interlaced or not) whose deflated scanlines stop early: PIL
+    fills the rest with zeros without a word."""
+    height, width, rgb = rng.randint(1, 40), rng.randint(1, 40), rng.random() < 0.3
+    array = np.random.default_rng(rng.getrandbits(32)).integers(
+        0, 256, (height, width, 3) if rgb else (height, width)).astype(np.uint8)
+    interlace = rng.random() < 0.3
+    passes = ADAM7 if interlace else ((0, 0, 1, 1),)
+    lines = b"".join(b"\0" + np.ascontiguousarray(row).tobytes() for x0, y0, dx, dy in passes
+                     for row in array[y0::dy, x0::dx] if row.size)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2 if rgb else 0, 0, 0, int(interlace))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(
+        b"IDAT", zlib.compress(lines[: rng.randrange(len(lines))])) + png_chunk(b"IEND", b""))
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def lidc_tar(rng: random.Random, path: Path) -> Path:
+    """A miniature LIDC-IDRI slices tar (2 patients, 4 raters, 6x5 slices) with one hostile
+    change: a patient folder name of 250 characters or of odd characters, a member declaring
+    8 GiB, numbers of 5,000 digits, a slice PNG short of rows, a mask of another shape or
+    values, a missing rater, bytes that are no PNG."""
+    members: dict[str, bytes] = {}
+    patients = ["LIDC-IDRI-0001", "LIDC-IDRI-0002"]
+    change = rng.choice(["long name", "odd name", "8 GiB", "digits", "short rows", "mask shape",
+                         "mask values", "missing rater", "junk", "none"])
+    if change == "long name":
+        patients[rng.randrange(2)] = rng.choice("Pé中") * rng.choice([120, 250, 300])
+    elif change == "odd name":
+        patients[rng.randrange(2)] = rng.choice([":*?", "a\\b", "..", " x ", "\x7f", "-1"])
+    image, mask = png_bytes(np.arange(30).reshape(6, 5)), png_bytes(np.zeros((6, 5)))
+    for patient in patients:
+        for k in range(2):
+            members[f"{patient}/nodule-0/images/slice-{k}.png"] = image
+            for r in range(4):
+                members[f"{patient}/nodule-0/mask-{r}/slice-{k}.png"] = mask
+    victim = rng.choice(sorted(members))
+    if change == "digits":
+        members[victim.replace("slice-", "slice-" + "9" * 5000)] = members.pop(victim)
+    elif change == "short rows":
+        members[victim] = png_short_of_rows(rng)
+    elif change == "mask shape":
+        members[victim] = png_bytes(np.zeros((rng.randint(1, 9), rng.randint(1, 9))))
+    elif change == "mask values":
+        members[victim] = png_bytes(np.full((6, 5), rng.choice([1, 17, 128])))
+    elif change == "missing rater":
+        members.pop(victim)
+    elif change == "junk":
+        members[victim] = rng.randbytes(rng.randint(0, 64))
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"LIDC-IDRI-slices/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    if change == "8 GiB":  # a member header declaring 8 GiB, its data cut short
+        raw = path.read_bytes().rstrip(b"\0")
+        raw += b"\0" * (-len(raw) % 512)
+        info = tarfile.TarInfo(f"LIDC-IDRI-slices/{patients[0]}/nodule-0/images/slice-9.png")
+        info.size = 8 * 2**30
+        path.write_bytes(raw + info.tobuf(tarfile.PAX_FORMAT) + image.ljust(512, b"\0")
+                         + b"\0" * 1024)
+    return path
+
+
+def damage_prediction(rng: random.Random, case_dir: Path) -> str:
+    """Change one file of a case folder of ``diffuseg predict``: a sample, the consensus or a
+    map of another shape, a missing file, probabilities out of range, broken result.json."""
+    change = rng.choice(["sample shape", "map shape", "consensus shape", "missing", "range",
+                         "result.json"])
+    files = sorted(p.name for p in case_dir.iterdir() if p.suffix == ".png"
+                   and "preview" not in p.name)
+    if change == "sample shape":
+        name = rng.choice([f for f in files if f.startswith("sample_")])
+    elif change == "map shape":
+        name = rng.choice(["probability.png", "variance.png"])
+    else:
+        name = "consensus.png"
+    shape = (rng.randint(1, 30), rng.randint(1, 30))
+    if change.endswith("shape"):
+        Image.fromarray(np.zeros(shape, np.uint8)).save(case_dir / name)
+    elif change == "missing":
+        (case_dir / rng.choice(files)).unlink()
+    elif change == "range":
+        Image.fromarray(np.full((24, 24), 77, np.uint8)).save(case_dir / "sample_00.png")
+    else:
+        (case_dir / "result.json").write_bytes(rng.choice([b"{", b"[]", b"\xff", b"null"]))
+    return f"{change} {name}"
+
+
+def damage_run_config(rng: random.Random, config: dict) -> dict:
+    """config.json of a run changed so that it may no longer describe the run's weights."""
+    network = config.setdefault("network", {})
+    change = rng.choice(["channels", "attention", "res blocks", "classes", "heads", "method"])
+    if change == "channels":
+        network["channels"] = rng.choice([[8, 32], [16, 16], [8, 16, 32], [8]])
+    elif change == "attention":
+        network["attention_levels"] = [True] * len(network.get("channels", [8, 16]))
+    elif change == "res blocks":
+        network["num_res_blocks"] = rng.choice([0, 2, 3])
+    elif change == "classes":
+        config["num_classes"] = rng.choice([2, 3])
+    elif change == "heads":
+        network["num_heads"] = rng.choice([1, 2, 8])
+    else:
+        config.setdefault("method", {})["name"] = rng.choice(["berdiff", "ldseg", "prob_unet"])
+    return config
 
 
 DICOM_TEXT = ["NaN", "Inf", "-Inf", "1e300", "abc", "0", "", "1\\2", "2", "-1", "1e-300"]

@@ -23,6 +23,11 @@ class DataError(DiffusegError):
     """A file or dataset folder that cannot be read or is inconsistent."""
 
 
+class OutputError(DiffusegError):
+    """A file or folder that cannot be written: disk full, a file-size limit, a read-only or
+    forbidden folder, a name too long (``diffuseg.core.atomic.writing``)."""
+
+
 class ConfigError(DiffusegError):
     """A configuration key or value that does not exist or is out of range."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -86,6 +87,86 @@ def test_lidc_limit_and_errors(tmp_path):
     with pytest.raises(DataError, match="not a readable tar"):
         import_lidc_slices(tmp_path / "src" / "P1" / "nodule-0" / "images" / "slice-0.png",
                            tmp_path / "x")
+
+
+def tar_of(path: Path, files: dict[str, bytes]) -> Path:
+    """An uncompressed tar (PAX: names of any length) of ``files`` (member name -> bytes)."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def slice_files(patient: str, image: bytes, mask: bytes, slice_: str = "0") -> dict[str, bytes]:
+    files = {f"{patient}/nodule-0/images/slice-{slice_}.png": image}
+    files.update({f"{patient}/nodule-0/mask-{r}/slice-{slice_}.png": mask for r in range(4)})
+    return files
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_lidc_tar_with_a_250_character_patient_folder(tmp_path):
+    """A folder name too long for a file name (case files are '<patient>_n<k>_s<i>_0000.png')
+    is shortened with a hash (it ended in an ENAMETOOLONG traceback); the group keeps it."""
+    image = np.arange(30).reshape(6, 5)
+    mask = np.zeros((6, 5))
+    mask[:2] = 255
+    long = "P" * 250
+    tar = tar_of(tmp_path / "long.tar", {**slice_files(long, png_bytes(image), png_bytes(mask)),
+                                         **slice_files("P2", png_bytes(image), png_bytes(mask))})
+    summary = import_lidc_slices(tar, tmp_path / "ds")
+    assert summary.n_cases == 2 and summary.n_groups == 2
+    cases = {c.case_id: c for c in Dataset.open(tmp_path / "ds").cases}
+    (short,) = [c for c in cases if c != "P2_n0_s0"]
+    assert short.startswith("P" * 90) and short.endswith("_n0_s0") and len(short) < 130
+    assert cases[short].group == long  # splits still keep a patient's slices together
+    data = cases[short].load()
+    np.testing.assert_array_equal(data.image[0], image)
+    np.testing.assert_array_equal(data.raters[3].sum(1), [5, 5, 0, 0, 0, 0])
+    digits = slice_files("P3", png_bytes(image), png_bytes(mask), slice_="9" * 5000)
+    tar = tar_of(tmp_path / "digits.tar", {**digits, **slice_files("P4", png_bytes(image),
+                                                                    png_bytes(mask))})
+    assert import_lidc_slices(tar, tmp_path / "ds2").n_cases == 1  # not a slice of the release
+
+
+def test_lidc_tar_member_declaring_8_gib(tmp_path):
+    """A member whose header declares 8 GiB (its data cut short) is refused from the header,
+    before any byte is read, naming the member and the budget."""
+    image, mask = png_bytes(np.ones((6, 5))), png_bytes(np.zeros((6, 5)))
+    tar = tar_of(tmp_path / "ok.tar", slice_files("P1", image, mask))
+    raw = tar.read_bytes().rstrip(b"\0")
+    raw += b"\0" * (-len(raw) % 512)
+    huge = tarfile.TarInfo("P1/nodule-0/images/slice-1.png")
+    huge.size = 8 * 2**30
+    (tmp_path / "huge.tar").write_bytes(raw + huge.tobuf(tarfile.PAX_FORMAT)
+                                        + image.ljust(512, b"\0") + b"\0" * 1024)
+    with pytest.raises(DataError) as err:
+        import_lidc_slices(tmp_path / "huge.tar", tmp_path / "ds")
+    message = str(err.value)
+    assert "\n" not in message and "huge.tar" in message and "slice-1.png" in message
+    assert "8 GiB" in message and "DIFFUSEG_MAX_IMAGE_BYTES" in message, message
+
+
+def test_lidc_slice_png_with_missing_rows(tmp_path):
+    """A slice whose PNG header declares more rows than its data holds is refused (PIL fills
+    the missing rows with zeros)."""
+    full = png_bytes(np.arange(30).reshape(6, 5))
+    short = png_bytes(np.arange(30).reshape(6, 5)[:3])
+    short = short[:20] + (6).to_bytes(4, "big") + short[24:]  # IHDR height 3 -> 6 ...
+    ihdr = short[12:29]
+    short = short[:29] + zlib.crc32(ihdr).to_bytes(4, "big") + short[33:]  # ... and its CRC
+    assert Image.open(io.BytesIO(short)).size == (5, 6)
+    tar = tar_of(tmp_path / "cut.tar", slice_files("P1", short, png_bytes(np.zeros((6, 5)))))
+    with pytest.raises(DataError, match=r"images/slice-0\.png.*3 of its 6 rows"):
+        import_lidc_slices(tar, tmp_path / "ds")
+    tar = tar_of(tmp_path / "whole.tar", slice_files("P1", full, png_bytes(np.zeros((6, 5)))))
+    assert import_lidc_slices(tar, tmp_path / "ds2").n_cases == 1
 
 
 @pytest.fixture(scope="module")

@@ -263,6 +263,23 @@ def test_case_folder_missing_a_file(phantom, tmp_path):
     assert "phantom_0001/probability.png" in one_line(err)
 
 
+def test_case_folder_with_a_sample_or_map_of_another_shape(phantom, tmp_path):
+    """One sample (or the variance map) of another shape than the case's consensus: one line
+    naming that file and both shapes (it ended in numpy's 'all input arrays must have the same
+    shape' traceback)."""
+    from PIL import Image
+
+    for name in ("sample_01.png", "variance.png"):
+        write_predictions(phantom, tmp_path / "pred", lambda d: d.raters[:, None])
+        Image.fromarray(np.zeros((7, 32), np.uint8)).save(tmp_path / "pred" / "phantom_0001" / name)
+        with pytest.raises(DataError) as err:
+            evaluate(tmp_path / "pred", phantom, tmp_path / "out")
+        message = one_line(err)
+        assert f"phantom_0001/{name}" in message and "(7, 32)" in message, message
+        assert "(32, 32)" in message and "re-run 'diffuseg predict'" in message, message
+        assert not (tmp_path / "out").exists()
+
+
 def test_bad_sample_counts(phantom, tmp_path):
     with pytest.raises(ConfigError):
         evaluate(tmp_path, phantom, tmp_path / "out", n_samples_list=(0,))

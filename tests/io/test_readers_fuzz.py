@@ -220,6 +220,71 @@ def test_png_with_odd_modes_and_values(mode, seed, small, labels):
         only_our_errors(read_mask, path, labels=sorted(labels) or None)
 
 
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+         (0, 1, 1, 2))  # (x0, y0, dx, dy) of the interlace passes (PNG spec 8.2)
+
+
+def png_by_hand(array: np.ndarray, interlace: bool, keep: float = 1.0) -> bytes:
+    """An 8-bit grey (2D) or RGB (3D) PNG written without PIL (which cannot interlace), every
+    row with filter 0; ``keep`` < 1 cuts the pixel data (the scanlines before deflate) while the
+    header still declares the whole image."""
+    height, width = array.shape[:2]
+    colour = 0 if array.ndim == 2 else 2
+    passes = ADAM7 if interlace else ((0, 0, 1, 1),)
+    rows = [b"\0" + np.ascontiguousarray(row).tobytes() for x0, y0, dx, dy in passes
+            for row in array[y0::dy, x0::dx] if row.size]
+    lines = b"".join(rows)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, int(interlace))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(lines[: int(len(lines) * keep)]))
+            + chunk(b"IEND", b""))
+
+
+@FUZZ
+@given(height=st.integers(1, 20), width=st.integers(1, 20), rgb=st.booleans(),
+       interlace=st.booleans(), keep=st.floats(0.0, 0.99), seed=st.integers(0, 2**16))
+def test_png_whose_header_declares_more_rows_than_its_data(height, width, rgb, interlace, keep,
+                                                           seed):
+    """PIL fills the rows missing from the data with zeros (a zero-filled image was segmented,
+    exit 0): refused naming the file; the complete file reads back exactly."""
+    shape = (height, width, 3) if rgb else (height, width)
+    array = np.random.default_rng(seed).integers(1, 256, shape).astype(np.uint8)
+    with scratch() as folder:
+        (folder / "whole.png").write_bytes(png_by_hand(array, interlace))
+        image, _ = read_image(folder / "whole.png")
+        np.testing.assert_array_equal(image, array[None] if not rgb else np.moveaxis(array, -1, 0))
+        (folder / "cut.png").write_bytes(png_by_hand(array, interlace, keep))
+        one_line(lambda: read_image(folder / "cut.png"), "cut.png", "truncated")
+        one_line(lambda: read_mask(folder / "cut.png", labels=range(256)), "cut.png")
+
+
+def test_png_of_one_pixel_reads():
+    with scratch() as folder:
+        (folder / "one.png").write_bytes(png_bytes(np.array([[7]], np.uint8)))
+        image, geometry = read_image(folder / "one.png")
+        assert image.shape == (1, 1, 1) and image[0, 0, 0] == 7 and geometry.shape == (1, 1)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_float_tiff_with_non_finite_values(value):
+    """A float TIFF (mode F) holding NaN/Inf is refused by the reader (it gave NaN maps through
+    the Python API); finite values up to 3.4e38 are read exactly."""
+    array = np.linspace(-3.4e38, 3.4e38, 12, dtype=np.float32).reshape(3, 4)
+    with scratch() as folder:
+        Image.fromarray(array, mode="F").save(folder / "finite.tif")
+        image, _ = read_image(folder / "finite.tif")
+        np.testing.assert_array_equal(image[0], array)
+        array[1, 2] = value
+        Image.fromarray(array, mode="F").save(folder / "bad.tif")
+        one_line(lambda: read_image(folder / "bad.tif"), "bad.tif", "1 NaN/Inf")
+        one_line(lambda: read_mask(folder / "bad.tif"), "bad.tif")
+
+
 # ---------------------------------------------------------------------------------------------
 # dataset.json and dataset folders
 

@@ -138,6 +138,14 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as err:  # a write refused outside atomic.writing: disk full, read-only, ...
+        from diffuseg.core.atomic import write_error
+
+        error = write_error(err, "the output")
+        if error is None:
+            raise
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
     # as click's standalone mode: always exit, with an Exit's status (--help: 0), else 0
     sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
 

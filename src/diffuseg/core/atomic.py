@@ -5,11 +5,16 @@ Every file is written to a temporary name, flushed to disk (fsync) and renamed o
 name, so a reader sees the old file or the new one, never half of one. One process at a time may
 write a folder (a run folder, a prediction folder): ``folder_lock`` holds an advisory kernel lock
 (``fcntl.flock``) on ``.diffuseg.lock``, which names the holder; the one lock of the project.
+
+A write the file system refuses (disk full, a file-size limit, a read-only or forbidden folder, a
+name too long) ends in one ``OutputError`` naming the path and the fix (``writing``), and leaves
+no temporary file behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -21,10 +26,53 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from diffuseg.errors import DataError
+from diffuseg.errors import DataError, OutputError
 
 LOCK_NAME = ".diffuseg.lock"
 _held: dict[tuple[int, Path], int] = {}  # (thread, folder) this process holds -> nesting depth
+_ELSEWHERE = "choose an output folder on another disk (-o)"
+WRITE_FIXES = {  # errno of a refused write -> what the user can do about it
+    errno.ENOSPC: f"the disk is full: free space on it or {_ELSEWHERE}",
+    errno.EDQUOT: f"the disk quota is used up: free space or {_ELSEWHERE}",
+    errno.EFBIG: "a file grew past the file-size limit (ulimit -f) or the largest file the file "
+                 f"system holds: raise the limit or {_ELSEWHERE}",
+    errno.EROFS: "the file system is read-only: choose a writable output folder (-o)",
+    errno.EACCES: "permission denied: choose a folder you may write to (-o) or fix its "
+                  "permissions",
+    errno.EPERM: "operation not permitted: choose a folder you may write to (-o) or fix its "
+                 "permissions",
+    errno.ENAMETOOLONG: "a file name is longer than the file system allows: use shorter names "
+                        "or a shorter output path",
+}
+
+
+def write_error(err: OSError, path: Path | str) -> OutputError | None:
+    """The one-line OutputError for a write the file system refused (``WRITE_FIXES``); None for
+    any other OSError. It names the file the system names, unless that is one of our hidden
+    temporaries beside ``path`` (``.case.tmp-<pid>/...``), which the user never sees: ``path``."""
+    fix = WRITE_FIXES.get(err.errno) if isinstance(err, OSError) else None
+    if fix is None:
+        return None
+    where = path
+    if isinstance(err.filename, (str, os.PathLike)):
+        named, parent = Path(err.filename), Path(path).parent
+        hidden = named.is_relative_to(parent) and any(
+            part.startswith(".") for part in named.relative_to(parent).parts)
+        where = path if hidden else named
+    return OutputError(f"cannot write '{where}' ({os.strerror(err.errno)}); {fix}")
+
+
+@contextlib.contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turn a refused write inside the block into ``write_error(err, path)``; other OSErrors
+    pass unchanged."""
+    try:
+        yield
+    except OSError as err:
+        error = write_error(err, path)
+        if error is None:
+            raise
+        raise error from None
 
 
 def fsync_dir(folder: Path) -> None:
@@ -40,14 +88,16 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)``, fsync ``tmp``, rename it to ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    with writing(path):
+        try:
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):  # never hide the error that brought us here
+                tmp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -74,15 +124,21 @@ def replace_folder(new: Path, target: Path, *, aside: Path | None = None) -> Non
     new, target = Path(new), Path(target)
     aside = Path(aside) if aside is not None else target.with_name(
         f".{target.name}.old-{os.getpid()}")
-    remove_folder(aside)
-    if target.exists():
-        os.replace(target, aside)
-    pause = float(os.environ.get("DIFFUSEG_TEST_CHECKPOINT_PAUSE", "0") or 0)
-    if pause > 0:
-        time.sleep(pause)
-    os.replace(new, target)
-    fsync_dir(target.parent)
-    remove_folder(aside)
+    with writing(target):
+        remove_folder(aside)
+        if target.exists():
+            os.replace(target, aside)
+        pause = float(os.environ.get("DIFFUSEG_TEST_CHECKPOINT_PAUSE", "0") or 0)
+        if pause > 0:
+            time.sleep(pause)
+        try:
+            os.replace(new, target)
+        except OSError:  # put the previous folder back where its readers look
+            if aside.exists() and not target.exists():
+                os.replace(aside, target)
+            raise
+        fsync_dir(target.parent)
+        remove_folder(aside)
 
 
 def remove_folder(folder: Path) -> None:
@@ -101,7 +157,10 @@ def folder_lock(folder: str | Path, what: str = "folder") -> Iterator[Path]:
     process (flock locks belong to the open file, not the process). The file is removed on
     release."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{what} '{folder}' is a file; give a folder (a new one is created)")
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     key = (threading.get_ident(), folder.resolve())
     if key in _held:
         _held[key] += 1
@@ -111,7 +170,8 @@ def folder_lock(folder: str | Path, what: str = "folder") -> Iterator[Path]:
             _held[key] -= 1
         return
     path = folder / LOCK_NAME
-    fd = _acquire(path, folder, what)
+    with writing(path):
+        fd = _acquire(path, folder, what)
     _held[key] = 1
     try:
         yield folder
@@ -154,9 +214,15 @@ def _acquire(path: Path, folder: Path, what: str) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} "
-                          f"({' '.join(sys.argv)[:300]})\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} "
+                              f"({' '.join(sys.argv)[:300]})\n".encode(), 0)
+            except OSError:  # disk full, a file-size limit: no lock, and no lock file left
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                os.close(fd)
+                raise
             return fd
         os.close(fd)
     raise DataError(f"could not lock {what} '{folder}' (its lock file keeps changing); retry")

@@ -12,6 +12,7 @@ budget leaves room for suffixes such as ``_sample_015.nii.gz``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from diffuseg.errors import DataError
@@ -48,3 +49,25 @@ def check_separate(src: str | Path, dst: str | Path, what: str = "convert") -> N
             "is inside" if inside(dst, src) else "contains")
         raise DataError(f"{what}: the output '{dst}' {relation} the input '{src}'; write to a "
                         "separate folder so the input is never overwritten")
+
+
+def check_output(inputs: Iterable[str | Path], out_dir: str | Path,
+                 case_dir: str | Path | None = None, what: str = "predict") -> None:
+    """Refuse an output folder (``-o``) that is an input file, holds an input file, or lies
+    inside an input folder (a DICOM series): case folders would be written among the inputs, or
+    over them. ``case_dir``, the folder one case is written to, must neither be nor hold an
+    input: an unfinished case folder is deleted before it is written again."""
+    out = Path(out_dir)
+    for path in map(Path, inputs):
+        if inside(out, path):
+            relation = "is" if out.resolve() == path.resolve() else "is inside"
+            raise DataError(f"{what}: the output folder '{out}' {relation} the input '{path}'; "
+                            "choose a separate -o so the input is never overwritten")
+        if path.is_file() and out.resolve() == path.parent.resolve():
+            raise DataError(f"{what}: the output folder '{out}' is the folder of the input "
+                            f"'{path}'; choose a separate -o so that case folders are not "
+                            "written among the inputs")
+        if case_dir is not None and inside(path, Path(case_dir)):
+            raise DataError(f"{what}: the input '{path}' lies inside its output folder "
+                            f"'{case_dir}'; choose a separate -o so the input is never "
+                            "overwritten")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from diffuseg.core.atomic import writing
 from diffuseg.core.json_files import read_json
 from diffuseg.core.validation import show
 from diffuseg.errors import DataError
@@ -351,17 +352,20 @@ def write_dataset(root: str | Path,
     from diffuseg.core.progress import track
 
     seen: set[str] = set()
-    for case_id, image, raters, geometry in track(cases, f"convert -> {root.name}", total=total,
-                                                  unit="cases", name=lambda item: item[0]):
-        _check_item(case_id, np.asarray(image), np.asarray(raters), info, seen)
-        for c in range(image.shape[0]):
-            write_image(root / "imagesTr" / f"{case_id}_{c:04d}{info.file_ending}",
-                        image[c:c + 1], geometry)
-        for path, mask in zip(_label_paths(root / "labelsTr", case_id, info), raters, strict=True):
-            write_mask(path, mask, geometry)
-    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
-    info = replace(info, num_training=len(seen))
-    (root / "dataset.json").write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    with writing(root):  # disk full, read-only, a name too long: one line naming the file
+        for case_id, image, raters, geometry in track(cases, f"convert -> {root.name}",
+                                                      total=total, unit="cases",
+                                                      name=lambda item: item[0]):
+            _check_item(case_id, np.asarray(image), np.asarray(raters), info, seen)
+            for c in range(image.shape[0]):
+                write_image(root / "imagesTr" / f"{case_id}_{c:04d}{info.file_ending}",
+                            image[c:c + 1], geometry)
+            for path, mask in zip(_label_paths(root / "labelsTr", case_id, info), raters,
+                                  strict=True):
+                write_mask(path, mask, geometry)
+        (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+        info = replace(info, num_training=len(seen))
+        (root / "dataset.json").write_text(json.dumps(info.to_dict(), indent=2) + "\n")
     return root
 
 

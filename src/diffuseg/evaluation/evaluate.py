@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from diffuseg.core.atomic import write_text_atomic, writing
 from diffuseg.core.consensus import TIE_RULE, majority
 from diffuseg.data import Case, CaseData, Dataset
 from diffuseg.errors import ConfigError, DataError
@@ -117,8 +118,10 @@ def evaluate(pred_dir: str | Path, dataset_dir: str | Path, out_dir: str | Path,
     summary = build_summary(per_case, n_samples_list, run, unmatched=unmatched,
                             reliability=pool_curves(curves))
     summary["training_cases_scored"] = trained
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    with writing(out_dir):  # disk full, read-only: one line naming the folder
+        out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False)
+                      + "\n")
     if report:
         write_report(out_dir / "report.html", summary, pred_dir, cases, labels, max_overlays,
                      label_names={v: k for k, v in dataset.info.labels.items()})
@@ -412,6 +415,7 @@ def write_report(path: Path, summary: dict[str, Any], pred_dir: Path, cases: Seq
         data = by_id[case_id].load()
         overlays[case_id] = overlay_figure(data.image, data.raters, pred.samples, pred.consensus,
                                            pred.variance)
-    path.write_text(build_report(summary, overlays, title=f"diffuseg evaluation: {pred_dir}",
-                                 label_names=label_names))
+    write_text_atomic(path, build_report(summary, overlays,
+                                         title=f"diffuseg evaluation: {pred_dir}",
+                                         label_names=label_names))
     return path

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from diffuseg.core.distributed import Dist, gather_objects
+from diffuseg.core.paths import check_output
 from diffuseg.core.progress import Progress
 from diffuseg.errors import DataError
 from diffuseg.inference.predictor import case_name, list_inputs
@@ -178,6 +179,8 @@ def predict_cases(predictor, cases: Sequence[Sequence[Path]], out_dir: Path, *,
 
     ctx = ctx or Dist()
     out_dir = Path(out_dir)
+    for paths in cases:  # before anything is written (or an unfinished case folder deleted)
+        check_output(paths, out_dir, out_dir / case_name(Path(paths[0])))
     mine = [(k, paths) for k, paths in enumerate(cases) if k % ctx.world == ctx.rank]
     options = dict(split=split, dataset=dataset, n_samples=n_samples, steps=steps, seed=seed,
                    overwrite=overwrite, **file_options)

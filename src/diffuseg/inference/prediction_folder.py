@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from diffuseg.core.atomic import folder_lock, lock_held_by_job, replace_folder
+from diffuseg.core.atomic import folder_lock, lock_held_by_job, replace_folder, writing
 from diffuseg.core.distributed import Dist, barrier, gather_objects
 from diffuseg.core.ensemble import Result
 from diffuseg.errors import DataError
@@ -65,19 +65,21 @@ def write_result(result: Result, geometry: Geometry, case_dir: Path, *, source: 
     (e.g.
     the DICOM objects) into the folder before it is swapped in, so they share its atomicity."""
     case_dir = Path(case_dir)
-    case_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = case_dir.with_name(f".{case_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        summary = _write_files(result, geometry, tmp, source=source, extra=extra, image=image)
-        if also is not None:
-            also(tmp)
-        replace_folder(tmp, case_dir)
-    finally:
+    with writing(case_dir):  # disk full, file-size limit, read-only: one line, no temporary left
+        case_dir.parent.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp)
+        try:
+            tmp.mkdir()
+            summary = _write_files(result, geometry, tmp, source=source, extra=extra,
+                                   image=image)
+            if also is not None:
+                also(tmp)
+            replace_folder(tmp, case_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
@@ -213,17 +215,29 @@ def load_prediction(case_dir: Path, labels: Sequence[int]) -> Prediction:
         raise DataError(f"'{case_dir}' has no sample_XX{ending} files; re-run 'diffuseg predict' "
                         "for this case")
     consensus, geometry = read_mask(case_dir / f"consensus{ending}", labels=labels)
-    stack = np.stack([read_mask(p, labels=labels)[0] for p in samples])
+    shape = consensus.shape
+    stack = np.stack([_same_shape(read_mask(p, labels=labels)[0], p, shape) for p in samples])
+    probability = _required(case_dir / f"probability{ending}")
+    variance = _required(case_dir / f"variance{ending}")
     return Prediction(
         case_dir=case_dir,
         samples=stack,
         consensus=consensus,
-        probability=_unit_interval(read_float_map(_required(case_dir / f"probability{ending}")),
-                                   case_dir / f"probability{ending}"),
-        variance=read_float_map(_required(case_dir / f"variance{ending}")),
+        probability=_unit_interval(_same_shape(read_float_map(probability), probability, shape),
+                                   probability),
+        variance=_same_shape(read_float_map(variance), variance, shape),
         geometry=geometry,
         info=info,
     )
+
+
+def _same_shape(array: np.ndarray, path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` when it has the consensus's shape; else a DataError naming ``path``."""
+    if array.shape != shape:
+        raise DataError(f"'{path}' has shape {array.shape} but the case's consensus has {shape}; "
+                        "the case folder mixes predictions, re-run 'diffuseg predict' for this "
+                        "case (with --overwrite)")
+    return array
 
 
 def read_info(case_dir: Path) -> dict[str, Any]:

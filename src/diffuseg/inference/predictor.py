@@ -18,7 +18,7 @@ import torch
 
 from diffuseg.config import RunConfig, load_config
 from diffuseg.core.ensemble import Result, summarise
-from diffuseg.core.paths import inside, safe_name
+from diffuseg.core.paths import check_output, safe_name
 from diffuseg.core.runtime import autocast, autocast_dtype, resolve_device
 from diffuseg.core.validation import MAX_SAMPLES, check_count, check_seed
 from diffuseg.data.resample import resample_to_reference, resample_to_spacing
@@ -68,7 +68,7 @@ class Predictor:
         weights = run_dir / ("ema.safetensors" if use_ema else "model.safetensors")
         if use_ema and not weights.is_file():
             weights = run_dir / "model.safetensors"
-        load_networks(method.networks(), load_state(weights), weights)
+        load_networks(method.networks(), load_state(weights), weights, run_dir / "config.json")
         method.window = tuple(config.data.patch_size) if config.spatial_dims == 3 else None
         return cls(method, config, run_dir, dev, precision)
 
@@ -93,7 +93,12 @@ class Predictor:
                    f"keep only the {expected} channel(s) the model was trained on")
             raise DataError(f"{source} has {image.shape[0]} channel(s) but the model was trained "
                             f"on {expected}; {fix}")
-        image = normalize_intensity(image, self.config.data.intensity, self.config.data.ct_window)
+        with np.errstate(all="ignore"):  # overflow and NaN are refused just below
+            image = normalize_intensity(image, self.config.data.intensity,
+                                        self.config.data.ct_window)
+        if not np.isfinite(image).all():  # finite float32 inputs normalise to finite values
+            raise DataError(f"{source} holds NaN/Inf values (or values beyond float32's range, "
+                            "3.4e38); replace them (e.g. with 0) or fix the scaling")
         return torch.from_numpy(image)[None].to(self.device)
 
     def slices_volume(self, image: np.ndarray) -> bool:
@@ -204,9 +209,7 @@ class Predictor:
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
         image, geometry = read_channels(paths)
         case_dir = Path(out_dir) / case_name(paths[0])
-        if any(inside(p, case_dir) for p in paths):
-            raise DataError(f"input '{paths[0]}' lies inside its output folder '{case_dir}'; "
-                            "choose an -o outside the input")
+        check_output(paths, out_dir, case_dir)  # -o is not an input, nor holds or lies in one
         write_dicom = None
         if dicom or rtstruct or (dicom is None and (geometry.kind == "dicom"
                                                     or reference is not None)):

@@ -94,17 +94,30 @@ def write_previews(case_dir: Path, image: np.ndarray, samples: np.ndarray, conse
 
 
 def draw_contours(ax, consensus: np.ndarray, samples: list[np.ndarray]) -> None:
-    labels = sorted(set(np.unique(consensus).tolist()) | {
-        int(v) for s in samples for v in np.unique(s)} - {0})
+    labels = sorted((set(np.unique(consensus).tolist()) | {
+        int(v) for s in samples for v in np.unique(s)}) - {0})  # the background has no contour
     for label in labels:
         colour = LABEL_COLOURS[(label - 1) % len(LABEL_COLOURS)]
         for sample in samples:
             if (sample == label).any():
-                ax.contour(sample == label, levels=[0.5], colors=[colour], linewidths=0.6,
-                           alpha=0.7)
+                _contour(ax, sample == label, colors=[colour], linewidths=0.6, alpha=0.7)
         if (consensus == label).any():
             from matplotlib import patheffects
 
-            lines = ax.contour(consensus == label, levels=[0.5], colors=[colour],
-                               linewidths=2.2)
+            lines = _contour(ax, consensus == label, colors=[colour], linewidths=2.2)
             lines.set(path_effects=[patheffects.withStroke(linewidth=4, foreground="black")])
+
+
+def _contour(ax, mask: np.ndarray, **style):
+    """The 0.5 contour of a boolean mask. matplotlib contours only grids of at least 2 x 2, so a
+    mask one pixel high or wide (a 1 x 1 image) is padded with background on every side and
+    drawn at its own pixel coordinates; the axes keep the image's limits."""
+    if min(mask.shape) >= 2:
+        return ax.contour(mask, levels=[0.5], **style)
+    limits = ax.get_xlim(), ax.get_ylim()
+    rows, cols = mask.shape
+    lines = ax.contour(np.arange(-1, cols + 1), np.arange(-1, rows + 1),
+                       np.pad(mask.astype(np.float64), 1), levels=[0.5], **style)
+    ax.set_xlim(limits[0])
+    ax.set_ylim(limits[1])
+    return lines

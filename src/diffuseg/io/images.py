@@ -30,7 +30,13 @@ from PIL import Image
 
 from diffuseg.errors import DataError, DiffusegError
 from diffuseg.io.dicom import read_dicom_series
-from diffuseg.io.limits import check_affine, check_finite, check_image_size, check_raster_size
+from diffuseg.io.limits import (
+    check_affine,
+    check_finite,
+    check_image_size,
+    check_png_complete,
+    check_raster_size,
+)
 
 RASTER_ENDINGS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -101,7 +107,9 @@ def read_image(path: str | Path, *, series_uid: str | None = None
     path = Path(path)
     kind, data, geometry = _read_any(path, series_uid)
     if kind == "raster":
-        return _raster_image_channels(data, path), geometry
+        channels = _raster_image_channels(data, path)
+        check_finite(path, channels)  # a float TIFF (mode F) may hold NaN/Inf
+        return channels, geometry
     data = np.asarray(data, dtype=np.float32)
     check_finite(path, data)  # after the cast: 1e300 * slope is finite in float64, not float32
     channels = data[None] if data.ndim == geometry.spatial_dims else np.moveaxis(data, -1, 0)
@@ -160,6 +168,8 @@ def _open_raster(path: Path) -> Image.Image:
                                 "not read, save the volume as NIfTI (.nii.gz)")
             check_raster_size(path, image)  # from the header, before decoding
             image.load()
+            if image.format == "PNG":  # PIL zero-fills rows missing from the data
+                check_png_complete(path, path.read_bytes())
             return image
     except DataError:
         raise

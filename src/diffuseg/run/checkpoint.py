@@ -116,7 +116,8 @@ def _corrupt(path: Path, err: Exception) -> DataError:
 
 def load_checkpoint(folder: Path, networks: dict, optimizer, device) -> tuple[dict, dict]:
     """Restore networks, optimizer and every RNG; return (state, EMA shadow)."""
-    load_networks(networks, load_state(folder / "model.safetensors"), folder)
+    load_networks(networks, load_state(folder / "model.safetensors"), folder,
+                  folder.parent / "config.json")
     ema = {k: v.to(device) for k, v in load_state(folder / "ema.safetensors").items()}
     load_optimizer(optimizer, folder)
     path = folder / "state.json"

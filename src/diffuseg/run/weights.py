@@ -34,15 +34,25 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_networks(networks: dict[str, nn.Module], state: dict[str, torch.Tensor],
-                  source: Path | str = "weights") -> None:
+                  source: Path | str = "weights", config: Path | str = "config.json") -> None:
+    """Copy ``state`` into ``networks`` (built from ``config``); a tensor missing, unexpected or
+    of another shape is one DataError naming the config, the weights and the tensor."""
     for name, net in networks.items():
         prefix = f"{name}."
         part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        own = net.state_dict()
+        for key, value in part.items():
+            if key in own and tuple(value.shape) != tuple(own[key].shape):
+                raise DataError(
+                    f"'{config}' does not describe the network of '{source}': tensor "
+                    f"'{prefix}{key}' has shape {tuple(value.shape)} in the weights but "
+                    f"{tuple(own[key].shape)} in the network the config builds; put back the "
+                    "config.json the weights were trained with")
         missing, unexpected = net.load_state_dict(part, strict=False)
         if missing or unexpected:
             raise DataError(f"'{source}' does not match network '{name}' (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]}); the run's config.json and weights "
-                            "disagree")
+                            f"unexpected {unexpected[:3]}) that '{config}' describes; put back "
+                            "the config.json the weights were trained with")
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:

@@ -204,7 +204,8 @@ def load_generator(folder: str | Path, device: str = "cpu") -> ImageGenerator:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"'{folder / CONFIG_FILE}' is not valid JSON ({err})") from None
     model = ImageGenerator(from_dict(GeneratorConfig, data).validate())
-    load_networks(model.networks(), load_state(folder / "model.safetensors"), folder)
+    load_networks(model.networks(), load_state(folder / "model.safetensors"),
+                  folder / "model.safetensors", folder / CONFIG_FILE)
     for net in model.networks().values():
         net.eval()
     return model.to(device)

@@ -15,6 +15,7 @@ from PIL import Image
 from diffuseg.data.dataset import DatasetInfo
 from diffuseg.data.splits import save_splits
 from diffuseg.errors import DataError
+from diffuseg.io.limits import check_png_complete, check_raster_size
 
 DEFAULT_LABELS = ("background", "foreground")
 
@@ -68,7 +69,9 @@ def decode_png(data: bytes, where: str) -> np.ndarray:
     """A grey PNG (or any image PIL reads) held in memory as a 2D array; colour is refused."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            check_raster_size(where, image)  # from the header, before decoding
             image.load()
+            check_png_complete(where, data)  # PIL zero-fills rows missing from the data
             if image.mode in ("1", "P"):
                 image = image.convert("L")
             array = np.asarray(image)

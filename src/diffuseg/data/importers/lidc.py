@@ -23,14 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from diffuseg.core.paths import check_separate
+from diffuseg.core.memory import gib, max_image_bytes
+from diffuseg.core.paths import check_separate, safe_name
 from diffuseg.data.dataset import DatasetInfo, write_dataset
 from diffuseg.data.importers.common import ImportSummary, binary_mask, decode_png, finish
 from diffuseg.errors import DataError
 from diffuseg.io import Geometry
 
-MEMBER = re.compile(r"(?:^|/)(?P<patient>[^/]+)/nodule-(?P<nodule>\d+)/"
-                    r"(?P<kind>images|mask-(?P<rater>\d+))/slice-(?P<slice>\d+)\.png$")
+MEMBER = re.compile(r"(?:^|/)(?P<patient>[^/]+)/nodule-(?P<nodule>\d{1,9})/"
+                    r"(?P<kind>images|mask-(?P<rater>\d{1,9}))/slice-(?P<slice>\d{1,9})\.png$")
 REFERENCE = ("Armato et al., The Lung Image Database Consortium (LIDC) and Image Database "
              "Resource Initiative (IDRI), Med. Phys. 38(2), 2011; The Cancer Imaging Archive")
 
@@ -43,7 +44,9 @@ class SliceKey:
 
     @property
     def case_id(self) -> str:
-        return f"{self.patient}_n{self.nodule}_s{self.slice}"
+        """The release's patient names are kept; a folder name that is no safe file name (too
+        long, odd characters) is shortened with a hash (``core.paths.safe_name``)."""
+        return f"{safe_name(self.patient, 'patient')}_n{self.nodule}_s{self.slice}"
 
 
 def parse_member(name: str) -> tuple[SliceKey, str] | None:
@@ -60,7 +63,8 @@ def members(src: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
     not), in archive / sorted-path order. Nothing is extracted to disk."""
     if src.is_dir():
         for path in sorted(src.rglob("*.png")):
-            yield path.relative_to(src).as_posix(), path.read_bytes
+            name = path.relative_to(src).as_posix()
+            yield name, _sized(src, name, lambda p=path: p.stat().st_size, path.read_bytes)
         return
     if not src.is_file():
         raise DataError(f"'{src}' does not exist; pass the LIDC-IDRI slices folder or its tar")
@@ -68,20 +72,37 @@ def members(src: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
         with tarfile.open(src, "r:*") as archive:
             for member in archive:
                 if member.isfile():
-                    yield member.name, _reader(archive, member)
+                    yield member.name, _sized(src, member.name, lambda m=member: m.size,
+                                              _reader(src, archive, member))
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"'{src}' is not a readable tar archive ({err}); pass the folder or a "
                         "complete download") from None
 
 
-def _reader(archive: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], bytes]:
+def _sized(src: Path, name: str, size: Callable[[], int], read: Callable[[], bytes]
+           ) -> Callable[[], bytes]:
+    """``read`` once the file's size is within the image budget: a slice PNG is never larger
+    than the float32 array it decodes to (``DIFFUSEG_MAX_IMAGE_BYTES``)."""
+    def checked() -> bytes:
+        declared, limit = size(), max_image_bytes()
+        if declared > limit:
+            raise DataError(f"'{src}': '{name}' declares {gib(declared)}, over the "
+                            f"{gib(limit)} image budget; no slice of the release is that large, "
+                            "the archive is damaged: download it again (or raise "
+                            "DIFFUSEG_MAX_IMAGE_BYTES)")
+        return read()
+    return checked
+
+
+def _reader(src: Path, archive: tarfile.TarFile, member: tarfile.TarInfo
+            ) -> Callable[[], bytes]:
     def read() -> bytes:
         try:
             handle = archive.extractfile(member)
             assert handle is not None  # member.isfile()
             return handle.read()
         except (tarfile.TarError, OSError, EOFError) as err:
-            raise DataError(f"'{archive.name}': member '{member.name}' cannot be read ({err}); "
+            raise DataError(f"'{src}': member '{member.name}' cannot be read ({err}); "
                             "the archive is damaged, download it again") from None
     return read
 
