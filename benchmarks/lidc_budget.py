@@ -6,7 +6,8 @@ on the validation patients of its own ``splits.json`` (every run must have the s
 their slices, or a seeded subset of ``--cases`` slices (the same subset for every run, and for
 every later call with the same fold, ``--cases`` and ``--seed``). Each slice gets ``--samples``
 masks from ``Predictor.segment`` (seed = ``--seed`` + crc32 of the case id; ``--steps`` defaults
-to the run's own ``sample.steps``), scored in memory with the evaluator's code
+to what ``diffuseg predict`` uses: the run's ``sample.steps``, LDSeg's option ``steps``; the JSON
+records the sampler and steps run), scored in memory with the evaluator's code
 (``diffuseg.evaluation.references.set_scores``):
 
 - GED16 (squared form, d = 1 - IoU, d(empty, empty) = 0, all pairs incl. i = j) and HM-IoU16;
@@ -27,9 +28,12 @@ to the run's own ``sample.steps``), scored in memory with the evaluator's code
 Every slice's scores are appended to ``WORK/<label>/cases.jsonl`` as soon as they exist: a
 killed ``score`` resumes where it stopped (a call with other settings is refused). A run still
 training has its final weights only at the end; ``--checkpoint`` scores its latest complete
-checkpoint instead (copied to ``WORK/<label>/weights``, reused by a resumed call). Each run's
-JSON goes to ``WORK/<label>/score.json`` and, with ``--out DIR``, to ``DIR/<label>.json`` beside
-``DIR/table.md``; the markdown table is printed.
+checkpoint instead (copied to ``WORK/<label>/weights``, reused by a resumed call). Such a
+checkpoint is not a run of that shorter budget (the learning rate anneals over the whole
+``train.max_minutes``): the table says "13.4 of 95"; curves should use runs trained to their end.
+Each run's JSON goes to ``WORK/<label>/score.json`` and, with ``--out DIR``, to
+``DIR/<label>.json`` beside ``DIR/table.md``; the markdown table is printed, with one line per run
+saying when, where, under which load and with which command it was scored.
 
 ``curve`` reads those JSON files (or folders of them) and draws GED16 against training minutes,
 one line per series (``--series`` at scoring, default the method name) with the bootstrap
@@ -97,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--cases", type=int, default=600,
                    help="val slices scored, a seeded subset (default 600; 0 = all)")
     s.add_argument("--samples", type=int, default=16, help="masks per slice (default 16)")
-    s.add_argument("--steps", type=int, help="sampler steps (default: each run's sample.steps)")
+    s.add_argument("--steps", type=int,
+                   help="sampler steps (default: each run's own, as diffuseg predict)")
     s.add_argument("--seed", type=int, default=0, help="subset and sampling seed (default 0)")
     s.add_argument("--boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     s.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -149,9 +154,8 @@ def trained_state(run: Path, weights: Path) -> dict[str, Any]:
         step, seconds = int(last["step"]), float(last["seconds"])
     train = config["train"]
     return {"method": config["method"]["name"], "budget_clock": train.get("budget_clock", "wall"),
-            "budget_minutes": train.get("max_minutes"), "steps": step,
-            "train_minutes": seconds / 60.0, "channels": config["network"]["channels"],
-            "sample_steps": config["sample"]["steps"]}
+            "budget_minutes": train.get("max_minutes"), "train_steps": step,
+            "train_minutes": seconds / 60.0, "channels": config["network"]["channels"]}
 
 
 def final_weights(run: Path) -> Path:
@@ -277,8 +281,9 @@ def score_run(run: Path, label: str, dataset: Dataset, cases: Sequence[str],
         sampler, steps = predictor.method.sampling(args.steps)
         state = trained_state(run, weights if args.checkpoint else run / "checkpoint")
         settings = {"run": str(run.resolve()), "weights": "checkpoint" if args.checkpoint
-                    else "final", "step": state["steps"], "samples": args.samples,
-                    "steps": steps, "sampler": sampler, "precision": predictor.precision_used(),
+                    else "final", "train_steps": state["train_steps"], "samples": args.samples,
+                    "sampler_steps": steps, "sampler": sampler,
+                    "precision": predictor.precision_used(),
                     "seed": args.seed, "cases": len(cases), "cases_sha256": cases_hash(cases)}
         recorded = folder / "settings.json"
         if recorded.is_file() and json.loads(recorded.read_text()) != settings:
@@ -363,15 +368,18 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     """One row per run, then the references of the first run's slices, then (LIDC) the published
     rows of ``lidc.PUBLISHED`` (other protocols: a scale, not a like-for-like comparison)."""
     n = results[0]["settings"]["samples"]
-    head = ["run", "method", "train min (clock)", "steps", f"GED{n} [95% CI]",
+    head = ["run", "method (sampler steps)", "train min (clock)", "train steps",
+            f"GED{n} [95% CI]",
             f"HM-IoU{n} [95% CI]", "Dice, non-empty majority [95% CI]",
             f"own consensus x{n} GED{n}", "s/slice", "slices / patients"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         m, s = r["metrics"], r["settings"]
         budget = f" of {s['budget_minutes']:g}" if s.get("budget_minutes") else ""
-        cells = [r["label"], s["method"], f"{s['train_minutes']:.1f}{budget} ({s['budget_clock']})",
-                 str(s["steps"]), _ci(m[f"ged_{n}"]), _ci(m[f"hm_iou_{n}"]),
+        sampler = f" ({s['sampler']} {s['sampler_steps']})" if s.get("sampler") else ""
+        cells = [r["label"], s["method"] + sampler,
+                 f"{s['train_minutes']:.1f}{budget} ({s['budget_clock']})",
+                 str(s["train_steps"]), _ci(m[f"ged_{n}"]), _ci(m[f"hm_iou_{n}"]),
                  f"{_ci(m['dice'])} (n={m['dice']['slices']})", _ci(m["own_consensus_ged"]),
                  f"{r['seconds_per_slice']:.2f}",
                  f"{m[f'ged_{n}']['slices']} / {m[f'ged_{n}']['patients']}"]
@@ -386,7 +394,21 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
         cells = [name, "-", "-", "-", f"{values['ged_16']:.3f}", f"{values['hm_iou_16']:.3f}",
                  "-", "-", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + provenance(results))
+
+
+def provenance(results: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per run: when, where, under which load and with which command it was scored."""
+    out = []
+    for r in results:
+        m, s = r["meta"], r["settings"]
+        load = "/".join(f"{x:.1f}" for x in m["load_average"])
+        hw = m["hardware"]
+        out.append(f"- {r['label']}: weights {s['weights']} (step {s['train_steps']}), "
+                   f"{s['precision']}, scored {m['date']} on {hw.get('cpu')} ({hw.get('cpus')} "
+                   f"CPUs), {hw['threads']} thread(s), load {load}, LD_PRELOAD "
+                   f"'{m['ld_preload']}': `{m['command']}`")
+    return out
 
 
 def meta() -> dict[str, Any]:
@@ -483,6 +505,7 @@ def plot_curves(results: Sequence[dict[str, Any]], path: Path, target: float | N
     ax.set(xlabel=f"training minutes ({clock} clock)", ylabel=f"GED$^2$ ({n} samples)",
            title=f"validation patients, {results[0]['metrics'][key]['slices']} slices; "
            "95 % CI over patients")
+    ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

@@ -91,7 +91,8 @@ def test_quick_writes_scores_table_and_curve(quick):
         assert set(result["metrics"]) == {"ged_16", "hm_iou_16", "dice", "own_consensus_ged"}
         assert set(result["references"]) == {"always_empty", "majority_repeated"}
         settings = result["settings"]
-        assert settings["steps"] == int(name.split("_")[1])  # optimiser steps of the weights
+        assert settings["train_steps"] == int(name.split("_")[1])  # optimiser steps
+        assert settings["sampler_steps"] == (3 if name.startswith("ddpm") else None)
         assert settings["budget_clock"] == "cpu" and settings["train_minutes"] > 0
         assert settings["samples"] == 16 and result["seconds_per_slice"] > 0
         ged = result["metrics"]["ged_16"]
@@ -103,7 +104,9 @@ def test_quick_writes_scores_table_and_curve(quick):
     unet = scores["unet_6"]["metrics"]
     assert unet["ged_16"]["mean"] == pytest.approx(unet["own_consensus_ged"]["mean"])
     table = (quick / "scores" / "table.md").read_text().splitlines()
-    assert len(table) == 2 + 4 + 2  # header, rule, runs, references (no published: phantom)
+    # header, rule, runs, references (no published rows: a phantom), blank, provenance
+    assert len(table) == 2 + 4 + 2 + 1 + 4
+    assert table[-1].startswith("- unet_6: weights final (step 6)")
     assert (quick / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (quick / "curves.md").read_text().splitlines() == table
 
