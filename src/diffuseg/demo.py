@@ -101,14 +101,15 @@ def run_demo(output: str | Path, *, steps: int = 600, minutes: float = 3.0,
 def one_mask_ged(pred_dir: Path, dataset, case_ids: list[str]) -> float:
     """GED16 of a model that always draws the same mask (its consensus): what the samples'
     GED16 must beat to show that they reproduce the raters' disagreement."""
+    from diffuseg.evaluation.references import repeated_mask_scores
     from diffuseg.io import read_mask
-    from diffuseg.metrics import ged
 
     values = []
     for case_id in case_ids:
         consensus, _ = read_mask(pred_dir / case_id / "consensus.png")
         raters = dataset.case(case_id).load().raters
-        values.append(float(ged(np.repeat(consensus[None], N_SAMPLES, 0), raters)["ged"]))
+        scores = repeated_mask_scores(consensus, raters, dataset.info.label_values, N_SAMPLES)
+        values.append(scores[f"ged_{N_SAMPLES}"])
     return float(np.mean(values))
 
 

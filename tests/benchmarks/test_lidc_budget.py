@@ -1,0 +1,183 @@
+"""benchmarks/lidc_budget.py: the patients' bootstrap by hand and against its definition, the
+--quick mode end to end (tiny phantom runs trained, scored, drawn), its scores against the
+evaluator's, resuming a killed scoring, the checkpoint copy, and what it refuses."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffuseg.data import Dataset
+from diffuseg.errors import DataError
+from diffuseg.evaluation.references import trivial_references
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load("lidc_budget")
+
+
+def test_bootstrap_resamples_patients_not_slices():
+    """Patient A has 10 slices of value 1, B and C one slice of 0 each. Resampling slices would
+    give an interval around 10/12 (about [0.58, 1]); resampling patients draws no A in
+    (2/3)^3 = 30 % of the resamples (mean 0) and only A in (1/3)^3 = 3.7 % (mean 1)."""
+    patients = ["A"] * 10 + ["B", "C"]
+    values = [1.0] * 10 + [0.0, 0.0]
+    out = bench.PatientBootstrap(patients, 2000, seed=0).interval(values)
+    assert out["mean"] == pytest.approx(10 / 12)
+    assert out["ci95"] == [0.0, 1.0]
+    assert (out["slices"], out["patients"]) == (12, 3)
+
+
+def test_bootstrap_matches_its_definition():
+    """Each resample: P patients drawn with replacement, the mean over all their slices."""
+    rng = np.random.default_rng(5)
+    patients = [f"p{int(i)}" for i in rng.integers(0, 6, size=40)]
+    values = [None if i % 7 == 0 else float(v) for i, v in enumerate(rng.random(40))]
+    boot = bench.PatientBootstrap(patients, 300, seed=3)
+    ids = sorted(set(patients))
+    draws = np.random.default_rng(3).integers(len(ids), size=(300, len(ids)))
+    means = []
+    for draw in draws:
+        picked = [v for k in draw for p, v in zip(patients, values, strict=True)
+                  if p == ids[k] and v is not None]
+        if picked:
+            means.append(np.mean(picked))
+    out = boot.interval(values)
+    assert out["ci95"] == pytest.approx(np.percentile(means, [2.5, 97.5]).tolist())
+    assert out["mean"] == pytest.approx(np.mean([v for v in values if v is not None]))
+    assert bench.PatientBootstrap(["a", "b"], 10, 0).interval([None, None])["mean"] is None
+
+
+def test_arguments():
+    args = bench.parse_args(["score", "--runs", "x/r1", "y/r2"])
+    assert (args.cases, args.samples, args.steps, args.boot, args.threads) == (600, 16, None,
+                                                                                 2000, 1)
+    assert args.labels == ["r1", "r2"]
+    for bad in (["score", "--runs", "a/r", "b/r"], ["score", "--runs", "r", "--series", "a", "b"],
+                ["score", "--runs", "r", "--samples", "1"], []):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("lidc_budget")
+    bench.main(["--quick", "--work", str(work)])
+    return work
+
+
+def test_quick_writes_scores_table_and_curve(quick):
+    labels = ["ddpm_3", "ddpm_6", "unet_3", "unet_6"]
+    scores = {name: json.loads((quick / "scores" / f"{name}.json").read_text())
+              for name in labels}
+    for name, result in scores.items():
+        assert result["label"] == name and result["series"] == name.split("_")[0]
+        assert set(result["metrics"]) == {"ged_16", "hm_iou_16", "dice", "own_consensus_ged"}
+        assert set(result["references"]) == {"always_empty", "majority_repeated"}
+        settings = result["settings"]
+        assert settings["train_steps"] == int(name.split("_")[1])  # optimiser steps
+        assert settings["sampler_steps"] == (3 if name.startswith("ddpm") else None)
+        assert settings["budget_clock"] == "cpu" and settings["train_minutes"] > 0
+        assert settings["samples"] == 16 and result["seconds_per_slice"] > 0
+        ged = result["metrics"]["ged_16"]
+        assert ged["ci95"][0] <= ged["mean"] <= ged["ci95"][1]
+        assert result["bootstrap"] == {"resamples": 200, "seed": 0, "over": "patients"}
+        # the references are model-free: the same slices give the same numbers for every run
+        assert result["references"] == scores["ddpm_3"]["references"]
+    # a one-mask U-Net draws the same mask 16 times: its GED is its consensus repeated
+    unet = scores["unet_6"]["metrics"]
+    assert unet["ged_16"]["mean"] == pytest.approx(unet["own_consensus_ged"]["mean"])
+    table = (quick / "scores" / "table.md").read_text().splitlines()
+    # header, rule, runs, references (no published rows: a phantom), blank, provenance
+    assert len(table) == 2 + 4 + 2 + 1 + 4
+    assert table[-1].startswith("- unet_6: weights final (step 6)")
+    assert (quick / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (quick / "curves.md").read_text().splitlines() == table
+
+
+def test_quick_references_and_scores_match_the_evaluator(quick, tmp_path):
+    """The reference rows are the means of trivial_references over the scored slices, and a
+    run's per-slice scores equal diffuseg.evaluation.evaluate on written predictions."""
+    from diffuseg.evaluation.evaluate import evaluate
+    from diffuseg.inference.prediction_folder import write_result
+    from diffuseg.inference.predictor import Predictor
+
+    result = json.loads((quick / "scores" / "ddpm_6.json").read_text())
+    dataset = Dataset.open(quick / "data")
+    rows = [json.loads(line) for line in
+            (quick / "score" / "ddpm_6" / "cases.jsonl").read_text().splitlines()]
+    refs = [trivial_references(dataset.case(r["case"]).load().raters, (0, 1), 16) for r in rows]
+    assert result["references"]["always_empty"]["ged_16"]["mean"] == pytest.approx(
+        np.mean([r["always_empty"]["ged_16"] for r in refs]))
+    predictor = Predictor.from_run(quick / "runs" / "ddpm_6", device="cpu")
+    for row in rows:
+        data = dataset.case(row["case"]).load()
+        res = predictor.segment(data.image, n_samples=16, seed=bench.case_seed(row["case"], 0))
+        write_result(res, data.geometry, tmp_path / "pred" / row["case"], source=Path("x"))
+    summary = evaluate(tmp_path / "pred", quick / "data", tmp_path / "eval",
+                       n_samples_list=(16,), report=False)
+    by_case = {c["case"]: c for c in summary["per_case"]}
+    for row in rows:
+        assert row["ged_16"] == pytest.approx(by_case[row["case"]]["ged_16"], abs=1e-12)
+        assert row["hm_iou_16"] == pytest.approx(by_case[row["case"]]["hm_iou_16"], abs=1e-12)
+
+
+def score_args(quick: Path, work: Path, *extra: str) -> list[str]:
+    return ["--work", str(work), "score", "--runs", str(quick / "runs" / "ddpm_6"),
+            "--dataset", str(quick / "data"), "--cases", "0", "--boot", "200", *extra]
+
+
+def test_a_killed_scoring_resumes_and_other_settings_are_refused(quick, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(quick / "score" / "ddpm_6", work / "ddpm_6")
+    full = json.loads((work / "ddpm_6" / "score.json").read_text())
+    stream = work / "ddpm_6" / "cases.jsonl"
+    lines = stream.read_text().splitlines()
+    stream.write_text(lines[0] + "\n" + lines[1][:20])  # killed while writing the second line
+    again = bench.main(score_args(quick, tmp_path / "work"))[0]
+    assert again["metrics"] == full["metrics"]
+    assert len(stream.read_text().splitlines()) == len(lines)
+    with pytest.raises(DataError, match="other settings"):
+        bench.main(score_args(quick, tmp_path / "work", "--samples", "8"))
+
+
+def test_checkpoint_of_a_finished_run_scores_its_final_weights(quick, tmp_path):
+    final = json.loads((quick / "scores" / "ddpm_6.json").read_text())
+    copy = bench.main(score_args(quick, tmp_path / "w", "--checkpoint"))[0]
+    assert copy["metrics"] == final["metrics"]
+    assert (tmp_path / "w" / "ddpm_6" / "weights" / "ema.safetensors").is_file()
+
+
+def test_a_run_without_final_weights_is_refused(quick, tmp_path):
+    run = tmp_path / "ddpm_6"
+    shutil.copytree(quick / "runs" / "ddpm_6", run)
+    (run / "ema.safetensors").unlink()
+    (run / "model.safetensors").unlink()
+    with pytest.raises(DataError, match="--checkpoint"):
+        bench.main(["--work", str(tmp_path / "w"), "score", "--runs", str(run),
+                    "--dataset", str(quick / "data")])
+
+
+def test_curves_refuse_runs_scored_on_other_slices(quick, tmp_path):
+    other = json.loads((quick / "scores" / "unet_3.json").read_text())
+    other["settings"]["cases_sha256"] = "0" * 16
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(DataError, match="cases_sha256"):
+        bench.main(["curve", str(quick / "scores" / "ddpm_3.json"), str(tmp_path / "other.json"),
+                    "--out", str(tmp_path / "c.png")])
