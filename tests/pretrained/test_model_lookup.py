@@ -57,8 +57,11 @@ def test_a_path_that_exists_wins_over_a_name(monkeypatch, tmp_path, no_shipped):
     fake_model(tmp_path / "env", "m")
     monkeypatch.setenv(lookup.ENV, str(tmp_path / "env"))
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "m").mkdir()  # a run folder called like the model, in the working directory
-    assert resolve("m") == Path("m")
+    (tmp_path / "m").mkdir()  # a folder called like the model, in the working directory
+    with pytest.raises(DataError, match="both a folder here .* and a model's name"):
+        resolve("m")  # without config.json it is no run: which was meant is unclear
+    (tmp_path / "m" / "config.json").write_text("{}")
+    assert resolve("m") == Path("m")  # a run folder
     assert resolve(tmp_path / "env" / "m") == tmp_path / "env" / "m"
 
 

@@ -72,11 +72,16 @@ def find_model(name: str) -> Path:
 
 
 def resolve(value: str | Path) -> Path:
-    """A run or model folder from a path (one that exists wins) or a model name."""
+    """A run or model folder from a path (one that exists wins) or a model name. A path that
+    exists but holds no config.json while a model has its name is refused: either was meant."""
     path = Path(value)
-    if path.exists():
-        return path
     models = available_models()
+    if path.exists():
+        if str(value) in models and not (path / "config.json").is_file():
+            raise DataError(f"'{value}' is both a folder here (without config.json: not a run) "
+                            f"and a model's name; give the model's folder '{models[str(value)]}' "
+                            "or the path of a run folder")
+        return path
     if str(value) in models:
         return models[str(value)]
     known = known_models(str(value), models)
