@@ -131,6 +131,9 @@ class TrainConfig:
     val_minutes: float | None = None  # time cap per validation; None: 10% of max_minutes
     micro_batches: int | None = None  # split of train.batch_size into gradient-accumulated
     # parts, spread over torchrun ranks; None: one per rank
+    # a model name or run folder whose weights start a new run where names and shapes match
+    # (fine-tuning: 'train --init', docs/pretrained.md); None: a fresh initialisation
+    init: str | None = None
 
 
 @dataclass

@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"sampling", "data"},
     {"methods"},
     {"run"},
+    {"pretrained"},
     {"inference"},
     {"synthesis"},
     {"training", "evaluation", "review"},

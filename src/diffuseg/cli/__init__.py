@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "diffuseg.cli.synthesize",  # synthesize (docs/synthesis.md)
     "diffuseg.cli.review",  # explain, workflow-report (docs/review.md)
     "diffuseg.cli.volumes",  # preprocess, phantom (docs/volumes.md)
+    "diffuseg.cli.models",  # models, models show | package (docs/pretrained.md)
 )
 
 for _module in COMMAND_MODULES:

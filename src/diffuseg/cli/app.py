@@ -50,6 +50,8 @@ app = typer.Typer(
 GROUP_HELP = {
     "convert": "Convert a data set in its downloaded layout into a dataset folder "
     "(see docs/importers.md).",
+    "models": "Pretrained models: list them (no command), show a card, package a run "
+    "(see docs/pretrained.md).",
 }
 _groups: dict[str, typer.Typer] = {}
 
@@ -72,6 +74,19 @@ def command(name: str, *, group: str | None = None, hidden: bool = False) -> Cal
 
     def register(function: F) -> F:
         target.command(name, hidden=hidden)(function)
+        return function
+
+    return register
+
+
+def group_default(name: str) -> Callable[[F], F]:
+    """Register what ``diffuseg GROUP`` does without a command (instead of its help); the
+    function takes the ``typer.Context`` first and runs only when no command follows."""
+
+    def register(function: F) -> F:
+        group = command_group(name)
+        group.info.no_args_is_help = False
+        group.callback(invoke_without_command=True)(function)
         return function
 
     return register

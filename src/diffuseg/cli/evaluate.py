@@ -28,7 +28,8 @@ def evaluate_command(
     report: Annotated[bool, typer.Option(
         "--report/--no-report", help="Write the self-contained report.html")] = True,
     run: Annotated[Path | None, typer.Option(
-        "--run", help="Run folder whose splits.json says which cases it trained on",
+        "--run", help="Run folder (or model name) whose splits.json says which cases it "
+        "trained on",
         show_default="the run named in the predictions' result.json")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Refuse (exit 2) when a scored case was in the run's training split, "
@@ -39,8 +40,10 @@ def evaluate_command(
     summary.json (nnU-Net's shape) and an HTML report with overlays. Warns loudly when a scored
     case was in the run's training split."""
     from diffuseg.evaluation.evaluate import evaluate
+    from diffuseg.pretrained.lookup import resolve
 
     set_quiet(quiet)
+    run = resolve(run) if run is not None else None  # a path that exists, else a model name
     out_dir = output if output is not None else predictions
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -15,7 +15,8 @@ from diffuseg.errors import DiffusegError
 
 @command("predict")
 def predict_command(
-    run: Annotated[Path, typer.Argument(help="Run folder written by 'diffuseg train'")],
+    run: Annotated[Path, typer.Argument(
+        help="Run folder written by 'diffuseg train', or a model name ('diffuseg models')")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder")],
     input: Annotated[Path | None, typer.Option(
         "-i", "--input", help="Image file, folder of images, DICOM series or study folder",
@@ -83,6 +84,9 @@ def predict_command(
     check_predict_options(samples, steps, seed, device)  # one-line errors before any work
     if format not in ("auto", "dicom"):
         raise DiffusegError(f"--format {format} is unknown; use auto or dicom")
+    from diffuseg.pretrained.lookup import resolve
+
+    run = resolve(run)  # a path that exists, else a model name
     with process_group(device) as ctx:
         set_quiet(quiet or not ctx.is_main)  # one progress display and summary: rank 0's
         cases, chosen = select_cases(run, input=input, dataset=dataset, split=split,

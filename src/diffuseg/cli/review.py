@@ -19,7 +19,8 @@ KINDS = ("trajectory", "occlusion", "counterfactual", "attention")
 
 @command("explain")
 def explain_command(
-    run: Annotated[Path, typer.Argument(help="Run folder written by 'diffuseg train'")],
+    run: Annotated[Path, typer.Argument(
+        help="Run folder written by 'diffuseg train', or a model name ('diffuseg models')")],
     input: Annotated[Path, typer.Option("-i", "--input", help="One image (file or DICOM folder)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the pictures")],
     kinds: Annotated[str, typer.Option(help="Comma-separated: " + ",".join(KINDS))
@@ -46,7 +47,7 @@ def explain_command(
     if len(inputs) != 1:
         raise DataError(f"-i '{input}' holds {len(inputs)} images; explain one image at a time")
     image, _ = read_channels(inputs[0])
-    predictor = Predictor.from_run(run, device=device)
+    predictor = Predictor.from_pretrained(run, device=device)  # a run folder or a model name
     image = image.astype(np.float32)
     output.mkdir(parents=True, exist_ok=True)
     for kind in wanted:

@@ -51,6 +51,11 @@ def train_command(
     plan: Annotated[str, typer.Option(
         "--plan", help="Plan for the data and this machine: auto, cpu, gpu, quick or none "
         "(plan < --config < --set; written to plan.json)")] = "auto",
+    init: Annotated[str | None, typer.Option(
+        "--init", help="Fine-tune: start from this model (a name from 'diffuseg models', or a "
+        "run or model folder): its method, process, network and sample settings, and its "
+        "weights wherever names and shapes match (train.init; docs/pretrained.md)",
+        show_default="none: a fresh start")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a method on a dataset folder; writes a self-describing run folder."""
@@ -73,6 +78,9 @@ def train_command(
             extra.append(f"{key}={value}")
     run_plan = None
     if resume:
+        if init is not None:
+            raise ConfigError(f"--init starts a new run; --resume continues '{output}' from its "
+                              "own checkpoint: drop one of them")
         if config is not None:
             raise ConfigError(f"--resume continues with '{output / 'config.json'}'; drop -c "
                               f"{config} (use --set for changes)")
@@ -82,7 +90,7 @@ def train_command(
 
         opened = Dataset.open(dataset)  # listed once for the plan, the defaults and training
         run_plan = plan_for(opened, plan)
-        run_config = build_config(config, extra, dataset=opened, plan=run_plan)
+        run_config = build_config(config, extra, dataset=opened, plan=run_plan, init=init)
         if run_plan is not None:
             log(f"plan '{plan}' for {dataset} on this machine: about "
                 f"{run_plan.estimate_seconds_per_step} s per step (reasons: {output}/plan.json)")

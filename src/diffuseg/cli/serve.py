@@ -13,7 +13,8 @@ from diffuseg.errors import DiffusegError
 
 @command("serve")
 def serve_command(
-    run: Annotated[Path, typer.Argument(help="Run folder written by 'diffuseg train'")],
+    run: Annotated[Path, typer.Argument(
+        help="Run folder written by 'diffuseg train', or a model name ('diffuseg models')")],
     host: Annotated[str, typer.Option(help="Listen address (keep 127.0.0.1 behind a proxy)")
                     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Listen port")] = 8000,
@@ -49,10 +50,11 @@ def serve_command(
     except ImportError as err:
         raise DiffusegError(f"diffuseg serve needs the service extra ({err}); run "
                             "pip install 'diffuseg[service]'") from None
+    from diffuseg.pretrained.lookup import resolve
     from diffuseg.service.settings import ServiceSettings
 
     settings = ServiceSettings(
-        run_dir=run, data_dir=data, host=host, port=port, auth=not no_auth,
+        run_dir=resolve(run), data_dir=data, host=host, port=port, auth=not no_auth,
         max_upload_bytes=int(max_upload_mb * 2**20), concurrency=concurrency, pacs_url=pacs,
         n_samples=samples, steps=steps, seed=seed, device=device, dicom_samples=dicom_samples,
         rtstruct=rtstruct,

@@ -2,6 +2,9 @@
 
 A run folder is loaded from its own files alone: ``config.json`` builds the method, and
 ``ema.safetensors`` (or ``model.safetensors``) fills its networks. Nothing is unpickled.
+A model folder (``diffuseg.pretrained``: fp16 EMA weights in ``model.safetensors``, cast into
+the fp32 networks) loads the same way, after the sha256 of its weights is checked;
+``Predictor.from_pretrained(NAME)`` finds one by name.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from diffuseg.inference.marks import Constraints, on_grid
 from diffuseg.inference.slices import sample_slices, slice_record
 from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
+from diffuseg.pretrained.lookup import resolve
+from diffuseg.pretrained.manifest import is_model_folder, verify_weights
 from diffuseg.run.weights import load_networks, load_state
 from diffuseg.sampling.memory import check_sampling_memory
 from diffuseg.sampling.samplers import on_step
@@ -62,6 +67,8 @@ class Predictor:
         if not (run_dir / "config.json").is_file():
             raise DataError(f"'{run_dir}' is not a run folder (no config.json); "
                             "give the -o folder of 'diffuseg train'")
+        if is_model_folder(run_dir):
+            verify_weights(run_dir)  # a damaged or changed weight file: one line naming it
         config = load_config(run_dir / "config.json")
         dev = resolve_device(device)
         method = build_method(config).to(dev).eval()
@@ -71,6 +78,13 @@ class Predictor:
         load_networks(method.networks(), load_state(weights), weights, run_dir / "config.json")
         method.window = tuple(config.data.patch_size) if config.spatial_dims == 3 else None
         return cls(method, config, run_dir, dev, precision)
+
+    @classmethod
+    def from_pretrained(cls, name: str | Path, *, device: str = "auto",
+                        precision: str = "auto") -> Predictor:
+        """A model by name (``diffuseg models``: shipped with diffuseg, or in a folder of
+        ``DIFFUSEG_MODELS``) or by path; an unknown name is one line listing the known ones."""
+        return cls.from_run(resolve(name), device=device, precision=precision)
 
     def check_steps(self, steps: int | None, n_samples: int | None
                     ) -> tuple[int | None, int]:

@@ -184,20 +184,38 @@ def training_data(run: Run, dataset: Dataset, splits: dict, step: int, progress:
 
 
 def build_run(config, run_dir, device, log, ctx, micro, budget) -> tuple[Run, int]:
-    """Method, optimiser and EMA, restored from ``run_dir/checkpoint`` when there is one."""
+    """Method, optimiser and EMA, restored from ``run_dir/checkpoint`` when there is one; a new
+    run with ``train.init`` starts from that model's matching weights (its EMA too)."""
     c = config.train
     torch.manual_seed(c.seed)  # network initialisation only
     method = build_method(config).to(device)
+    fresh = complete_step(run_dir / "checkpoint") is None
+    if fresh and c.init is not None:
+        start_from_model(method, config, run_dir, log, ctx)
     optimizer = torch.optim.AdamW(method.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     run = Run(config, method, optimizer, EMA(method, c.ema_decay), log, run_dir, device,
               autocast_dtype(c.precision, device), ctx, budget, micro)
-    if complete_step(run_dir / "checkpoint") is None:
+    if fresh:
         return run, 0
     state, run.ema.shadow = load_checkpoint(run_dir / "checkpoint", method.networks(), optimizer,
                                             device)
     run.skipped = int(state.get("skipped", 0))
     budget.prior = float(state.get("elapsed_seconds", 0.0))
     return run, int(state["step"])
+
+
+def start_from_model(method: Method, config: RunConfig, run_dir: Path, log: RunLog,
+                     ctx: Dist) -> None:
+    """``train.init``: load the model's matching tensors (every rank), record them in
+    ``init.json`` and say in one line which were not loaded (docs/pretrained.md)."""
+    from diffuseg.core.progress import log as say
+    from diffuseg.pretrained.finetune import init_networks
+
+    report = init_networks(method.networks(), config.train.init, config.method.name)
+    if ctx.is_main:
+        write_json_atomic(run_dir / "init.json", report.to_dict())
+        log.text(report.line())
+        say(report.line())
 
 
 def micro_batches_of(config: RunConfig, ctx: Dist) -> int:

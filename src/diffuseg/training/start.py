@@ -42,13 +42,38 @@ def intensity_for(channel_names: dict[str, str]) -> str:
 
 
 def build_config(config_path: Path | None, overrides: list[str], *, dataset: Path | Dataset | None,
-                 base: Path | None = None, plan: Plan | None = None) -> RunConfig:
-    """Dataset-derived defaults and the plan (``diffuseg.training.planning``), then ``base`` and the
-    user's config file, then ``--set`` overrides: ``config.load_config`` with those defaults."""
+                 base: Path | None = None, plan: Plan | None = None,
+                 init: str | Path | None = None) -> RunConfig:
+    """Dataset-derived defaults and the plan (``diffuseg.training.planning``), then the sections of
+    the model ``init`` starts from (``init_defaults``), then ``base`` and the user's config file,
+    then ``--set`` overrides: ``config.load_config`` with those defaults."""
     defaults = dataset_defaults(dataset) if dataset is not None else None
     if plan is not None:
         defaults = merge(defaults or {}, plan.values)
+    if init is not None:
+        defaults = merge(defaults or {}, init_defaults(init))
     return load_config(config_path, overrides, defaults=defaults, base=base)
+
+
+# what ``train --init`` takes from the model: its architecture and sampling; the data's facts
+# (dimensions, channels, labels, patch, intensity) and the training schedule stay the dataset's
+# and the plan's
+INHERITED = ("method", "process", "network", "sample")
+
+
+def init_defaults(init: str | Path) -> dict[str, Any]:
+    """The sections ``INHERITED`` of the model (or run) ``init``, and ``train.init`` itself."""
+    from diffuseg.config import read_config_file
+    from diffuseg.errors import DataError
+    from diffuseg.pretrained.lookup import resolve
+
+    folder = resolve(init)
+    if not (folder / "config.json").is_file():
+        raise DataError(f"--init '{init}' is not a run or model folder (no config.json); give a "
+                        "model name ('diffuseg models') or the -o folder of 'diffuseg train'")
+    model = read_config_file(folder / "config.json")
+    given = str(Path(init).resolve()) if Path(init).exists() else str(init)  # a path: absolute
+    return {**{k: model[k] for k in INHERITED if k in model}, "train": {"init": given}}
 
 
 def plan_for(dataset: Path | Dataset, preset: str = "auto") -> Plan | None:
