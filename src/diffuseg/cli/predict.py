@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from diffuseg.cli.app import command
+from diffuseg.cli.app import command, warn
 from diffuseg.core.progress import Quiet, set_quiet
 from diffuseg.errors import DiffusegError
 
@@ -101,7 +101,11 @@ def predict_command(
 
 def load_predictor(run: Path, device: str, onnx: Path | None):
     from diffuseg.inference.predictor import Predictor
+    from diffuseg.run.verdict import not_learned_warning
 
+    message = not_learned_warning(run) if (run / "config.json").is_file() else None
+    if message:
+        warn(message)
     if onnx is None:
         return Predictor.from_run(run, device=device)
     if not onnx.is_file():
@@ -117,7 +121,8 @@ def load_predictor(run: Path, device: str, onnx: Path | None):
 
 def warn_if_stale(onnx: Path, run: Path) -> bool:
     """Warn (and return True) when the ONNX file is older than the run's weights."""
-    weights = [p for p in (run / "ema.safetensors", run / "model.safetensors") if p.is_file()]
+    weights = [p for p in (run / "ema_best.safetensors", run / "ema.safetensors",
+                           run / "model.safetensors") if p.is_file()]
     newest = max((p.stat().st_mtime for p in weights), default=0.0)
     if onnx.stat().st_mtime < newest:
         typer.echo(f"warning: '{onnx}' is older than the weights in '{run}'; the predictions "

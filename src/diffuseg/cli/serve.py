@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffuseg.cli.app import command
+from diffuseg.cli.app import command, warn
 from diffuseg.errors import DiffusegError
 
 
@@ -53,5 +53,10 @@ def serve_command(
         n_samples=samples, steps=steps, seed=seed, device=device, dicom_samples=dicom_samples,
     ).validate()
     app = create_app(settings)
+    from diffuseg.run.verdict import not_learned_warning
+
+    message = not_learned_warning(run)
+    if message:
+        warn(message)
     typer.echo(f"diffuseg serve: http://{host}:{port}/docs (data in {data})")
     uvicorn.run(app, host=host, port=port, log_level="info")
