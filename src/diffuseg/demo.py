@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -76,7 +77,14 @@ def prepare_output(output: Path, overwrite: bool) -> None:
 def run_demo(output: str | Path, *, steps: int = 600, minutes: float = 3.0,
              device: str = "auto", overwrite: bool = False, n_cases: int = N_CASES) -> str:
     """``steps`` optimiser steps, capped at ``minutes`` of this process's CPU time for training
-    (``train.budget_clock=cpu``; README: the demo's time at low and high load)."""
+    (``train.budget_clock=cpu``; README: the demo's time at low and high load), on one torch
+    thread (``one_thread``)."""
+    with one_thread():
+        return _run_demo(Path(output), steps, minutes, device, overwrite, n_cases)
+
+
+def _run_demo(output: Path, steps: int, minutes: float, device: str, overwrite: bool,
+              n_cases: int) -> str:
     from diffuseg.core.progress import log
     from diffuseg.data import Dataset
     from diffuseg.data.phantom import write_phantom_dataset
@@ -85,7 +93,6 @@ def run_demo(output: str | Path, *, steps: int = 600, minutes: float = 3.0,
     from diffuseg.run.folder import held_out_cases
     from diffuseg.training.loop import train
 
-    output = Path(output)
     prepare_output(output, overwrite)
     log(f"demo: {n_cases} phantom cases; training for at most {steps} steps or {minutes:g} "
         f"CPU minutes (a busy machine takes longer on the wall clock; the ETA is on the CPU "
@@ -110,6 +117,25 @@ def run_demo(output: str | Path, *, steps: int = 600, minutes: float = 3.0,
     summary["total_seconds"] = round(time.monotonic() - t0, 1)
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return format_summary(summary)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread for the demo, unless OMP_NUM_THREADS says otherwise: a CPU budget then
+    buys the same steps at any load (with two threads on a busy machine, OpenMP threads spin
+    waiting for a core, and that waiting is CPU time too; DESIGN.md measured one thread faster
+    than two there; at load 9, sampling 16 masks took 20.7 s per image on two threads)."""
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def reference_geds(dataset, case_ids: list[str]) -> dict[str, float]:

@@ -97,15 +97,16 @@ def predict_command(
             typer.echo(f"{name}: {folder}{' (already complete)' if was_skipped else ''}")
     typer.echo(f"{len(results)} case(s) in {output}" + (f", {skipped} already complete"
                                                          if skipped else ""))
+    from diffuseg.run.verdict import not_learned_warning
+
+    message = not_learned_warning(run)  # last, so that an error is never preceded by it
+    if message:
+        warn(message)
 
 
 def load_predictor(run: Path, device: str, onnx: Path | None):
     from diffuseg.inference.predictor import Predictor
-    from diffuseg.run.verdict import not_learned_warning
 
-    message = not_learned_warning(run) if (run / "config.json").is_file() else None
-    if message:
-        warn(message)
     if onnx is None:
         return Predictor.from_run(run, device=device)
     if not onnx.is_file():

@@ -164,14 +164,16 @@ def _plot_validation(ax, val: list[dict]) -> None:
         return
     steps = [r["step"] for r in val]
     lines = (("val_ged", "GED", "tab:red", "-o"), ("val_hm_iou", "HM-IoU", "tab:green", "-o"),
-             ("val_dice_foreground", "Dice (foreground references)", "tab:purple", "-s"),
+             ("val_dice_nonempty", "Dice (foreground references)", "tab:purple", "-s"),
              ("ref_ged_empty", "GED, always empty", "tab:red", ":"),
              ("ref_ged_majority", "GED, raters' majority repeated", "tab:red", "--"),
              ("ref_hm_iou_empty", "HM-IoU, always empty", "tab:green", ":"))
+    top = 0.0
     for key, label, color, style in lines:
         pairs = [(s, r[key]) for s, r in zip(steps, val, strict=True) if r.get(key) is not None]
         if pairs:
             xs, ys = zip(*pairs, strict=True)
             ax.plot(xs, ys, style, color=color, label=label)
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="best", fontsize=8)
+            top = max(top, *ys)
+    ax.set_ylim(0, 1.5 * top or 1.0)  # room for the legend above the lines
+    ax.legend(loc="upper center", ncol=2, fontsize=8)

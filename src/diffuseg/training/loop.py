@@ -298,6 +298,8 @@ class Run:
     min_useful: tuple[int, str] = (0, "")  # planning.min_useful_steps for this run
     loop_seconds: float = 0.0  # training steps of this command, on the budget's clock
     loop_steps: int = 0
+    first_step_seconds: float = 0.0
+    checked: bool = False  # the budget was checked against the steps the data needs
     synthetic: list = field(default_factory=list)  # data.synthetic examples (training only)
     skipped: int = 0
     saved_step: int = -1
@@ -362,13 +364,16 @@ class Run:
                       f"diffuseg train {self.dataset_root} -o {self.run_dir} --resume", minutes)
 
     def check_budget(self, step: int) -> None:
-        """After the first step of a command: warn when the budget left cannot buy the steps
-        this data needs, and suggest the --minutes that would."""
+        """After the first few steps of a command (CHECK_AFTER + 1, the first one, a warm-up,
+        left out of the rate): warn when the budget left cannot buy the steps this data needs,
+        and suggest the --minutes that would."""
+        self.checked = True
         c = self.config.train
         want = min(self.min_useful[0], c.max_steps)
-        if c.max_minutes is None or step >= want or not self.budget.step_seconds:
+        per_step = ((self.loop_seconds - self.first_step_seconds) / (self.loop_steps - 1)
+                    if self.loop_steps > 1 else self.budget.step_seconds)
+        if c.max_minutes is None or step >= want or per_step <= 0:
             return
-        per_step = self.budget.step_seconds
         affordable = step + int(max(0.0, self.budget.remaining() - self.budget.reserve())
                                 // per_step)
         if affordable >= want:
@@ -377,7 +382,7 @@ class Run:
         self.log.say(
             f"warning: train.max_minutes={c.max_minutes:g} leaves time for about {affordable} "
             f"steps ({per_step:.2f} s each on the {c.budget_clock} clock, "
-            f"{self.budget.elapsed():.0f} s spent on setup), but this data needs about {want} "
+            f"{self.budget.elapsed():.0f} s spent so far), but this data needs about {want} "
             f"({self.min_useful[1]}); --minutes {math.ceil(need * 1.1 / 60)} would buy them")
 
 
@@ -392,12 +397,15 @@ def ema_weights(method: Method, ema: EMA):
         load_networks(method.networks(), live, "live weights")
 
 
+CHECK_AFTER = 4  # steps after the first, before the budget is checked against the data's needs
+
+
 def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: bool) -> int:
     c = run.config.train
     parts = range(run.ctx.rank, run.micro, run.ctx.world)  # this rank's parts of each batch
     size = c.batch_size // run.micro
     budget_s = 60 * c.max_minutes if c.max_minutes else None
-    first = step + 1
+    first = step + 1  # the first step of this command
     with run.log.progress(total=c.max_steps, start=step, enabled=progress, budget_s=budget_s,
                           timer=run.budget.elapsed, clock=c.budget_clock) as bar:
         while step < c.max_steps:
@@ -424,7 +432,9 @@ def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: boo
             run.budget.step_seconds = run.budget.now() - t0
             run.loop_seconds += run.budget.step_seconds
             run.loop_steps += 1
-            if step == first and run.ctx.is_main:
+            if step == first:
+                run.first_step_seconds = run.budget.step_seconds  # warm-up: slower than the rest
+            if step in (first + CHECK_AFTER, c.max_steps) and run.ctx.is_main and not run.checked:
                 run.check_budget(step)
             if step % 20 == 0 or step == c.max_steps or stop or not finite:
                 run.log.metrics({"step": step, "lr": lr, "seconds": round(run.budget.elapsed(), 2),
