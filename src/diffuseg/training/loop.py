@@ -167,6 +167,10 @@ def load_validation(run: Run, dataset: Dataset, splits: dict, resumed: bool) -> 
     so far when resuming."""
     config = run.config
     ids = set(splits.get("val") or splits["train"])
+    if not splits.get("val") and config.train.val_cases:
+        run.log.say("warning: the run's splits have no validation cases; validating on training "
+                    "cases, so the verdict is optimistic (give the dataset more patients, or a "
+                    "splits.json with a val fold)")
     cases = choose_cases([case for case in dataset.cases if case.case_id in ids],
                          config.train.val_cases, config.train.seed)
     patch = tuple(config.data.patch_size)
