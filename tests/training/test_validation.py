@@ -140,6 +140,13 @@ def test_min_useful_steps_follow_the_data():
     assert min_useful_steps(10**6, 8)[0] == MAX_USEFUL
     steps, reason = min_useful_steps(600, 2)
     assert steps == 600 and "600 training cases at batch 2" in reason
+    from diffuseg.training.planning import Hardware, make_plan
+
+    fp = {"spatial_dims": 2, "in_channels": 1, "labels": {"bg": 0, "fg": 1}, "raters": 1,
+          "n_cases": 1000, "median_shape": [64, 64], "median_spacing": [1.0, 1.0]}
+    plan = make_plan(".", "cpu", hardware=Hardware("cpu", 2, "avx2"), fp=fp).to_dict()
+    batch = plan["values"]["train"]["batch_size"]
+    assert (plan["min_useful_steps"], plan["min_useful_reason"]) == min_useful_steps(800, batch)
 
 
 def test_preprocessing_is_taken_out_of_the_budget():
