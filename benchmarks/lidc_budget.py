@@ -72,9 +72,9 @@ from diffuseg.core.progress import Progress  # noqa: E402
 from diffuseg.data import Dataset  # noqa: E402
 from diffuseg.errors import DataError  # noqa: E402
 from diffuseg.evaluation.references import (  # noqa: E402
+    reference_scores,
     repeated_mask_scores,
     set_scores,
-    trivial_references,
 )
 from diffuseg.inference.predictor import Predictor  # noqa: E402
 from diffuseg.run.checkpoint import complete_step  # noqa: E402
@@ -251,7 +251,7 @@ def score_case(predictor: Predictor, case, n: int, steps: int | None, seed: int
     return {"case": case.case_id, "patient": case.group, "seconds": seconds,
             **set_scores(samples, consensus, data.raters, labels, n),
             "own_consensus_ged": own,
-            "references": trivial_references(data.raters, labels, n)}
+            "references": reference_scores(data.raters, labels, n)}
 
 
 def read_rows(path: Path) -> dict[str, dict]:

@@ -15,3 +15,11 @@ def test_demo_flow_writes_everything(tmp_path):
     case = next((tmp_path / "demo" / "predictions").iterdir())
     assert (case / "consensus.png").is_file() and (case / "sample_15.png").is_file()
     assert "consensus Dice vs majority mask" in text
+    # it budgets CPU time, and ends with the run's verdict (2 steps learn nothing)
+    config = json.loads((tmp_path / "demo" / "run" / "config.json").read_text())
+    assert config["train"]["budget_clock"] == "cpu"
+    assert summary["verdict"]["learned"] is False
+    assert text.splitlines()[-1] == summary["verdict"]["line"]
+    assert text.splitlines()[-1].startswith("verdict: the model has NOT learned")
+    # the trivial references of the test cases, from the one home the validation uses
+    assert summary["ged_16_one_mask"] < summary["ged_16_empty"]

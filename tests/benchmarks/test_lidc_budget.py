@@ -15,7 +15,7 @@ import pytest
 
 from diffuseg.data import Dataset
 from diffuseg.errors import DataError
-from diffuseg.evaluation.references import trivial_references
+from diffuseg.evaluation.references import reference_scores
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -112,7 +112,7 @@ def test_quick_writes_scores_table_and_curve(quick):
 
 
 def test_quick_references_and_scores_match_the_evaluator(quick, tmp_path):
-    """The reference rows are the means of trivial_references over the scored slices, and a
+    """The reference rows are the means of reference_scores over the scored slices, and a
     run's per-slice scores equal diffuseg.evaluation.evaluate on written predictions."""
     from diffuseg.evaluation.evaluate import evaluate
     from diffuseg.inference.prediction_folder import write_result
@@ -122,7 +122,7 @@ def test_quick_references_and_scores_match_the_evaluator(quick, tmp_path):
     dataset = Dataset.open(quick / "data")
     rows = [json.loads(line) for line in
             (quick / "score" / "ddpm_6" / "cases.jsonl").read_text().splitlines()]
-    refs = [trivial_references(dataset.case(r["case"]).load().raters, (0, 1), 16) for r in rows]
+    refs = [reference_scores(dataset.case(r["case"]).load().raters, (0, 1), 16) for r in rows]
     assert result["references"]["always_empty"]["ged_16"]["mean"] == pytest.approx(
         np.mean([r["always_empty"]["ged_16"] for r in refs]))
     predictor = Predictor.from_run(quick / "runs" / "ddpm_6", device="cpu")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from diffuseg.evaluation.references import (
+    reference_scores,
     repeated,
     repeated_mask_scores,
     set_scores,
-    trivial_references,
 )
 
 LABELS = (0, 1)
@@ -29,7 +29,7 @@ def test_references_by_hand():
     raters, a, _ = raters_abb0()
     # d(Y, Y') over the 16 pairs: rows A [0, 0, .5, 1], A [0, 0, .5, 1], B [.5, .5, 0, 1],
     # empty [1, 1, 1, 0]: sum 8, mean 1/2
-    refs = trivial_references(raters, LABELS, 16)
+    refs = reference_scores(raters, LABELS, 16)
     empty = refs["always_empty"]
     # d(empty, y) = 1, 1, 1, 0: 2 * 3/4 - 0 - 1/2 = 1
     assert empty["ged_16"] == pytest.approx(1.0)

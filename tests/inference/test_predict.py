@@ -190,3 +190,37 @@ def test_diffuseg_precision_reaches_predict_and_a_bad_value_is_one_line(tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "DIFFUSEG_PRECISION='fp64'" in err, err
     assert not (tmp_path / "bad").exists()  # refused before any output
+
+
+def test_predict_warns_on_a_run_that_did_not_learn(tmp_path, run2d, monkeypatch, capsys):
+    """One line on stderr naming the run, the numbers and what to do; none for a run that
+    learned, or one from before verdicts."""
+    import shutil
+    import sys
+
+    from diffuseg.cli import main
+    from diffuseg.run.verdict import not_learned_warning
+
+    run, data = run2d
+    verdict = json.loads((run / "verdict.json").read_text())
+    assert verdict["learned"] is False  # one training step
+    image = sorted((data / "imagesTr").iterdir())[0]
+
+    def predict(run_dir, out):
+        monkeypatch.setattr(sys, "argv", ["diffuseg", "predict", str(run_dir), "-i", str(image),
+                                          "-o", str(out), "-n", "2", "--steps", "2", "--quiet"])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code in (0, None)
+        return [line for line in capsys.readouterr().err.splitlines() if "did not learn" in line]
+
+    (line,) = predict(run, tmp_path / "a")
+    assert line.startswith(f"warning: run '{run}' did not learn (GED")
+    assert "--resume" in line and "\n" not in line
+    assert not_learned_warning(run) in line  # serve prints the same line
+    learned = tmp_path / "learned"
+    shutil.copytree(run, learned)
+    (learned / "verdict.json").write_text(json.dumps({**verdict, "learned": True}))
+    assert predict(learned, tmp_path / "b") == [] and not_learned_warning(learned) is None
+    (learned / "verdict.json").unlink()
+    assert predict(learned, tmp_path / "c") == []

@@ -14,6 +14,7 @@ from diffuseg.errors import DataError
 from diffuseg.inference.predictor import Predictor
 from diffuseg.io import read_mask
 from diffuseg.pretrained.package import package_run
+from diffuseg.run.verdict import predict_weights
 
 
 def test_models_lists_name_task_dims_labels_raters_validation(cli, with_models):
@@ -22,7 +23,7 @@ def test_models_lists_name_task_dims_labels_raters_validation(cli, with_models):
     header, *rows = out.strip().splitlines()
     assert header.split()[:6] == ["name", "task", "dims", "labels", "raters", "validation"]
     row = next(r for r in rows if r.startswith("tiny "))
-    for cell in ("phantom lesions", "2D", "lesion", "  2  ", "val_dice", str(with_models)):
+    for cell in ("phantom lesions", "2D", "lesion", "  2  ", "ged_", str(with_models)):
         assert cell in row, row
 
 
@@ -85,9 +86,10 @@ def test_a_name_and_a_run_folder_give_the_same_files_for_the_same_weights(
     byte. Random weights make the masks busy, so that the files are not all empty."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    randomise_weights(run / "ema.safetensors")
+    uses = predict_weights(run)  # the weights predict loads (the best validation's EMA)
+    randomise_weights(uses)
     package_run(run, tmp_path / "models" / "busy")
-    round_to_fp16(run / "ema.safetensors")
+    round_to_fp16(uses)
     monkeypatch.setenv("DIFFUSEG_MODELS", str(tmp_path / "models"))
     image = sorted((phantom / "imagesTr").iterdir())[0]
     outputs = {}

@@ -15,13 +15,14 @@ from diffuseg.errors import DataError
 from diffuseg.pretrained.card import SECTIONS, missing_sections, unfinished
 from diffuseg.pretrained.package import package_run, to_fp16
 from diffuseg.pretrained.validation import bootstrap_ci, from_summary, short
+from diffuseg.run.verdict import predict_weights
 
 
 def test_model_folder_holds_the_run_essentials(trained_run, models_dir):
     model = models_dir / "tiny"
     assert {p.name for p in model.iterdir()} == {
         "config.json", "plan.json", "dataset.json", "fingerprint.json", "splits.json",
-        "metrics.jsonl", "model.safetensors", "MODEL.md", "model.json"}
+        "metrics.jsonl", "verdict.json", "model.safetensors", "MODEL.md", "model.json"}
     assert (model / "config.json").read_bytes() == (trained_run / "config.json").read_bytes()
     run_fp = json.loads((trained_run / "fingerprint.json").read_text())
     assert "dataset" in run_fp  # the run records its data's path; the model does not
@@ -37,8 +38,8 @@ def test_model_folder_holds_the_run_essentials(trained_run, models_dir):
 
 def test_weights_are_the_ema_in_fp16_with_their_sha256(trained_run, models_dir):
     model = models_dir / "tiny"
-    ema, half = load_file(str(trained_run / "ema.safetensors")), load_file(
-        str(model / "model.safetensors"))
+    uses = predict_weights(trained_run)  # the EMA predict uses: of the best validation here
+    ema, half = load_file(str(uses)), load_file(str(model / "model.safetensors"))
     assert set(ema) == set(half)
     for key, value in ema.items():
         if value.is_floating_point():
@@ -52,7 +53,7 @@ def test_weights_are_the_ema_in_fp16_with_their_sha256(trained_run, models_dir):
     assert (manifest["name"], manifest["task"], manifest["spatial_dims"], manifest["raters"],
             manifest["method"]) == ("tiny", "phantom lesions", 2, 2, "ddpm")
     assert manifest["labels"] == {"background": 0, "lesion": 1}
-    assert manifest["packaged"]["weights"] == "ema.safetensors"
+    assert manifest["packaged"]["weights"] == uses.name
     assert manifest["parameters"] == sum(v.numel() for v in ema.values()
                                          if v.is_floating_point())
 

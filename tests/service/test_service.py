@@ -289,3 +289,22 @@ def test_pacs_endpoint_needs_a_pacs_and_a_valid_uid(tmp_path, run2d):
     assert answer.status_code == 400 and "not a DICOM UID" in answer.json()["detail"]
     answer = client.post("/v1/pacs/studies/1.2.3/segment")  # nothing listens on port 9
     assert answer.status_code == 400 and "failed" in answer.json()["detail"]
+
+
+def test_serve_warns_at_start_on_a_run_that_did_not_learn(tmp_path, run2d, monkeypatch, capsys):
+    import sys
+
+    import uvicorn
+
+    from diffuseg.cli import main
+
+    assert json.loads((run2d / "verdict.json").read_text())["learned"] is False  # a tiny run
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(sys, "argv", ["diffuseg", "serve", str(run2d), "--data",
+                                      str(tmp_path / "data"), "--port", "8123"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None)
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "did not learn" in x]
+    assert line.startswith(f"warning: run '{run2d}' did not learn (GED")

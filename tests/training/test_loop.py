@@ -36,10 +36,11 @@ def test_run_folder_describes_itself(tmp_path, phantom):
     run = train(config, phantom, tmp_path / "run", progress=False)
     for name in ("config.json", "dataset.json", "fingerprint.json", "model.safetensors",
                  "ema.safetensors", "training_log.txt", "metrics.jsonl", "progress.png",
-                 "checkpoint/model.safetensors", "checkpoint/optimizer.safetensors"):
+                 "checkpoint/model.safetensors", "checkpoint/optimizer.safetensors",
+                 "ema_best.safetensors", "weights.json", "verdict.json"):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "val_dice" in r] == [2, 4]
+    assert [r["step"] for r in records if "val_ged" in r] == [2, 4]
     assert not list(run.rglob("*.pt")) and not list(run.rglob("*.pkl"))
 
 

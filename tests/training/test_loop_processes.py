@@ -149,7 +149,7 @@ def test_the_minutes_budget_holds_for_the_whole_command(tmp_path, phantom):
     wall = time.monotonic() - t0 - startup
     assert done.returncode == 0, done.stderr
     assert wall <= 66, (wall, startup)
-    assert any("val_dice" in r for r in read_metrics(tmp_path / "run"))
+    assert any("val_ged" in r for r in read_metrics(tmp_path / "run"))
 
 
 def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from diffuseg.cli.app import command
+from diffuseg.cli.app import command, warn
 from diffuseg.core.progress import Quiet, set_quiet
 from diffuseg.errors import DiffusegError
 
@@ -112,6 +112,11 @@ def predict_command(
             typer.echo(f"{name}: {folder}{' (already complete)' if was_skipped else ''}")
     typer.echo(f"{len(results)} case(s) in {output}" + (f", {skipped} already complete"
                                                          if skipped else ""))
+    from diffuseg.run.verdict import not_learned_warning
+
+    message = not_learned_warning(run)  # last, so that an error is never preceded by it
+    if message:
+        warn(message)
 
 
 def load_predictor(run: Path, device: str, onnx: Path | None):
@@ -132,7 +137,8 @@ def load_predictor(run: Path, device: str, onnx: Path | None):
 
 def warn_if_stale(onnx: Path, run: Path) -> bool:
     """Warn (and return True) when the ONNX file is older than the run's weights."""
-    weights = [p for p in (run / "ema.safetensors", run / "model.safetensors") if p.is_file()]
+    weights = [p for p in (run / "ema_best.safetensors", run / "ema.safetensors",
+                           run / "model.safetensors") if p.is_file()]
     newest = max((p.stat().st_mtime for p in weights), default=0.0)
     if onnx.stat().st_mtime < newest:
         typer.echo(f"warning: '{onnx}' is older than the weights in '{run}'; the predictions "

@@ -99,6 +99,11 @@ def train_command(
     run = train_run(run_config, dataset if resume else opened, output, resume=resume,
                     plan=run_plan, progress=not quiet, started=STARTED)
     typer.echo(f"run folder: {run}")
+    from diffuseg.run.verdict import read_verdict
+
+    verdict = read_verdict(run)
+    if verdict is not None:
+        typer.echo(verdict["line"])
 
 
 @command("demo")
@@ -108,7 +113,8 @@ def demo_command(
     max_steps: Annotated[int, typer.Option(
         "--max-steps", "--steps", help="Training steps (capped by --minutes)")] = 600,
     minutes: Annotated[float, typer.Option(
-        help="Cap on training minutes (the whole demo stays near 5 minutes)")] = 3.0,
+        help="Cap on training CPU minutes (train.budget_clock=cpu: a busy machine takes longer "
+        "but trains the same steps)")] = 3.0,
     device: Annotated[str, typer.Option(
         "-device", "--device", help="auto, cpu, cuda or cuda:N")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder")] = False,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffuseg.cli.app import command
+from diffuseg.cli.app import command, warn
 from diffuseg.errors import DiffusegError
 
 
@@ -60,6 +60,11 @@ def serve_command(
         rtstruct=rtstruct,
     ).validate()
     app = create_app(settings)
+    from diffuseg.run.verdict import not_learned_warning
+
+    message = not_learned_warning(run)
+    if message:
+        warn(message)
     root = service_root(host, port)
     typer.echo(f"diffuseg serve: {root}/docs (data in {data})")
     token = "" if no_auth else f"?token=YOUR_TOKEN (from {data / 'tokens.json'})"

@@ -16,8 +16,10 @@ line was printed before (a short, quiet success stays quiet; a failure adds no l
     [2026-11-30 12:00:10] predict 3/10 case (30%) elapsed 0:00:12 eta 0:00:28 | case_003
 
 ``set_quiet(True)`` (the CLI's ``--quiet``) silences every bar and line. The ETA is the smaller of
-the remaining count at the measured rate and the remaining wall-clock ``budget_s`` when one binds
-(training under ``--minutes``).
+the remaining count at the measured rate and the remaining ``budget_s`` when one binds (training
+under ``--minutes``). With ``timer`` (training: the budget's elapsed seconds, on the wall or the
+CPU clock, ``train.budget_clock``) the elapsed time, the rate and the budget are read on that
+clock; lines are still paced by the wall clock.
 """
 
 from __future__ import annotations
@@ -65,10 +67,12 @@ class Progress:
     def __init__(self, label: str, total: int | None = None, *, unit: str = "", start: int = 0,
                  budget_s: float | None = None, interval: float = 10.0,
                  stream: TextIO | None = None, tty: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic, heartbeat: bool = True):
+                 clock: Callable[[], float] = time.monotonic, heartbeat: bool = True,
+                 timer: Callable[[], float] | None = None):
         self.label, self.total, self.unit = label, total, unit
         self.start, self.completed, self.budget_s = start, start, budget_s
-        self.interval, self.clock = interval, clock
+        self.interval, self.clock, self.timer = interval, clock, timer
+        self.timer0 = timer() if timer is not None else None
         self.stream = stream or sys.stderr
         self.info = ""
         self.t0 = clock()
@@ -87,14 +91,16 @@ class Progress:
 
     # -- timing -------------------------------------------------------------------------------
     def elapsed(self) -> float:
-        return self.clock() - self.t0
+        """Seconds since the start, or with ``timer`` its reading (the budget's total)."""
+        return self.timer() if self.timer is not None else self.clock() - self.t0
 
     def eta(self) -> float | None:
         """Seconds left: the remaining count at the rate so far, capped by the budget left."""
         elapsed, done = self.elapsed(), self.completed - self.start
+        spent = elapsed - self.timer0 if self.timer0 is not None else elapsed
         by_count = None
         if self.total is not None and done > 0:
-            by_count = (self.total - self.completed) * elapsed / done
+            by_count = (self.total - self.completed) * spent / done
         by_budget = None if self.budget_s is None else max(0.0, self.budget_s - elapsed)
         options = [v for v in (by_count, by_budget) if v is not None]
         return min(options) if options else None
@@ -119,7 +125,7 @@ class Progress:
             return
         if self.rich is not None:
             self.rich.update(self.task, completed=completed, info=self.info,
-                             eta=clock_text(self.eta()))
+                             eta=clock_text(self.eta()), elapsed=clock_text(self.elapsed()))
         elif self.clock() - self.last_line >= self.interval:
             self._line()
 
@@ -156,13 +162,15 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress
 
+        elapsed = (TimeElapsedColumn() if self.timer is None
+                   else TextColumn("{task.fields[elapsed]}"))
         self.rich = RichProgress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn(self.unit), TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
+            TextColumn(self.unit), elapsed, TextColumn("eta {task.fields[eta]}"),
             TextColumn("{task.fields[info]}"), console=Console(file=self.stream),
             transient=False)
         self.task = self.rich.add_task(self.label, total=self.total, completed=self.start,
-                                       info="", eta="?")
+                                       info="", eta="?", elapsed=clock_text(self.elapsed()))
         self.rich.start()
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from diffuseg.core.consensus import majority
 from diffuseg.evaluation.evaluate import distribution_metrics
-from diffuseg.metrics import dice
+from diffuseg.metrics import dice, reference_masks
 
 
 def repeated(mask: np.ndarray, n: int) -> np.ndarray:
@@ -52,12 +52,13 @@ def repeated_mask_scores(mask: np.ndarray, raters: np.ndarray, labels: Sequence[
     return set_scores(repeated(mask, n), np.asarray(mask), raters, labels, n)
 
 
-def trivial_references(raters: np.ndarray, labels: Sequence[int], n: int
-                       ) -> dict[str, dict[str, Any]]:
-    """``{"always_empty": ..., "majority_repeated": ...}``, each ``set_scores`` of one case."""
-    reference = majority(np.asarray(raters, dtype=np.int64), len(labels))
-    return {"always_empty": repeated_mask_scores(np.zeros_like(reference), raters, labels, n),
-            "majority_repeated": repeated_mask_scores(reference, raters, labels, n)}
+def reference_scores(raters: np.ndarray, labels: Sequence[int], n: int
+                     ) -> dict[str, dict[str, Any]]:
+    """``{"always_empty": ..., "majority_repeated": ...}``: ``set_scores`` of the trivial
+    references' masks (their one definition: ``metrics.reference_masks``) on one case."""
+    masks = reference_masks(np.asarray(raters, dtype=np.int64), [lbl for lbl in labels])
+    return {"always_empty": repeated_mask_scores(masks["empty"], raters, labels, n),
+            "majority_repeated": repeated_mask_scores(masks["majority"], raters, labels, n)}
 
 
-__all__ = ["repeated", "repeated_mask_scores", "set_scores", "trivial_references"]
+__all__ = ["reference_scores", "repeated", "repeated_mask_scores", "set_scores"]

@@ -1,9 +1,11 @@
 """Loading a trained run and segmenting images: ``Predictor.from_run(run).segment(image)``.
 
-A run folder is loaded from its own files alone: ``config.json`` builds the method, and
-``ema.safetensors`` (or ``model.safetensors``) fills its networks. Nothing is unpickled.
-A model folder (``diffuseg.pretrained``: fp16 EMA weights in ``model.safetensors``, cast into
-the fp32 networks) loads the same way, after the sha256 of its weights is checked;
+A run folder is loaded from its own files alone: ``config.json`` builds the method, and the
+weights ``weights.json`` names (``predict_uses``: ``ema_best.safetensors``, the EMA weights of the
+best validation, or ``ema.safetensors``, the last; ``diffuseg.run.verdict``) fill its networks;
+a run without weights.json uses ``ema.safetensors`` (or ``model.safetensors``). Nothing is
+unpickled. A model folder (``diffuseg.pretrained``: fp16 EMA weights in ``model.safetensors``,
+cast into the fp32 networks) loads the same way, after the sha256 of its weights is checked;
 ``Predictor.from_pretrained(NAME)`` finds one by name.
 """
 
@@ -33,6 +35,7 @@ from diffuseg.io import Geometry, read_image
 from diffuseg.methods import Method, build_method
 from diffuseg.pretrained.lookup import resolve
 from diffuseg.pretrained.manifest import is_model_folder, verify_weights
+from diffuseg.run.verdict import predict_weights
 from diffuseg.run.weights import load_networks, load_state
 from diffuseg.sampling.memory import check_sampling_memory
 from diffuseg.sampling.samplers import on_step
@@ -72,9 +75,7 @@ class Predictor:
         config = load_config(run_dir / "config.json")
         dev = resolve_device(device)
         method = build_method(config).to(dev).eval()
-        weights = run_dir / ("ema.safetensors" if use_ema else "model.safetensors")
-        if use_ema and not weights.is_file():
-            weights = run_dir / "model.safetensors"
+        weights = predict_weights(run_dir, use_ema)
         load_networks(method.networks(), load_state(weights), weights, run_dir / "config.json")
         method.window = tuple(config.data.patch_size) if config.spatial_dims == 3 else None
         return cls(method, config, run_dir, dev, precision)

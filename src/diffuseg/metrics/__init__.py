@@ -15,7 +15,14 @@ from diffuseg.metrics.calibration import (
     uncertainty_error_overlap,
     variance_ncc,
 )
-from diffuseg.metrics.distribution import ci_score, ged, hm_iou, iou_distance
+from diffuseg.metrics.distribution import (
+    ci_score,
+    ged,
+    hm_iou,
+    iou_distance,
+    reference_masks,
+    trivial_references,
+)
 from diffuseg.metrics.overlap import EMPTY_VALUE, dice, iou, pairwise_dice, pairwise_iou, per_class
 from diffuseg.metrics.surface import BOTH_EMPTY_VALUE, assd, hausdorff, hd95, image_diagonal
 
@@ -61,6 +68,8 @@ __all__ = [
     "reliability_curve",
     "s_ncc",
     "s_ncc_categorical",
+    "reference_masks",
+    "trivial_references",
     "uncertainty_error_overlap",
     "variance_ncc",
 ]

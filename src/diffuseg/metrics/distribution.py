@@ -141,3 +141,40 @@ def ci_score(samples: ArrayLike, raters: ArrayLike, *, threshold: float = 0.5) -
         "max_dice": d_max,
         "diversity_agreement": float(d_a),
     }
+
+
+def reference_masks(raters: ArrayLike, labels: Sequence[int] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """The one definition of the trivial references' masks: ``"empty"`` and ``"majority"`` (the
+    raters' majority, ``diffuseg.core.consensus.majority``; binary masks when ``labels`` is None,
+    else label maps over ``max(labels) + 1`` labels)."""
+    from diffuseg.core.consensus import majority
+
+    y = np.asarray(raters).astype(np.int64)
+    reference = (majority((y > 0).astype(np.int64), 2) > 0 if labels is None
+                 else majority(y, max(labels) + 1))
+    return {"empty": np.zeros_like(reference), "majority": reference}
+
+
+def trivial_references(raters: ArrayLike, n_samples: int, *,
+                       labels: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
+    """GED and HM-IoU of the two predictors that learned nothing, the bar every model must clear:
+
+    - ``"empty"``: always the empty mask (what a model that predicts nothing scores);
+    - ``"majority"``: the raters' own majority mask (``diffuseg.core.consensus.majority``)
+      repeated ``n_samples`` times: the best a model can do without drawing different masks.
+      With one rater it is the reference itself (GED 0, HM-IoU 1), no bar for a model.
+
+    Both repeated ``n_samples`` times so that they are scored like ``n_samples`` samples.
+    ``raters``: ``[R, *spatial]`` label maps (binary: > 0 is foreground; with ``labels``, one
+    stack per label, as ``ged`` and ``hm_iou``)."""
+    y = np.asarray(raters)
+    if labels is None:
+        y = y > 0
+    by_label = {} if labels is None else {"labels": list(labels)}
+    out = {}
+    for name, mask in reference_masks(raters, labels).items():
+        stack = np.repeat(mask[None], n_samples, axis=0)
+        out[name] = {"ged": float(ged(stack, y, **by_label)["ged"]),
+                     "hm_iou": float(hm_iou(stack, y, **by_label))}
+    return out

@@ -38,6 +38,7 @@ from diffuseg.errors import DataError
 from diffuseg.pretrained.card import draft_card, unfinished
 from diffuseg.pretrained.manifest import CARD, FORMAT, MANIFEST, WEIGHTS, sha256_of
 from diffuseg.pretrained.validation import validation_of
+from diffuseg.run.verdict import predict_weights
 from diffuseg.run.weights import load_state
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -55,21 +56,13 @@ class Packaged:
 
 
 def predict_weights_of(run: Path) -> Path:
-    """The weights ``Predictor.from_run`` loads: ``weights.json``'s ``predict_uses`` (the EMA of
-    the best validation) when the run has one, else ``ema.safetensors``, else
-    ``model.safetensors``."""
-    record = run / "weights.json"
-    if record.is_file():
-        uses = read_json(record, "weights file", DataError).get("predict_uses")
-        if isinstance(uses, str) and Path(uses).name == uses and (run / uses).is_file():
-            return run / uses
-        raise DataError(f"'{record}' names predict_uses={uses!r}, not a weights file of the run; "
-                        "fix it or delete it")
-    for name in ("ema.safetensors", "model.safetensors"):
-        if (run / name).is_file():
-            return run / name
-    raise DataError(f"run folder '{run}' has no weights (ema.safetensors); was it trained to the "
-                    "end? Resume it with 'diffuseg train ... --resume'")
+    """The weights ``Predictor.from_run`` loads (``run.verdict.predict_weights``: the EMA of the
+    best validation when ``weights.json`` names it, else the last EMA), refused when absent."""
+    path = predict_weights(run)
+    if not path.is_file():
+        raise DataError(f"run folder '{run}' has no weights ({path.name}); was it trained to the "
+                        "end? Package a finished run")
+    return path
 
 
 def to_fp16(state: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,16 @@ class RunLog:
         with open(self.run_dir / "training_log.txt", "a") as f:
             f.write(f"{stamp}  {line}\n")
 
+    def say(self, line: str) -> None:
+        """A line in the log file that the user also sees: one timestamped line on stderr (rank 0
+        only; ``--quiet`` silences it)."""
+        if not self.enabled:
+            return
+        from diffuseg.core.progress import log
+
+        self.text(line)
+        log(line)
+
     def progress_line(self, line: str) -> None:
         """A transient progress line on stderr (rank 0 only); not kept in the log file."""
         if self.enabled and self.show_progress:
@@ -48,11 +58,12 @@ class RunLog:
 
     @contextlib.contextmanager
     def progress(self, total: int, start: int, enabled: bool,
-                 budget_s: float | None = None) -> Iterator[_Bar]:
+                 budget_s: float | None = None, timer: Callable[[], float] | None = None,
+                 clock: str = "wall") -> Iterator[_Bar]:
         """A training progress display (``diffuseg.core.progress``): step count, loss, elapsed time
-        and
-        an ETA from the binding budget, steps or ``budget_s`` seconds of wall clock."""
-        bar = _Bar(total, start, enabled and self.enabled, budget_s)
+        and an ETA from the binding budget, steps or ``budget_s`` seconds; with ``timer`` (the
+        budget's elapsed seconds) both are read on the budget's ``clock`` ("wall" or "cpu")."""
+        bar = _Bar(total, start, enabled and self.enabled, budget_s, timer, clock)
         try:
             yield bar
         finally:
@@ -60,11 +71,13 @@ class RunLog:
 
 
 class _Bar:
-    def __init__(self, total: int, start: int, enabled: bool, budget_s: float | None):
+    def __init__(self, total: int, start: int, enabled: bool, budget_s: float | None,
+                 timer: Callable[[], float] | None = None, clock: str = "wall"):
         from diffuseg.core.progress import Progress
 
-        self.progress = Progress("training", total, unit="steps", start=start,
-                                 budget_s=budget_s) if enabled else None
+        label = "training" if clock == "wall" else f"training ({clock} clock)"
+        self.progress = Progress(label, total, unit="steps", start=start, budget_s=budget_s,
+                                 timer=timer) if enabled else None
 
     def advance(self, step: int, loss: float) -> None:
         if self.progress is not None:
@@ -114,7 +127,9 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 
 
 def plot_progress(run_dir: Path) -> None:
-    """progress.png: training loss (raw and smoothed) and validation consensus Dice by step."""
+    """progress.png: training loss (raw and smoothed) by step; beside it the validation GED and
+    HM-IoU (``diffuseg.training.validation``) with the trivial references' values dashed (always
+    empty; the raters' majority repeated) and the Dice on cases with a foreground reference."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,8 +137,8 @@ def plot_progress(run_dir: Path) -> None:
 
     records = read_metrics(run_dir)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["step"], r["val_dice"]) for r in records if "val_dice" in r]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    val = [r for r in records if "val_ged" in r]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     if train:
         steps, loss = np.array(train).T
         ax.plot(steps, loss, color="tab:blue", alpha=0.35, label="loss")
@@ -131,18 +146,34 @@ def plot_progress(run_dir: Path) -> None:
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1 :], smooth, color="tab:blue", label="loss (smoothed)")
         ax.set_yscale("log")
+        ax.legend(loc="upper right")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    if val:
-        ax2 = ax.twinx()
-        vs, vd = np.array(val).T
-        ax2.plot(vs, vd, "o-", color="tab:green", label="val consensus Dice")
-        ax2.set_ylim(0, 1)
-        ax2.set_ylabel("validation Dice")
-        ax2.legend(loc="lower right")
-    if train:
-        ax.legend(loc="upper right")
-    ax.set_title(f"{run_dir.name}: progress")
+    ax.set_title(f"{run_dir.name}: training loss")
+    _plot_validation(ax2, val)
     fig.tight_layout()
     write_atomic(run_dir / "progress.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
+
+
+def _plot_validation(ax, val: list[dict]) -> None:
+    ax.set_xlabel("step")
+    ax.set_title("validation (lower GED, higher HM-IoU and Dice are better)")
+    if not val:
+        ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes)
+        return
+    steps = [r["step"] for r in val]
+    lines = (("val_ged", "GED", "tab:red", "-o"), ("val_hm_iou", "HM-IoU", "tab:green", "-o"),
+             ("val_dice_nonempty", "Dice (foreground references)", "tab:purple", "-s"),
+             ("ref_ged_empty", "GED, always empty", "tab:red", ":"),
+             ("ref_ged_majority", "GED, raters' majority repeated", "tab:red", "--"),
+             ("ref_hm_iou_empty", "HM-IoU, always empty", "tab:green", ":"))
+    top = 0.0
+    for key, label, color, style in lines:
+        pairs = [(s, r[key]) for s, r in zip(steps, val, strict=True) if r.get(key) is not None]
+        if pairs:
+            xs, ys = zip(*pairs, strict=True)
+            ax.plot(xs, ys, style, color=color, label=label)
+            top = max(top, *ys)
+    ax.set_ylim(0, 1.5 * top or 1.0)  # room for the legend above the lines
+    ax.legend(loc="upper center", ncol=2, fontsize=8)

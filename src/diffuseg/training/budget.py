@@ -25,6 +25,7 @@ class Budget:
     # then counts from the process's start. None: both count from now
     command_started: float | None = field(default=None, repr=False)
     started: float = field(init=False)
+    excluded: float = 0.0  # seconds of this command not counted (preprocessing: docs/training.md)
     step_seconds: float = 0.0
     save_seconds: float = 0.0
     val_seconds: float | None = None
@@ -40,7 +41,12 @@ class Budget:
         return time.process_time() if self.clock == "cpu" else time.monotonic()
 
     def elapsed(self) -> float:
-        return self.prior + self.now() - self.started
+        return self.prior + self.now() - self.started - self.excluded
+
+    def exclude(self, seconds: float) -> None:
+        """Take ``seconds`` (measured on this clock) out of the budget: preprocessing, a step
+        cached for later runs, does not count against ``--minutes``."""
+        self.excluded += max(0.0, seconds)
 
     def fraction(self) -> float | None:
         return None if self.minutes is None else self.elapsed() / (60 * self.minutes)

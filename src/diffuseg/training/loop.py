@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +20,7 @@ import torch
 
 from diffuseg.config import RunConfig
 from diffuseg.core.atomic import holds_files, run_lock, save_tensors_atomic, write_json_atomic
-from diffuseg.core.consensus import majority
 from diffuseg.core.distributed import Dist, barrier, device_name_for, init_distributed, shutdown
-from diffuseg.core.ensemble import summarise
 from diffuseg.core.runtime import (  # re-exported: diffuseg.training.loop.resolve_device, ...
     autocast,
     autocast_dtype,
@@ -32,8 +29,8 @@ from diffuseg.core.runtime import (  # re-exported: diffuseg.training.loop.resol
 )
 from diffuseg.data import Dataset
 from diffuseg.data import files as dataset_files
-from diffuseg.data.loader import InMemorySource, batch_at, load_examples
-from diffuseg.data.preprocess import preprocess
+from diffuseg.data.loader import Example, InMemorySource, batch_at, load_examples, prepare_case
+from diffuseg.data.preprocess import default_folder, is_current, preprocess
 from diffuseg.data.streaming import MmapSource, StepStream, should_stream
 from diffuseg.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from diffuseg.methods import Method, build_method
@@ -45,6 +42,9 @@ from diffuseg.run.setup import describe_run, prepare_run_dir, resume_run
 from diffuseg.run.weights import load_networks, save_networks, state_of
 from diffuseg.training.budget import Budget, StopSignals
 from diffuseg.training.distributed import all_reduce_sum, sum_gradients
+from diffuseg.training.planning import min_useful_steps
+from diffuseg.training.validation import choose_cases, describe, validate, validation_view
+from diffuseg.training.verdict import Advice, Outcome
 
 
 class EMA:
@@ -128,14 +128,20 @@ def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget, notes
     if not ctx.is_main:
         splits = splits_for_run(run_dir, dataset, c.seed, resume=True)
     run, step = build_run(config, run_dir, device, log, ctx, micro, budget)
-    val_ids = (splits.get("val") or splits["train"])[: c.val_cases]
-    run.val_set = load_examples(dataset, val_ids, config) if ctx.is_main else []
+    run.dataset_root = dataset.root
+    run.min_useful = min_useful_steps(len(splits["train"]), c.batch_size)
+    if ctx.is_main:
+        load_validation(run, dataset, splits, step > 0)
     train_set, source = training_data(run, dataset, splits, step, progress, files)
     log.text(f"training data: {source}")
     log.text(f"{'resumed' if step else 'started'} at step {step}: method={config.method.name} "
              f"device={device} world_size={ctx.world} train={len(splits['train'])} "
-             f"val={len(run.val_set)} cases, "
+             f"val={len(run.val_set)} cases from {len(set(run.val_groups))} patient(s), "
              f"{sum(p.numel() for p in run.method.parameters()):,} parameters")
+    if c.max_steps < run.min_useful[0]:
+        log.say(f"warning: train.max_steps={c.max_steps} is below the ~{run.min_useful[0]} "
+                f"steps this data needs ({run.min_useful[1]}); the verdict at the end says "
+                "whether the model learned")
     with StopSignals() as signals:
         if step == 0:
             run.checkpoint(0)  # a run killed before its first interval resumes from here
@@ -146,6 +152,27 @@ def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget, notes
                                   f"'diffuseg train ... -o {run_dir} --resume'")
     run.finish(step)
     return run_dir
+
+
+def load_validation(run: Run, dataset: Dataset, splits: dict, resumed: bool) -> None:
+    """The validation cases (``training.validation.choose_cases``: seeded, across patients,
+    stratified by an empty reference; 3D cut to a patch), loaded once, and the best validation
+    so far when resuming."""
+    config = run.config
+    ids = set(splits.get("val") or splits["train"])
+    if not splits.get("val") and config.train.val_cases:
+        run.log.say("warning: the run's splits have no validation cases; validating on training "
+                    "cases, so the verdict is optimistic (give the dataset more patients, or a "
+                    "splits.json with a val fold)")
+    cases = choose_cases([case for case in dataset.cases if case.case_id in ids],
+                         config.train.val_cases, config.train.seed)
+    patch = tuple(config.data.patch_size)
+    for case in cases:
+        image, raters = validation_view(*prepare_case(case, config), patch,
+                                        max(2, config.num_classes))
+        run.val_set.append(Example(case.case_id, image, raters))
+        run.val_groups.append(case.group)
+    run.outcome = Outcome(run.run_dir, resumed=resumed)
 
 
 def training_data(run: Run, dataset: Dataset, splits: dict, step: int, progress: bool,
@@ -160,12 +187,13 @@ def training_data(run: Run, dataset: Dataset, splits: dict, step: int, progress:
     config, ids = run.config, splits["train"]
     streamed = should_stream(dataset, ids, config)
     if streamed:
+        t0 = run.budget.now()
         if run.ctx.is_main:
-            folder = preprocess(dataset.root, config, progress=progress, dataset=dataset,
-                                files=files)
+            folder = run_preprocess(run, dataset, progress, files)
         barrier(run.ctx)
         if not run.ctx.is_main:  # the other ranks find it current
             folder = preprocess(dataset.root, config, progress=False, dataset=dataset)
+        run.budget.exclude(run.budget.now() - t0)  # preprocessing is not counted (every rank)
         n_raters = MmapSource(folder, ids).n_raters(0) if ids else 1
     else:
         train_set = InMemorySource(load_examples(dataset, ids, config))
@@ -181,6 +209,24 @@ def training_data(run: Run, dataset: Dataset, splits: dict, step: int, progress:
     stream = StepStream(folder, ids, config, config.train.seed, start=step, parts=parts,
                         synthetic=run.synthetic)
     return stream, f"streaming {len(ids)} cases from {folder}"
+
+
+def run_preprocess(run: Run, dataset: Dataset, progress: bool,
+                   files: dataset_files.DatasetFiles | None) -> Path:
+    """``diffuseg preprocess`` when its cached folder is missing or stale, saying so; its time is
+    taken out of the budget (docs/training.md: preprocessing is outside the clock)."""
+    config = run.config
+    folder = default_folder(dataset.root, config)
+    if is_current(folder, dataset.root, config, files):
+        return preprocess(dataset.root, config, progress=False, dataset=dataset, files=files)
+    clock = run.config.train.budget_clock
+    run.log.say(f"preprocessing {len(dataset.cases)} cases into {folder} (cached for later runs, "
+                f"'diffuseg preprocess' does the same; not counted in train.max_minutes)")
+    t0 = run.budget.now()
+    folder = preprocess(dataset.root, config, progress=progress, dataset=dataset, files=files)
+    run.log.say(f"preprocessing took {run.budget.now() - t0:.1f} s on the {clock} clock, not "
+                "counted in train.max_minutes")
+    return folder
 
 
 def build_run(config, run_dir, device, log, ctx, micro, budget) -> tuple[Run, int]:
@@ -261,6 +307,14 @@ class Run:
     budget: Budget
     micro: int
     val_set: list = field(default_factory=list)
+    val_groups: list = field(default_factory=list)  # the patient of each validation case
+    outcome: Outcome | None = None  # validations so far and the verdict (rank 0)
+    dataset_root: Path | None = None
+    min_useful: tuple[int, str] = (0, "")  # planning.min_useful_steps for this run
+    loop_seconds: float = 0.0  # training steps of this command, on the budget's clock
+    loop_steps: int = 0
+    first_step_seconds: float = 0.0
+    checked: bool = False  # the budget was checked against the steps the data needs
     synthetic: list = field(default_factory=list)  # data.synthetic examples (training only)
     skipped: int = 0
     saved_step: int = -1
@@ -279,16 +333,27 @@ class Run:
         self.saved_step = step
 
     def validate(self, step: int, seconds: float) -> None:
-        if not self.ctx.is_main:
+        if not self.ctx.is_main or self.outcome is None:
             return
         t0 = self.budget.now()
-        validate(self.method, self.ema, self.val_set, self.log, step, self.device, self.dtype,
-                 seconds, self.budget.now)
+        record, self.outcome.per_case = validate(
+            self.method, lambda: ema_weights(self.method, self.ema), self.val_set,
+            self.val_groups, step, self.device, self.dtype, seconds, self.budget.now,
+            self.outcome.per_case, self.log.progress_line)
         self.budget.val_seconds = self.budget.now() - t0
+        if record is None:
+            self.log.text(f"step {step}: validation skipped ("
+                          + ("no validation cases" if not self.val_set else
+                             "no time left in the budget") + ")")
+        else:
+            self.log.metrics(record)
+            self.log.text(describe(record))
+            self.outcome.observe(record, self.ema.shadow)
         plot_progress(self.run_dir)
 
     def finish(self, step: int) -> None:
-        """Checkpoint and final weights first, then a final validation in the time left."""
+        """Checkpoint and final weights first, then a final validation in the time left, then
+        the verdict (``verdict.json``, ``weights.json``)."""
         self.checkpoint(step)
         if self.ctx.is_main:
             save_networks(self.method.networks(), self.run_dir / "model.safetensors")
@@ -298,6 +363,56 @@ class Run:
         self.validate(step, min(self.budget.val_limit(), left))
         self.log.text(f"finished at step {step} after {self.budget.elapsed():.1f} s "
                       f"({self.skipped} non-finite steps skipped)")
+        if self.ctx.is_main and self.outcome is not None:
+            verdict = self.outcome.finish(step, self.method.stochastic, self.advice(step))
+            self.log.text(verdict["line"])
+
+    def advice(self, step: int) -> Advice:
+        """What to do when the model did not learn: more steps, and a budget that buys them."""
+        c = self.config.train
+        minutes = None
+        if c.max_minutes is not None and step < c.max_steps and self.loop_steps:
+            per_step = self.loop_seconds / self.loop_steps
+            need = self.budget.elapsed() + (self.min_useful[0] - step) * per_step
+            minutes = float(math.ceil(need * 1.1 / 60))
+        return Advice(step, self.min_useful[0], self.min_useful[1],
+                      f"diffuseg train {self.dataset_root} -o {self.run_dir} --resume", minutes)
+
+    def check_budget(self, step: int) -> None:
+        """After the first few steps of a command (CHECK_AFTER + 1, the first one, a warm-up,
+        left out of the rate): warn when the budget left cannot buy the steps this data needs,
+        and suggest the --minutes that would."""
+        self.checked = True
+        c = self.config.train
+        want = min(self.min_useful[0], c.max_steps)
+        per_step = ((self.loop_seconds - self.first_step_seconds) / (self.loop_steps - 1)
+                    if self.loop_steps > 1 else self.budget.step_seconds)
+        if c.max_minutes is None or step >= want or per_step <= 0:
+            return
+        affordable = step + int(max(0.0, self.budget.remaining() - self.budget.reserve())
+                                // per_step)
+        if affordable >= want:
+            return
+        need = self.budget.elapsed() + (want - step) * per_step + self.budget.reserve()
+        self.log.say(
+            f"warning: train.max_minutes={c.max_minutes:g} leaves time for about {affordable} "
+            f"steps ({per_step:.2f} s each on the {c.budget_clock} clock, "
+            f"{self.budget.elapsed():.0f} s spent so far), but this data needs about {want} "
+            f"({self.min_useful[1]}); --minutes {math.ceil(need * 1.1 / 60)} would buy them")
+
+
+@contextlib.contextmanager
+def ema_weights(method: Method, ema: EMA):
+    """The EMA weights in ``method``'s networks for the duration, the live ones back after."""
+    live = {k: v.clone() for k, v in state_of_live(method).items()}
+    load_networks(method.networks(), ema.shadow, "EMA")
+    try:
+        yield
+    finally:
+        load_networks(method.networks(), live, "live weights")
+
+
+CHECK_AFTER = 4  # steps after the first, before the budget is checked against the data's needs
 
 
 def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: bool) -> int:
@@ -305,8 +420,9 @@ def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: boo
     parts = range(run.ctx.rank, run.micro, run.ctx.world)  # this rank's parts of each batch
     size = c.batch_size // run.micro
     budget_s = 60 * c.max_minutes if c.max_minutes else None
-    with run.log.progress(total=c.max_steps, start=step, enabled=progress,
-                          budget_s=budget_s) as bar:
+    first = step + 1  # the first step of this command
+    with run.log.progress(total=c.max_steps, start=step, enabled=progress, budget_s=budget_s,
+                          timer=run.budget.elapsed, clock=c.budget_clock) as bar:
         while step < c.max_steps:
             t0 = run.budget.now()
             lr = learning_rate(step, run.budget.fraction(), run.config)
@@ -329,6 +445,12 @@ def run_loop(run: Run, train_set, step: int, signals: StopSignals, progress: boo
                 run.ema.update(run.method, step)
             bar.advance(step, loss)
             run.budget.step_seconds = run.budget.now() - t0
+            run.loop_seconds += run.budget.step_seconds
+            run.loop_steps += 1
+            if step == first:
+                run.first_step_seconds = run.budget.step_seconds  # warm-up: slower than the rest
+            if step in (first + CHECK_AFTER, c.max_steps) and run.ctx.is_main and not run.checked:
+                run.check_budget(step)
             if step % 20 == 0 or step == c.max_steps or stop or not finite:
                 run.log.metrics({"step": step, "lr": lr, "seconds": round(run.budget.elapsed(), 2),
                                  **terms, "loss": loss, "skipped": run.skipped})
@@ -401,38 +523,6 @@ def check_finite_weights(method: Method, step: int) -> None:
     if bad:
         raise TrainingDiverged(f"training diverged by step {step}: network '{bad[0]}' holds "
                                "non-finite weights, which are never saved; lower train.lr")
-
-
-@torch.no_grad()
-def validate(method: Method, ema: EMA, val_set, log: RunLog, step: int, device, dtype,
-             seconds: float = float("inf"), now=time.monotonic) -> None:
-    """Consensus Dice of EMA-weight samples against the majority of raters, per val case, for at
-    most ``seconds`` on the clock ``now`` (cases left over are skipped, and the log says so)."""
-    c = method.config.train
-    t0 = now()
-    live = {k: v.clone() for k, v in state_of_live(method).items()}
-    load_networks(method.networks(), ema.shadow, "EMA")
-    method.eval()
-    generator = torch.Generator(device=device).manual_seed(1234)
-    dices = []
-    for ex in val_set:
-        if now() - t0 >= seconds:
-            break
-        image = torch.from_numpy(ex.image)[None].to(device)
-        with autocast(device, dtype):
-            samples = method.segment(image, c.val_samples, steps=c.val_steps, generator=generator)
-        consensus = summarise(samples.float().cpu()).consensus[0].numpy()
-        target = majority(ex.raters, max(2, method.config.num_classes))
-        dices.append(dice(consensus > 0, target > 0))
-        log.progress_line(f"validation at step {step}: {len(dices)}/{len(val_set)} cases, "
-                          f"{now() - t0:.0f} s")
-    load_networks(method.networks(), live, "live weights")
-    if not dices:
-        log.text(f"step {step}: validation skipped (no time left in the budget)")
-        return
-    log.metrics({"step": step, "val_dice": round(float(np.mean(dices)), 5)})
-    log.text(f"step {step}: validation consensus Dice {np.mean(dices):.4f} over {len(dices)} "
-             f"of {len(val_set)} cases in {now() - t0:.1f} s")
 
 
 def foreground_dice(pred: np.ndarray, target: np.ndarray) -> float:

@@ -35,6 +35,11 @@ MACS_PER_CORE = 2.0e9
 GPU_MACS = 2.0e12
 WIDTHS = ((8, 16, 32), (16, 32, 64), (32, 64, 128), (32, 64, 128, 256))
 VAL_SECONDS = {"cpu": 15.0, "gpu": 30.0, "quick": 5.0}  # one validation pass
+# The fewest optimiser steps worth a verdict (``min_useful_steps``): two passes over the training
+# cases, at least MIN_USEFUL (the 2D phantom's model learns in 150-400 steps: tests/training,
+# README's demo; 19-28 steps learned nothing) and at most MAX_USEFUL (ldseg reached GED16 0.33 on
+# unseen LIDC patients after 982 steps, DESIGN.md; 211 steps on 150 patients had not learned)
+MIN_USEFUL, MAX_USEFUL, USEFUL_PASSES = 200, 1000, 2
 TARGET_SECONDS = {"cpu": 2.0, "gpu": 0.3, "quick": 0.5}  # per training step
 
 
@@ -102,6 +107,8 @@ class Plan:
     hardware: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     estimate_seconds_per_step: float | None = None
+    min_useful_steps: int | None = None  # the fewest steps worth a verdict (min_useful_steps)
+    min_useful_reason: str = ""
 
     def set(self, key: str, value: Any, reason: str) -> None:
         node = self.values
@@ -114,6 +121,8 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "values": self.values, "reasons": self.reasons,
                 "estimate_seconds_per_step": self.estimate_seconds_per_step,
+                "min_useful_steps": self.min_useful_steps,
+                "min_useful_reason": self.min_useful_reason,
                 "hardware": self.hardware, "fingerprint": self.fingerprint,
                 "precedence": "plan < config file < --set"}
 
@@ -162,7 +171,23 @@ def make_plan(dataset_dir: str | Path, preset: str = "auto",
     _plan_network(plan, fp, hardware, kind)
     _plan_sampling(plan, fp, kind)
     _bound_validation(plan, fp, _throughput(hardware, kind)[0], kind)
+    n_train = max(1, round(0.8 * fp["n_cases"]))  # splits: 80 % of the patients train
+    plan.min_useful_steps, plan.min_useful_reason = min_useful_steps(
+        n_train, plan.values["train"]["batch_size"])
     return plan
+
+
+def min_useful_steps(n_train: int, batch_size: int) -> tuple[int, str]:
+    """The fewest optimiser steps after which a model of this data is expected to have learned
+    something (``USEFUL_PASSES`` passes over ``n_train`` cases at ``batch_size``, clipped to
+    [MIN_USEFUL, MAX_USEFUL]; the bounds are measurements, see above), with the reason. Advice
+    only: the verdict at the end of training is measured, never derived from it."""
+    passes = -(-USEFUL_PASSES * max(1, n_train) // max(1, batch_size))
+    steps = min(MAX_USEFUL, max(MIN_USEFUL, passes))
+    reason = (f"{USEFUL_PASSES} passes over {n_train} training cases at batch {batch_size}, "
+              f"at least {MIN_USEFUL} and at most {MAX_USEFUL} steps: the 2D phantom learns in "
+              "150-400 steps, LIDC in about 1,000")
+    return steps, reason
 
 
 def _throughput(hardware: Hardware, kind: str) -> tuple[float, str]:
@@ -259,10 +284,14 @@ def _plan_sampling(plan: Plan, fp: dict[str, Any], kind: str) -> None:
 
 
 def _bound_validation(plan: Plan, fp: dict[str, Any], macs: float, kind: str) -> None:
-    """Validation samples whole images: keep one validation under ~VAL_SECONDS by using fewer
-    images, then fewer samples per image."""
+    """Validation samples whole 2D images and, in 3D, one patch of ``data.patch_size`` around the
+    reference (``diffuseg.training.validation``): keep one validation under ~VAL_SECONDS by using
+    fewer images, then fewer samples per image."""
     v = plan.values
-    forward = step_macs(tuple(v["network"]["channels"]), fp["median_shape"], 1) / 3.0
+    shape = fp["median_shape"]
+    if fp["spatial_dims"] == 3:
+        shape = [min(s, p) for s, p in zip(shape, v["data"]["patch_size"], strict=True)]
+    forward = step_macs(tuple(v["network"]["channels"]), shape, 1) / 3.0
     t = v["train"]
     cost = forward / macs * t["val_steps"]  # one sample of one image
     limit = VAL_SECONDS[kind if kind in VAL_SECONDS else "cpu"]
@@ -271,9 +300,11 @@ def _bound_validation(plan: Plan, fp: dict[str, Any], macs: float, kind: str) ->
     while t["val_cases"] * t["val_samples"] * cost > limit and t["val_samples"] > 2:
         t["val_samples"] -= 1
     seconds = t["val_cases"] * t["val_samples"] * cost
-    plan.reasons["train.val_cases"] = (f"{t['val_cases']} whole images x {t['val_samples']} "
+    what = "patches" if fp["spatial_dims"] == 3 else "whole images"
+    plan.reasons["train.val_cases"] = (f"{t['val_cases']} {what} x {t['val_samples']} "
                                        f"samples: one validation ~{seconds:.0f} s (limit "
-                                       f"{limit:g} s)")
+                                       f"{limit:g} s), drawn across patients, half with an "
+                                       "empty reference where there are such")
     plan.reasons["train.val_samples"] = "see train.val_cases"
 
 

@@ -1,0 +1,156 @@
+"""The verdict at the end of training: did the model beat the trivial references on validation?
+
+The trivial references (``diffuseg.metrics.trivial_references``) are what a model scores without
+having learned: the always-empty mask, and the raters' majority mask repeated (the best single
+mask; with one rater, the reference itself). The rule (``judge``), on the validation record of
+the weights ``predict`` uses, is that the model
+
+1. has a lower GED than always empty, and a higher HM-IoU (it finds more than nothing: a model
+   that predicts nothing scores exactly these);
+2. has a GED nearer the raters' majority repeated than always empty (below their midpoint: the
+   one threshold the two references define without a tuned number). A mask covering the image
+   or samples of noise fail here; a model that segments passes.
+
+Beating the majority mask repeated itself (GED below it) means the samples reproduce the
+raters' disagreement better than one good mask; it is reported (``beats_one_mask``, for a
+stochastic method on data with two raters or more, validated with 16 samples or more: with S
+samples the diversity term counts the S pairs i = j as 0, which inflates GED for small S while
+the repeated mask has no diversity to lose) but not required: on the 2D phantom a model with
+consensus Dice 0.93 after 500 steps was level with it with 4 samples (GED4 0.146 vs 0.143), and
+the demo's model, level on validation (GED4 0.142 vs 0.137), beat it on its test images with 16
+(GED16 0.113 vs 0.143).
+No validation scored, no verdict of "learned". The run folder records it in ``verdict.json`` and
+which weights ``predict`` uses in ``weights.json`` (``diffuseg.run.verdict``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffuseg.core.atomic import save_tensors_atomic, write_json_atomic
+from diffuseg.core.json_files import read_json
+from diffuseg.errors import DataError
+from diffuseg.run.verdict import BEST, LAST, VERDICT, WEIGHTS
+
+ONE_MASK_SAMPLES = 16  # fewer samples inflate GED (the i = j pairs), so no beats_one_mask then
+RULE = ("learned when, on validation, GED < GED(always empty), HM-IoU > HM-IoU(always empty) and "
+        "GED < (GED(always empty) + GED(raters' majority repeated)) / 2")
+
+
+def judge(record: dict | None, stochastic: bool) -> tuple[bool, list[dict], bool | None]:
+    """(learned, the comparisons made, whether the samples beat the raters' majority repeated:
+    None where that does not apply) for one validation record (``validation.validate``)."""
+    if record is None:
+        return False, [], None
+    n = record["val_samples"]
+    empty, one = record["ref_ged_empty"], record["ref_ged_majority"]
+    checks = [(f"GED{n}", "always empty", record["val_ged"], empty, "lower"),
+              (f"HM-IoU{n}", "always empty", record["val_hm_iou"], record["ref_hm_iou_empty"],
+               "higher"),
+              (f"GED{n}", "midway between always empty and the raters' majority repeated",
+               record["val_ged"], round((empty + one) / 2, 5), "lower")]
+    out = [{"metric": m, "reference": ref, "model": a, "reference_value": b, "better": better,
+            "passed": bool(a < b if better == "lower" else a > b)}
+           for m, ref, a, b, better in checks]
+    beats_one = (bool(record["val_ged"] < one) if stochastic and record["val_raters"] >= 2
+                 and n >= ONE_MASK_SAMPLES else None)
+    return all(c["passed"] for c in out), out, beats_one
+
+
+def summary_of(record: dict | None) -> str:
+    """The numbers in a few words."""
+    if record is None:
+        return "no validation case was scored"
+    n = record["val_samples"]
+    return (f"GED{n} {record['val_ged']:.3f} (always empty {record['ref_ged_empty']:.3f}, the "
+            f"raters' majority repeated {record['ref_ged_majority']:.3f}), HM-IoU{n} "
+            f"{record['val_hm_iou']:.3f} (always empty {record['ref_hm_iou_empty']:.3f}) on "
+            f"{record['val_cases']} validation cases from {record['val_patients']} patient(s)")
+
+
+@dataclass
+class Advice:
+    """What the verdict suggests when the model did not learn."""
+
+    steps: int  # optimiser steps the run has made
+    min_useful: int  # planning.min_useful_steps
+    reason: str  # why that many
+    resume: str  # the command that continues the run
+    minutes: float | None = None  # a --minutes that would buy min_useful steps (budget-bound)
+
+    def text(self) -> str:
+        if self.steps < self.min_useful:
+            more = f" --max-steps {self.min_useful}"
+            budget = f" --minutes {self.minutes:g}" if self.minutes is not None else ""
+            return (f"{self.steps} steps ran; this data needs about {self.min_useful}: train "
+                    f"longer with '{self.resume}{more}{budget}'")
+        return (f"{self.steps} steps ran, more than the ~{self.min_useful} this data usually "
+                f"needs: train longer with '{self.resume}', or try another method or plan "
+                "(docs/training.md, 'When a run did not learn')")
+
+
+class Outcome:
+    """The validations of a run: the best one (its EMA weights kept in ``ema_best.safetensors``)
+    and the last, then the verdict."""
+
+    def __init__(self, run_dir: Path, resumed: bool = False):
+        self.run_dir = run_dir
+        self.best: dict | None = None
+        self.last: dict | None = None
+        self.per_case = 0.0  # the longest validation case so far (seconds)
+        path = run_dir / WEIGHTS
+        if resumed and path.is_file() and (run_dir / BEST).is_file():
+            self.best = read_json(path, "weights file", DataError).get("best")
+
+    def observe(self, record: dict | None, ema_shadow: dict) -> None:
+        """Keep ``record`` as the last; when it scored every chosen case and beats the best GED
+        (of the same chosen cases), write its EMA weights to ``ema_best.safetensors``."""
+        if record is None:
+            return
+        self.last = record
+        if record["val_cases"] < record["val_cases_chosen"] or not math.isfinite(
+                record["val_ged"]):
+            return
+        best = self.best
+        if (best is None or best.get("val_cases_chosen") != record["val_cases_chosen"]
+                or record["val_ged"] <= best["val_ged"]):  # a tie goes to the later weights
+            save_tensors_atomic({k: v.detach().cpu().contiguous() for k, v in ema_shadow.items()},
+                                self.run_dir / BEST)
+            self.best = record
+            self._write_weights(BEST, record["step"])
+
+    def _write_weights(self, uses: str, last_step: int) -> None:
+        why = ("the EMA weights of the validation with the lowest GED (every chosen case scored)"
+               if uses == BEST else "the last EMA weights: no validation scored every chosen case")
+        write_json_atomic(self.run_dir / WEIGHTS, {
+            "predict_uses": uses, "why": why, "best": self.best,
+            "last": {"file": LAST, "step": last_step, "validation": self.last}})
+
+    def finish(self, step: int, stochastic: bool, advice: Advice) -> dict:
+        """Write weights.json and verdict.json; return the verdict (with its ``line``)."""
+        uses = BEST if self.best is not None else LAST
+        self._write_weights(uses, step)
+        record = self.best if self.best is not None else self.last
+        learned, checks, beats_one = judge(record, stochastic)
+        summary = summary_of(record)
+        where = f" ({uses}, step {record['step']})" if record is not None else ""
+        if learned:
+            one = ("; its samples also beat one mask" if beats_one else
+                   "; its samples do not beat one mask yet (train longer for the raters' "
+                   "disagreement)" if beats_one is False else "")
+            line = f"verdict: the model learned: {summary}{where}{one}."
+        else:
+            failed = "; ".join(f"{c['metric']} not {c['better']} than {c['reference']} "
+                               f"({c['reference_value']:.3f})" for c in checks if not c["passed"])
+            failed = failed or "no validation case was scored"
+            line = (f"verdict: the model has NOT learned: {summary}{where}: {failed}. "
+                    f"{advice.text()}")
+        verdict = {"learned": learned, "beats_one_mask": beats_one, "line": line,
+                   "summary": summary,
+                   "advice": None if learned else advice.text(), "rule": RULE,
+                   "checks": checks, "validation": record, "weights": uses, "steps": step,
+                   "min_useful_steps": advice.min_useful, "min_useful_reason": advice.reason}
+        write_json_atomic(self.run_dir / VERDICT, verdict)
+        return verdict
