@@ -3,6 +3,9 @@ weights, and the tiny config most method tests build on."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
@@ -60,3 +63,14 @@ def tiny(*extra: str, attention: bool = False, T: int = 50, max_steps: int | Non
     if val is not None:
         out += [f"train.val_cases={val}", f"train.val_samples={val}", f"train.val_steps={val}"]
     return out + list(extra)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or a skip naming what is missing."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data '{path}' is absent (see ../shared/data/README.md)")
+    return path

@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import shared_data
+from helpers import shared_data
 from PIL import Image
 from typer.testing import CliRunner
 

@@ -11,8 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import shared_data
 from dicom_synth import write_series
+from helpers import shared_data
 from tiny_runs import tiny_run
 
 import diffuseg

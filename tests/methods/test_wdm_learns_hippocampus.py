@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data
+from helpers import shared_data
 
 from diffuseg.data import Dataset, make_splits, save_splits
 from diffuseg.data.importers import import_msd

@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from conftest import shared_data
 from dciodvfy import DCIODVFY, assert_conformant
 from fastapi.testclient import TestClient
+from helpers import shared_data
 from orthanc import orthanc, upload
 from review_helpers import write_tokens
 from tiny_runs import tiny_run
