@@ -30,6 +30,7 @@ from diffuseg.errors import DataError, DiffusegError, OutputError
 from diffuseg.inference.batch import predict_cases
 from diffuseg.inference.predictor import Predictor
 from diffuseg.io import read_image, read_mask
+from diffuseg.run.verdict import predict_weights
 from diffuseg.training.loop import train
 from diffuseg.training.start import build_config
 
@@ -153,11 +154,12 @@ def test_run_whose_config_disagrees_with_its_weights(tmp_path, run2d, monkeypatc
     with pytest.raises(DataError) as err:
         Predictor.from_run(run)
     message = str(err.value)
-    assert str(run / "config.json") in message and "ema.safetensors" in message, message
+    weights = predict_weights(run)  # the weights predict loads (the best validation's EMA)
+    assert str(run / "config.json") in message and str(weights) in message, message
     found = re.search(r"tensor '([\w.]+)' has shape (\([\d, ]+\)) in the weights but "
                       r"(\([\d, ]+\)) in the network", message)
     assert found and found[2] != found[3], message
-    stored = load_file(str(run / "ema.safetensors"))[found[1]]
+    stored = load_file(str(weights))[found[1]]
     assert str(tuple(stored.shape)) == found[2]  # the shape on disk, as reported
     image = first_image(run2d[1])
     code, out = run_cli(monkeypatch, capsys, "predict", run, "-i", image, "-o", tmp_path / "o")
