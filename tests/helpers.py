@@ -74,3 +74,37 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data '{path}' is absent (see ../shared/data/README.md)")
     return path
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (its folder on sys.path, as when run)."""
+    import importlib.util
+    import sys
+
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def random_method(name: str, spatial_dims: int, process, sampler: str | None, steps: int = 4):
+    """Method ``name`` on the tiny configuration (``tiny_config``) with ``sampler`` over
+    ``steps`` steps, in eval mode, every network randomised (``randomise``): outputs that depend
+    on the network, so that checks against them can fail."""
+    import dataclasses
+
+    from diffuseg.config import SampleConfig
+    from diffuseg.methods import build_method
+
+    config = tiny_config(name, spatial_dims, process=process, steps=steps)
+    config = dataclasses.replace(config, sample=SampleConfig(steps=steps, sampler=sampler))
+    torch.manual_seed(0)
+    method = build_method(config).eval()
+    for net in method.networks().values():
+        randomise(net)
+    return method

@@ -3,35 +3,22 @@ helpers, the LIDC patient split, the reference row, the table; --quick modes end
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_benchmark
 from PIL import Image
 
 from diffuseg.data import Dataset
 from diffuseg.errors import DataError
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-common = load("common")
-lidc = load("lidc")
-ambiguity = load("ambiguity")
+common = load_benchmark("common")
+lidc = load_benchmark("lidc")
+ambiguity = load_benchmark("ambiguity")
 
 
 def test_lidc_arguments_presets():
@@ -153,7 +140,7 @@ def test_downscale_dataset_keeps_cases_splits_and_binary_masks(tmp_path):
 
 
 def test_latency_specs_split_options_from_config_overrides():
-    latency = load("latency")
+    latency = load_benchmark("latency")
     name, overrides = latency.parse_spec("ldseg:width=8,network.channels=[32,64],steps=1")
     assert name == "ldseg"
     assert overrides == ["method.name=ldseg", "method.options.width=8",
@@ -173,7 +160,7 @@ def test_paired_difference_by_hand():
 
 
 def test_latency_quality_is_relative_to_the_most_steps():
-    latency = load("latency")
+    latency = load_benchmark("latency")
     rows = latency.relative_to_most_steps(
         [{"steps": 1, "ged16": 0.42}, {"steps": 10, "ged16": 0.38}, {"steps": 1000, "ged16": 0.4}])
     assert [round(r["ged16_rel"], 9) for r in rows] == [0.05, -0.05, 0.0]

@@ -4,32 +4,19 @@ evaluator's, resuming a killed scoring, the checkpoint copy, and what it refuses
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_benchmark
 
 from diffuseg.data import Dataset
 from diffuseg.errors import DataError
 from diffuseg.evaluation.references import reference_scores
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load("lidc_budget")
+bench = load_benchmark("lidc_budget")
 
 
 def test_bootstrap_resamples_patients_not_slices():

@@ -6,29 +6,20 @@ tests/methods/test_methods_learn.py."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
-from helpers import SIZE, gen, randomise, tiny_config
+from helpers import SIZE, gen, random_method
 
-from diffuseg.config import ProcessConfig, SampleConfig
+from diffuseg.config import ProcessConfig
 from diffuseg.errors import ConfigError
 from diffuseg.inference.marks import Constraints
 from diffuseg.inference.onnx import export_onnx
-from diffuseg.methods import build_method
 
 
 def flow(sampler: str | None = None, prediction: str = "x0", spatial_dims: int = 2):
-    config = tiny_config("flow_matching", spatial_dims,
-                         process=ProcessConfig(T=20, prediction=prediction), steps=4)
-    config = dataclasses.replace(config, sample=SampleConfig(steps=4, sampler=sampler))
-    torch.manual_seed(0)
-    method = build_method(config).eval()
-    for net in method.networks().values():
-        randomise(net)
-    return method
+    return random_method("flow_matching", spatial_dims,
+                         ProcessConfig(T=20, prediction=prediction), sampler)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

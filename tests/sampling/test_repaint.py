@@ -4,19 +4,17 @@ space refuse with a clear message."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
-from helpers import SIZE, gen, randomise, tiny_config
+from helpers import SIZE, gen, random_method, tiny_config
 
 import diffuseg.methods.berdiff  # noqa: F401  (registers)
 import diffuseg.methods.cimd  # noqa: F401
 import diffuseg.methods.hidiff  # noqa: F401
 import diffuseg.methods.ldseg  # noqa: F401
 import diffuseg.methods.medsegdiff_v2  # noqa: F401
-from diffuseg.config import ProcessConfig, SampleConfig
+from diffuseg.config import ProcessConfig
 from diffuseg.errors import ConfigError, DataError
 from diffuseg.inference.marks import Constraints
 from diffuseg.methods import build_method
@@ -39,13 +37,7 @@ def marks(spatial: tuple[int, ...], seed: int = 0) -> Constraints:
 
 
 def build(name: str, process: ProcessConfig, sampler: str, spatial_dims: int):
-    config = tiny_config(name, spatial_dims, process=process, steps=4)
-    config = dataclasses.replace(config, sample=SampleConfig(steps=4, sampler=sampler))
-    torch.manual_seed(0)
-    method = build_method(config).eval()
-    for net in method.networks().values():
-        randomise(net)
-    return method
+    return random_method(name, spatial_dims, process, sampler)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
