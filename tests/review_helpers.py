@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -90,3 +91,14 @@ def make_app(data_dir: Path, run_dir: Path, *, auth: bool = True, **settings):
     write_tokens(data_dir)
     return create_app(ServiceSettings(run_dir=run_dir, data_dir=data_dir, auth=auth,
                                       **settings))
+
+
+def wait(client, job_id: str, deadline_s: float = 300, poll_s: float = 0.1) -> dict:
+    """Poll ``GET /v1/jobs/{id}`` until the job ends (a hang guard, not a timing assertion)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(poll_s)
+    raise AssertionError(f"job {job_id} did not finish")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 import httpx
 import numpy as np
@@ -19,7 +18,7 @@ from dciodvfy import DCIODVFY, assert_conformant
 from fastapi.testclient import TestClient
 from helpers import shared_data
 from orthanc import orthanc, upload
-from review_helpers import write_tokens
+from review_helpers import wait, write_tokens
 from tiny_runs import tiny_run
 
 from diffuseg.inference.predictor import Predictor
@@ -41,14 +40,6 @@ def pacs(tmp_path_factory):
         yield root
 
 
-def wait(client, job_id, deadline_s=600):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 @pytest.mark.shared_data
@@ -75,7 +66,7 @@ def test_orthanc_round_trip_equals_direct_predict(tmp_path, pacs):
     answer = client.post(f"/v1/pacs/studies/{study_uid}/segment",
                          params={"series": geometry.extras["series_uid"]})
     assert answer.status_code == 202, answer.text
-    job = wait(client, answer.json()["id"])
+    job = wait(client, answer.json()["id"], deadline_s=600)
     assert job["status"] == "done", job
     assert (job["patient_name"], job["study_date"], job["series_description"]) == (
         "PGBM-001", "1991-11-19", "T1post")  # from the fetched series' headers
@@ -147,7 +138,7 @@ def test_approved_review_of_a_pacs_job_is_stored_back_with_the_reviewer(tmp_path
     answer = client.post(f"/v1/pacs/studies/{study_uid}/segment",
                          params={"series": geometry.extras["series_uid"]})
     assert answer.status_code == 202, answer.text
-    job = wait(client, answer.json()["id"])
+    job = wait(client, answer.json()["id"], deadline_s=600)
     assert job["status"] == "done", job
 
     api = f"/review/api/jobs/{job['id']}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import stat
-import time
 import zipfile
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from dicom_synth import write_series
 from fastapi.testclient import TestClient
 from PIL import Image
+from review_helpers import wait
 from tiny_runs import tiny_run
 
 from diffuseg.inference.predictor import Predictor
@@ -50,15 +50,6 @@ def png_bytes(seed=0, size=24):
     return buffer.getvalue()
 
 
-def wait(client, job_id, deadline_s=300):
-    """Poll until the job ends (a hang guard, not a timing assertion)."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def zip_bytes(entries: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import nibabel as nib
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from review_helpers import wait
 from tiny_runs import tiny_run
 
 from diffuseg.inference.predictor import Predictor
@@ -21,15 +21,6 @@ def run2d(tmp_path_factory):
     return tiny_run(tmp_path_factory.mktemp("run2d"), 2)
 
 
-def wait(client, job_id, deadline_s=300):
-    """Poll until the job ends (a hang guard, not a timing assertion)."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_a_volume_uploaded_to_a_2d_run_is_segmented_slice_by_slice(tmp_path, run2d):
