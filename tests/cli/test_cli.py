@@ -272,6 +272,8 @@ def test_second_writer_is_refused(monkeypatch, capsys, tmp_path, tiny_run, phant
     finally:
         holder.kill()  # SIGKILL: its lock file stays behind, the kernel drops the lock
         holder.wait()
+        holder.stdout.close()  # else its pipe is closed by the GC later, with a ResourceWarning
+        # on the stderr of whichever test runs then
     code, _, err = run_cli(monkeypatch, capsys, "predict", str(tiny_run), "-i", str(image),
                            "-o", str(out), "-n", "1", "--steps", "1")
     assert code == 0, err

@@ -166,6 +166,7 @@ def test_lock_of_a_live_process_refuses_and_a_killed_one_frees(tmp_path):
     finally:
         child.kill()  # SIGKILL: no cleanup runs, the file stays, the kernel drops the lock
         child.wait()
+        child.stdout.close()  # the pipe, not left to the GC (a ResourceWarning)
     assert (folder / LOCK_NAME).exists()
     with lock_output(folder):
         assert (folder / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} ")
