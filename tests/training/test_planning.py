@@ -81,3 +81,54 @@ def test_train_writes_plan_json_and_a_failed_train_leaves_no_folder(tmp_path):
     with pytest.raises(ConfigError):
         train_run(bad, data, tmp_path / "failed", progress=False, plan=plan)
     assert not (tmp_path / "failed").exists()
+
+
+def test_cpu_plan_picks_the_measured_method_for_large_multi_rater_2d_data():
+    """LIDC-like data (4 raters, thousands of slices) on a CPU with no method named: ldseg with
+    the measured widths, the measurement cited; a named method, a GPU, single-rater or small data
+    keep the cost-ladder plan and ddpm (the config's default)."""
+    lidc = fp(2, [128, 128], n=2256, raters=4)
+    plan = make_plan(".", "auto", hardware=CPU2, fp=lidc)
+    assert plan.values["method"]["name"] == "ldseg"
+    assert plan.values["network"]["channels"] == [16, 32, 64]
+    assert plan.values["train"]["val_cases"] == 32
+    assert "benchmarks/RESULTS.md" in plan.reasons["method.name"]
+    config = build_config(None, [], dataset=None, plan=plan)
+    assert (config.method.name, config.network.channels) == ("ldseg", (16, 32, 64))
+    assert build_config(None, ["method.name=ddpm"], dataset=None, plan=plan).method.name == "ddpm"
+    for other in (make_plan(".", "auto", hardware=CPU2, fp=lidc, method="ddpm"),
+                  make_plan(".", "auto", hardware=GPU, fp=lidc),
+                  make_plan(".", "auto", hardware=CPU2, fp=fp(2, [128, 128], n=2256)),
+                  make_plan(".", "auto", hardware=CPU2, fp=fp(2, [128, 128], n=40, raters=4))):
+        assert "method" not in other.values
+        assert other.values["network"]["channels"] != [] and "network.channels" in other.reasons
+
+
+def test_chosen_method_reads_every_place_a_user_names_one(tmp_path):
+    from diffuseg.training.start import chosen_method
+
+    assert chosen_method(None, ["train.max_steps=5"]) is None
+    assert chosen_method(None, ["method.name=ddpm", "method.name = berdiff"]) == "berdiff"
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"method": {"name": "cimd_paper"}}))
+    assert chosen_method(cfg, []) == "cimd_paper"
+    assert chosen_method(cfg, ["method.name=ddpm"]) == "ddpm"  # --set wins over the file
+    cfg.write_text(json.dumps({"train": {"max_steps": 3}}))
+    assert chosen_method(cfg, []) is None
+
+
+def test_minutes_alone_let_the_budget_end_the_run(tmp_path):
+    """--minutes with no step count anywhere: the budget rules (max_steps = BIG, no step total in
+    the progress line), not the default 2,000 steps; a step count given anywhere is kept."""
+    from diffuseg.core.validation import BIG
+    from diffuseg.run.log import _Bar
+    from diffuseg.training.start import steps_for_minutes
+
+    assert steps_for_minutes(None, ["train.max_minutes=60"]) == [f"train.max_steps={BIG}"]
+    assert steps_for_minutes(None, ["train.max_minutes=60", "train.max_steps=10"]) == []
+    assert steps_for_minutes(None, ["method.name=ddpm"]) == []
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"train": {"max_steps": 300}}))
+    assert steps_for_minutes(cfg, ["train.max_minutes=60"]) == []
+    assert _Bar(BIG, 0, True, 60.0).progress.total is None
+    assert _Bar(2000, 0, True, 60.0).progress.total == 2000

@@ -59,7 +59,13 @@ def train_command(
     quiet: Quiet = False,
 ) -> None:
     """Train a method on a dataset folder; writes a self-describing run folder."""
-    from diffuseg.training.start import build_config, plan_for, train_run
+    from diffuseg.training.start import (
+        build_config,
+        chosen_method,
+        plan_for,
+        steps_for_minutes,
+        train_run,
+    )
 
     set_quiet(quiet)
 
@@ -89,7 +95,9 @@ def train_command(
         from diffuseg.data import Dataset
 
         opened = Dataset.open(dataset)  # listed once for the plan, the defaults and training
-        run_plan = plan_for(opened, plan)
+        run_plan = plan_for(opened, plan, chosen_method(config, extra, init))
+        if run_plan is None or "max_steps" not in run_plan.values.get("train", {}):
+            extra = steps_for_minutes(config, extra) + extra
         run_config = build_config(config, extra, dataset=opened, plan=run_plan, init=init)
         if run_plan is not None:
             log(f"plan '{plan}' for {dataset} on this machine: about "

@@ -74,8 +74,10 @@ class _Bar:
     def __init__(self, total: int, start: int, enabled: bool, budget_s: float | None,
                  timer: Callable[[], float] | None = None, clock: str = "wall"):
         from diffuseg.core.progress import Progress
+        from diffuseg.core.validation import BIG
 
         label = "training" if clock == "wall" else f"training ({clock} clock)"
+        total = None if total >= BIG else total  # bounded by --minutes only: no step total
         self.progress = Progress(label, total, unit="steps", start=start, budget_s=budget_s,
                                  timer=timer) if enabled else None
 

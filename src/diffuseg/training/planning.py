@@ -41,6 +41,14 @@ VAL_SECONDS = {"cpu": 15.0, "gpu": 30.0, "quick": 5.0}  # one validation pass
 # unseen LIDC patients after 982 steps, DESIGN.md; 211 steps on 150 patients had not learned)
 MIN_USEFUL, MAX_USEFUL, USEFUL_PASSES = 200, 1000, 2
 TARGET_SECONDS = {"cpu": 2.0, "gpu": 0.3, "quick": 0.5}  # per training step
+# The method a CPU plan picks for multi-rater 2D data when the user names none, and its denoiser
+# widths: the best row of benchmarks/RESULTS.md, "LIDC at CPU scale" (ldseg with widths
+# [16, 32, 64]: GED16 0.322, HM-IoU16 0.544 on 600 slices of 89 validation patients after 50.5
+# CPU-minutes, 84 steps per CPU-minute on one thread; flow_matching 0.544 / 0.367 after 30; ddpm
+# with the full-resolution plan [8, 16, 32] had NOT learned LIDC after 12 minutes, 608 steps). It
+# was measured on thousands of slices, so small data sets (below MULTI_RATER_MIN_CASES) keep ddpm.
+MULTI_RATER_2D_CPU = ("ldseg", (16, 32, 64))
+MULTI_RATER_MIN_CASES = 500
 
 
 @dataclass
@@ -153,7 +161,10 @@ def _round_patch(shape: list[int], cap: int, multiple: int, floor: int) -> list[
 
 
 def make_plan(dataset_dir: str | Path, preset: str = "auto",
-              hardware: Hardware | None = None, fp: dict[str, Any] | None = None) -> Plan:
+              hardware: Hardware | None = None, fp: dict[str, Any] | None = None,
+              method: str | None = None) -> Plan:
+    """The plan; ``method``: the method the user chose (``--method``, ``method.name`` in a config
+    file or ``--set``, ``--init``'s model), None when they chose none and the plan may pick one."""
     if preset not in PRESETS:
         import difflib
 
@@ -168,9 +179,15 @@ def make_plan(dataset_dir: str | Path, preset: str = "auto",
         return plan
     if kind == "gpu" and hardware.gpu_memory_gb is None:
         hardware = Hardware("gpu", hardware.cores, hardware.vector, "assumed", 16.0)
-    _plan_network(plan, fp, hardware, kind)
+    picked = _plan_method(plan, fp, kind, method)
+    if not picked:
+        _plan_network(plan, fp, hardware, kind)
     _plan_sampling(plan, fp, kind)
     _bound_validation(plan, fp, _throughput(hardware, kind)[0], kind)
+    if picked:  # ldseg samples in its latent space: validation is cheap, so more cases
+        plan.set("train.val_cases", 32, "32 images x 4 samples drawn across patients, half with "
+                 "an empty reference: ldseg validates in its latent space (4 x 4 took 0.38 s, "
+                 "measured), and a verdict on 4 images is noise")
     n_train = max(1, round(0.8 * fp["n_cases"]))  # splits: 80 % of the patients train
     plan.min_useful_steps, plan.min_useful_reason = min_useful_steps(
         n_train, plan.values["train"]["batch_size"])
@@ -243,6 +260,33 @@ def _plan_network(plan: Plan, fp: dict[str, Any], hardware: Hardware, kind: str)
     plan.set("train.batch_size", batch, f"{batch} per step keeps a step near {target:g} s")
 
 
+def _plan_method(plan: Plan, fp: dict[str, Any], kind: str, method: str | None) -> bool:
+    """On a CPU, for multi-rater 2D data of at least MULTI_RATER_MIN_CASES cases and no method
+    chosen, pick MULTI_RATER_2D_CPU (method and denoiser widths, with the measurement as the
+    reason); return whether it did (the network is then planned here, not by the cost ladder)."""
+    if (method is not None or kind != "cpu" or fp["spatial_dims"] != 2 or fp["raters"] < 2
+            or fp["n_cases"] < MULTI_RATER_MIN_CASES):
+        return False
+    name, widths = MULTI_RATER_2D_CPU
+    cited = ("benchmarks/RESULTS.md, 'LIDC at CPU scale': ldseg [16, 32, 64] reached GED16 0.322 "
+             "on unseen LIDC patients after 50.5 CPU-minutes; flow_matching 0.544 after 30, ddpm "
+             "[8, 16, 32] had not learned after 12 minutes")
+    plan.set("method.name", name, f"multi-rater 2D data ({fp['raters']} raters, "
+             f"{fp['n_cases']} cases) on a CPU, no method chosen: the best measured ({cited}); "
+             "--method overrides")
+    patch = _round_patch(fp["median_shape"], 128, 16, 16)
+    batch = 8
+    plan.estimate_seconds_per_step = 0.71  # measured: 84 steps per CPU-minute, one thread
+    plan.set("network.channels", list(widths), f"ldseg's latent denoiser of widths {list(widths)}:"
+             " about 0.71 s per step on one core of the project's AVX-512 machine (measured)")
+    plan.set("network.attention_levels", [False] * len(widths), "no self-attention, as measured")
+    plan.set("network.norm_groups", 8, "GroupNorm groups divide the first width")
+    plan.set("data.patch_size", patch, f"median image {fp['median_shape']} capped at 128 per "
+             "axis, a multiple of 16, as measured")
+    plan.set("train.batch_size", batch, f"{batch} per step, as measured")
+    return True
+
+
 def _attention(patch: list[int], levels: int, kind: str) -> bool:
     tokens = int(np.prod([p // 2 ** (levels - 1) for p in patch]))
     return kind == "gpu" or tokens <= 256
@@ -308,6 +352,7 @@ def _bound_validation(plan: Plan, fp: dict[str, Any], macs: float, kind: str) ->
     plan.reasons["train.val_samples"] = "see train.val_cases"
 
 
-def plan_dict(dataset_dir: str | Path, preset: str = "auto") -> tuple[dict[str, Any], Plan]:
-    plan = make_plan(dataset_dir, preset)
+def plan_dict(dataset_dir: str | Path, preset: str = "auto",
+              method: str | None = None) -> tuple[dict[str, Any], Plan]:
+    plan = make_plan(dataset_dir, preset, method=method)
     return plan.values, plan

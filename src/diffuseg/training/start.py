@@ -76,10 +76,46 @@ def init_defaults(init: str | Path) -> dict[str, Any]:
     return {**{k: model[k] for k in INHERITED if k in model}, "train": {"init": given}}
 
 
-def plan_for(dataset: Path | Dataset, preset: str = "auto") -> Plan | None:
+def plan_for(dataset: Path | Dataset, preset: str = "auto",
+             method: str | None = None) -> Plan | None:
     """The plan for ``dataset`` on this machine (``preset`` auto|cpu|gpu|quick), None for
-    ``none``."""
-    return None if preset == "none" else make_plan(dataset, preset)
+    ``none``; ``method``: the user's choice (``chosen_method``), None lets the plan pick."""
+    return None if preset == "none" else make_plan(dataset, preset, method=method)
+
+
+def steps_for_minutes(config_path: Path | None, overrides: list[str]) -> list[str]:
+    """``--minutes`` with no step count anywhere (``--max-steps``, ``--set train.max_steps``, the
+    config file): the budget ends the run, not the default 2,000 steps (a newcomer's
+    ``--minutes 60`` on LIDC stopped after 25 minutes): ``["train.max_steps=BIG"]``, else []."""
+    from diffuseg.config import read_config_file
+    from diffuseg.core.validation import BIG
+
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    if "train.max_minutes" not in keys or "train.max_steps" in keys:
+        return []
+    if config_path is not None:
+        section = read_config_file(config_path).get("train")
+        if isinstance(section, dict) and "max_steps" in section:
+            return []
+    return [f"train.max_steps={BIG}"]
+
+
+def chosen_method(config_path: Path | None, overrides: list[str],
+                  init: str | Path | None = None) -> str | None:
+    """The method the user named: the last ``method.name=`` of ``overrides`` (``--method`` is
+    one), else the config file's ``method.name``, else ``init``'s model's; None when none did."""
+    from diffuseg.config import read_config_file
+
+    named = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == "method.name"]
+    if named:
+        return named[-1].strip()
+    if config_path is not None:
+        section = read_config_file(config_path).get("method")
+        if isinstance(section, dict) and section.get("name"):
+            return str(section["name"])
+    if init is not None:
+        return str(init_defaults(init).get("method", {}).get("name") or "") or None
+    return None
 
 
 def train_run(config: RunConfig, dataset: Path | Dataset, output: Path, *, resume: bool = False,
