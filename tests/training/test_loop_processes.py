@@ -177,6 +177,7 @@ def test_torchrun_two_processes_match_one_and_resume_with_another_world_size(tmp
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-6)
     assert (two / "training_log.txt").read_text().count("started at step 0") == 1
+    assert done.stdout.count("run folder:") == 1 and done.stdout.count("verdict:") <= 1
     assert "world_size=2" in (two / "training_log.txt").read_text()
     steps = [r["step"] for r in read_metrics(two) if "loss" in r]
     assert steps == [4]  # one writer: rank 1 logs nothing

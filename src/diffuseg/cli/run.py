@@ -106,6 +106,10 @@ def train_command(
 
     run = train_run(run_config, dataset if resume else opened, output, resume=resume,
                     plan=run_plan, progress=not quiet, started=STARTED)
+    from diffuseg.core.distributed import is_main_process
+
+    if not is_main_process():
+        return  # under torchrun, rank 0 alone says where the run is and what it learned
     typer.echo(f"run folder: {run}")
     from diffuseg.run.verdict import read_verdict
 

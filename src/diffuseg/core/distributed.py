@@ -32,6 +32,11 @@ class Dist:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """Rank 0 of torchrun's processes, or a plain run: the one that prints a command's result."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device_name: str) -> Dist:
     """Join torchrun's process group when WORLD_SIZE > 1; a plain run is rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
