@@ -71,7 +71,11 @@ def write_series(folder: Path, *, rows: int = 20, columns: int = 24, slices: int
     return folder, volume
 
 
-def dicom_slice(path: Path, z: float, series: str = "1.2.3.4", **changes: object) -> None:
+def mr_slice(path: Path, pixels: np.ndarray, position: Sequence[float],
+             orientation: Sequence[float], spacing: Sequence[float], series: str = "1.2.3.4",
+             **changes: object) -> None:
+    """The one writer of a plain MR image slice (uint16, MONOCHROME2); ``changes`` set (or, with
+    None, delete) attributes of the dataset before it is saved."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -80,16 +84,22 @@ def dicom_slice(path: Path, z: float, series: str = "1.2.3.4", **changes: object
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
     ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality = series, "1.2.3", "MR"
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.ImagePositionPatient = [0.0, 0.0, z]
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.Rows, ds.Columns = 3, 4
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.PixelSpacing = [float(v) for v in spacing]
+    ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.arange(12, dtype=np.uint16).tobytes()
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
     for key, value in changes.items():
         if value is None:
             delattr(ds, key)
         else:
             setattr(ds, key, value)
     ds.save_as(path, enforce_file_format=True)
+
+
+def dicom_slice(path: Path, z: float, series: str = "1.2.3.4", **changes: object) -> None:
+    """A 3x4 axial slice at height ``z`` (pixels 0..11, spacing 0.5 mm)."""
+    mr_slice(path, np.arange(12).reshape(3, 4), [0.0, 0.0, z], [1, 0, 0, 0, 1, 0], [0.5, 0.5],
+             series, **changes)

@@ -9,9 +9,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from dicom_synth import mr_slice
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from diffuseg.errors import DataError
 from diffuseg.io import (
@@ -219,24 +218,8 @@ def test_writers_refuse_lossy_or_mismatched_output(tmp_path):
 
 def write_slice(path: Path, pixels: np.ndarray, position, orientation, spacing, series: str,
                 number: int) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality = series, "1.2.3", "MR"
-    ds.InstanceNumber = number
-    ds.ImageOrientationPatient = [float(v) for v in orientation]
-    ds.ImagePositionPatient = [float(v) for v in position]
-    ds.PixelSpacing = list(spacing)
-    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    mr_slice(path, pixels, position, orientation, spacing, series, InstanceNumber=number,
+             RescaleSlope=2, RescaleIntercept=-100)
 
 
 ROW, COLUMN = np.array([0.8, 0.6, 0.0]), np.array([0.0, 0.0, -1.0])  # normal r x c = (-.6, .8, 0)
