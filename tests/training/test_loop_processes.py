@@ -72,6 +72,27 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path, phantom):
     assert list(run.iterdir()) == []  # nothing written; the lock file went with the lock
 
 
+def test_sigterm_to_every_process_of_the_job_still_saves_a_checkpoint(tmp_path, phantom):
+    """A scheduler signals the whole process group, DataLoader workers included (SLURM's
+    preemption, ``pkill -f``): the workers ignore it, the main process finishes its step, saves
+    and exits 130, without a traceback (before, a worker killed by SIGTERM made it fail)."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cli("train", str(phantom), "-o", str(run), "--max-steps", "100000",
+                                "--device", "cpu", *settings(
+                                    "train.checkpoint_every=100000", "data.stream=true",
+                                    "data.num_workers=2")),
+                            env=env(), stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    wait_for(lambda: complete_step(run / "checkpoint") == 0 or proc.poll() is not None)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "killed by signal" not in err
+    step = complete_step(run / "checkpoint")
+    assert step is not None and f"interrupted at step {step}" in err
+
+
 def test_sigint_saves_a_resumable_checkpoint(tmp_path, phantom):
     run = tmp_path / "run"
     proc = subprocess.Popen(cli("train", str(phantom), "-o", str(run), "--max-steps", "100000",

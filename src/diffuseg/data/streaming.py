@@ -93,7 +93,16 @@ class PatchStream(IterableDataset):
                          for items in self.parts]
 
 
-def _one_thread(_: int) -> None:
+def _worker_start(_: int) -> None:
+    """A DataLoader worker: one torch thread, and deaf to SIGINT/SIGTERM. A scheduler (SLURM's
+    preemption, ``pkill -f``, Ctrl-C on a terminal) signals every process of the job; a worker
+    that died of it made the main process fail mid-step with a traceback and no checkpoint. The
+    main process alone handles the signal (``training.budget.StopSignals``: finish the step, save,
+    exit 130) and then shuts its workers down; a worker whose parent is gone exits by itself."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
@@ -112,7 +121,7 @@ class StepStream:
         workers = config.data.num_workers
         stream = PatchStream(self.source, config, seed, start, parts, synthetic)
         self._it = iter(DataLoader(stream, batch_size=None, num_workers=workers,
-                                   worker_init_fn=_one_thread if workers else None,
+                                   worker_init_fn=_worker_start if workers else None,
                                    prefetch_factor=2 if workers else None,
                                    persistent_workers=workers > 0))
 
