@@ -20,7 +20,8 @@ from diffuseg.inference.predictor import Predictor
 from diffuseg.run.log import read_metrics
 from diffuseg.run.weights import state_of
 from diffuseg.training.budget import Budget
-from diffuseg.training.loop import Run, train
+from diffuseg.training.loop import train
+from diffuseg.training.run_state import Run
 from diffuseg.training.start import build_config
 
 TINY = tiny("train.batch_size=4", "sample.steps=2", "sample.n_samples=2", "train.precision=fp32",
