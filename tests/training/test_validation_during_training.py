@@ -169,3 +169,25 @@ def test_the_progress_line_reads_the_budgets_clock():
     assert bar.eta() == pytest.approx(90.0)  # 90 steps at 1 CPU s each; 190 s of budget left
     wall[0], cpu[0] = 60.0, 250.0
     assert bar.eta() == pytest.approx(50.0)  # the budget binds: 300 - 250
+
+
+def test_validation_samples_with_no_more_steps_than_predict_takes():
+    """LDSeg predicts with its option steps (2) whatever sample.steps says; validating it with
+    train.val_steps=5 scored another sampler and chose the wrong weights (RESULTS.md)."""
+    import dataclasses
+
+    from helpers import tiny_config
+
+    from diffuseg.config import ProcessConfig, TrainConfig
+    from diffuseg.methods import build_method
+    from diffuseg.training.validation import steps_at_validation
+
+    train = TrainConfig(val_steps=5)
+    ldseg = build_method(dataclasses.replace(
+        tiny_config("ldseg", process=ProcessConfig(), steps=10), train=train))
+    assert ldseg.default_steps() == 2 and steps_at_validation(ldseg) == 2
+    ddpm = build_method(dataclasses.replace(
+        tiny_config("ddpm", process=ProcessConfig(), steps=10), train=train))
+    assert steps_at_validation(ddpm) == 5  # cheaper than predict's 10, as the plan chose
+    unet = SimpleNamespace(config=SimpleNamespace(train=train), process=None)
+    assert steps_at_validation(unet) == 5
