@@ -92,7 +92,8 @@ def load_benchmark(name: str):
     return module
 
 
-def random_method(name: str, spatial_dims: int, process, sampler: str | None, steps: int = 4):
+def random_method(name: str, spatial_dims: int, process, sampler: str | None, steps: int = 4,
+                  *, num_classes: int = 1, **options):
     """Method ``name`` on the tiny configuration (``tiny_config``) with ``sampler`` over
     ``steps`` steps, in eval mode, every network randomised (``randomise``): outputs that depend
     on the network, so that checks against them can fail."""
@@ -101,7 +102,8 @@ def random_method(name: str, spatial_dims: int, process, sampler: str | None, st
     from diffuseg.config import SampleConfig
     from diffuseg.methods import build_method
 
-    config = tiny_config(name, spatial_dims, process=process, steps=steps)
+    config = tiny_config(name, spatial_dims, num_classes, process=process, steps=steps,
+                         **options)
     config = dataclasses.replace(config, sample=SampleConfig(steps=steps, sampler=sampler))
     torch.manual_seed(0)
     method = build_method(config).eval()

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers import SIZE, gen, randomise, tiny_config
+from helpers import SIZE, gen, random_method, tiny_config
 
 import diffuseg.methods.berdiff  # noqa: F401  (registers)
 import diffuseg.methods.cimd  # noqa: F401
@@ -39,14 +39,8 @@ def marks(spatial: tuple[int, ...], seed: int = 0, label: int = 1,
 
 def build(name: str, spatial_dims: int, *, process: ProcessConfig = GAUSSIAN,
           sampler: str | None = None, num_classes: int = 1, steps: int = 4, **options):
-    config = tiny_config(name, spatial_dims, num_classes, process=process, steps=steps,
+    return random_method(name, spatial_dims, process, sampler, steps, num_classes=num_classes,
                          **options)
-    config = dataclasses.replace(config, sample=SampleConfig(steps=steps, sampler=sampler))
-    torch.manual_seed(0)
-    method = build_method(config).eval()
-    for net in method.networks().values():
-        randomise(net)
-    return method
 
 
 def breaks(samples: torch.Tensor, c: Constraints) -> bool:
