@@ -23,6 +23,7 @@ from diffuseg.training.budget import Budget
 from diffuseg.training.loop import train
 from diffuseg.training.run_state import Run
 from diffuseg.training.start import build_config
+from diffuseg.training.verdict import Advice
 
 TINY = tiny("train.batch_size=4", "sample.steps=2", "sample.n_samples=2", "train.precision=fp32",
             attention=True, T=100, max_steps=None, val=None)
@@ -134,3 +135,16 @@ def test_a_budget_too_small_for_the_data_is_said_before_training():
     budget.minutes = 10.0
     Run.check_budget(run, step=1)
     assert said == []  # enough
+
+
+def test_the_advice_of_a_run_that_minutes_alone_end_names_minutes_not_steps():
+    """``--minutes`` alone sets train.max_steps to BIG (``steps_for_minutes``): the advice then
+    asks for more minutes; a run with a step count is told both."""
+    def line(step_bound: bool, minutes: float | None) -> str:
+        return Advice(300, 2000, "why", "diffuseg train D -o R --resume", minutes,
+                      step_bound=step_bound).text()
+
+    assert line(False, 25.0).endswith("'diffuseg train D -o R --resume --minutes 25'")
+    assert line(True, 25.0).endswith("--resume --max-steps 2000 --minutes 25'")
+    assert line(False, None).endswith("--resume --max-steps 2000'")  # no clock to extend
+    assert line(True, None).endswith("--resume --max-steps 2000'")

@@ -14,6 +14,7 @@ import torch
 from diffuseg.config import RunConfig
 from diffuseg.core.atomic import save_tensors_atomic
 from diffuseg.core.distributed import Dist
+from diffuseg.core.validation import BIG
 from diffuseg.errors import TrainingDiverged
 from diffuseg.methods import Method
 from diffuseg.run.checkpoint import save_checkpoint
@@ -133,7 +134,8 @@ class Run:
             need = self.budget.elapsed() + (self.min_useful[0] - step) * per_step
             minutes = float(math.ceil(need * 1.1 / 60))
         return Advice(step, self.min_useful[0], self.min_useful[1],
-                      f"diffuseg train {self.dataset_root} -o {self.run_dir} --resume", minutes)
+                      f"diffuseg train {self.dataset_root} -o {self.run_dir} --resume", minutes,
+                      step_bound=c.max_steps < BIG)
 
     def check_budget(self, step: int) -> None:
         """After the first few steps of a command (CHECK_AFTER + 1, the first one, a warm-up,

@@ -79,10 +79,13 @@ class Advice:
     reason: str  # why that many
     resume: str  # the command that continues the run
     minutes: float | None = None  # a --minutes that would buy min_useful steps (budget-bound)
+    step_bound: bool = True  # a step count was given (not the BIG that --minutes alone sets)
 
     def text(self) -> str:
         if self.steps < self.min_useful:
-            more = f" --max-steps {self.min_useful}"
+            # a run that only --minutes ends needs more minutes, not a step count it never had
+            more = (f" --max-steps {self.min_useful}"
+                    if self.step_bound or self.minutes is None else "")
             budget = f" --minutes {self.minutes:g}" if self.minutes is not None else ""
             return (f"{self.steps} steps ran; this data needs about {self.min_useful}: train "
                     f"longer with '{self.resume}{more}{budget}'")
