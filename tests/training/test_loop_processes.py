@@ -231,3 +231,17 @@ def test_torchrun_streaming_two_processes_match_one_in_memory(tmp_path, phantom)
         a, b = load_file(str(one / name)), load_file(str(two / name))
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-6)
+
+
+def test_a_streamed_run_that_its_minutes_end_exits(tmp_path, phantom):
+    """The streaming workers ignore SIGTERM (the test above); at the end of a ``--minutes`` run
+    they must be stopped by the run, not left to the interpreter's exit, which SIGTERMs and then
+    joins them: a finished LIDC run printed its verdict and never exited."""
+    done = subprocess.run(cli("train", str(phantom), "-o", str(tmp_path / "run"), "--minutes",
+                              "0.15", "--device", "cpu", *settings(
+                                  "data.stream=true", "data.num_workers=2",
+                                  "train.budget_clock=cpu", "train.max_steps=1000000")),
+                          env=env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "streaming" in (tmp_path / "run" / "training_log.txt").read_text()
+    assert (tmp_path / "run" / "verdict.json").is_file()

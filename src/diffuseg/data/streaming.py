@@ -128,7 +128,18 @@ class StepStream:
     def n_raters(self, index: int) -> int:
         return self.source.n_raters(index)
 
+    def close(self) -> None:
+        """Stop the workers now: the DataLoader's iterator, dropped, sends each its stop
+        sentinel and joins it. Not left to garbage collection: a frame kept alive after the run
+        (matplotlib's savefig in ``plot_progress`` keeps one) held the stream until the
+        interpreter's exit, where multiprocessing SIGTERMs daemon workers, which ignore it
+        (``_worker_start``), and then joins them: a finished ``--minutes`` run never exited."""
+        it, self._it = self._it, None
+        del it
+
     def take(self, step: int) -> list[dict[str, torch.Tensor]]:
+        if self._it is None:
+            raise RuntimeError("take() on a closed StepStream")
         made, parts = next(self._it)
         if made != step:  # the loop asks for every step in order; anything else is a bug
             raise RuntimeError(f"streamed step {made} where step {step} was expected")
@@ -143,8 +154,11 @@ def stream_batches(folder: str | Path, case_ids: list[str], config: RunConfig, s
     parts = [range(config.train.batch_size) if items is None else items]
     stream = StepStream(folder, case_ids, config, seed, start=start, parts=parts,
                         synthetic=synthetic)
-    for step in itertools.count(start):
-        yield stream.take(step)[0]
+    try:
+        for step in itertools.count(start):
+            yield stream.take(step)[0]
+    finally:  # the generator closed or collected: its workers stop with it
+        stream.close()
 
 
 def should_stream(dataset: Dataset, case_ids: list[str], config: RunConfig) -> bool:

@@ -118,10 +118,14 @@ def _train(config, dataset, run_dir, resume, progress, ctx, micro, budget, notes
         log.say(f"warning: train.max_steps={c.max_steps} is below the ~{run.min_useful[0]} "
                 f"steps this data needs ({run.min_useful[1]}); the verdict at the end says "
                 "whether the model learned")
-    with StopSignals() as signals:
-        if step == 0:
-            run.checkpoint(0)  # a run killed before its first interval resumes from here
-        step = run_loop(run, train_set, step, signals, progress)
+    try:
+        with StopSignals() as signals:
+            if step == 0:
+                run.checkpoint(0)  # a run killed before its first interval resumes from here
+            step = run_loop(run, train_set, step, signals, progress)
+    finally:
+        if isinstance(train_set, StepStream):
+            train_set.close()  # its workers stop here, not at the interpreter's exit
     if run.interrupted or signals.requested:
         run.checkpoint(step)
         raise TrainingInterrupted(f"interrupted at step {step}; checkpoint saved, resume with "
