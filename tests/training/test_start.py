@@ -1,12 +1,28 @@
+import numpy as np
+
 from diffuseg.config import merge
 from diffuseg.data.phantom import write_phantom_dataset
+from diffuseg.data.transforms import normalize_intensity
 from diffuseg.training.start import build_config, intensity_for
 
 
 def test_intensity_follows_the_modality():
-    assert intensity_for({"0": "CT"}) == "ct"
-    assert intensity_for({"0": "T1", "1": "CT"}) == "zscore"
-    assert intensity_for({"0": "phantom"}) == "zscore"
+    assert intensity_for({"0": "CT"}) == {"intensity": "ct"}
+    assert intensity_for({"0": "CT"}, ".nii.gz", np.full((1, 4, 4), -1000.0)) == {"intensity": "ct"}
+    assert intensity_for({"0": "T1", "1": "CT"}) == {"intensity": "zscore"}
+    assert intensity_for({"0": "phantom"}, ".png") == {"intensity": "zscore"}
+
+
+def test_ct_in_png_files_is_display_values_not_hounsfield_units():
+    """8-bit PNG CT (the LIDC slices release) spans [-1, 1] as HU-windowed CT does; 16-bit PNG
+    of unknown offset is z-scored."""
+    eight_bit = np.array([[[0.0, 128.0, 255.0]]])
+    got = intensity_for({"0": "CT"}, ".png", eight_bit)
+    assert got == {"intensity": "ct", "ct_window": [0.0, 255.0]}
+    scaled = normalize_intensity(eight_bit, got["intensity"], tuple(got["ct_window"]))
+    np.testing.assert_allclose(scaled, [[[-1.0, 1 / 255, 1.0]]], atol=1e-6)
+    assert intensity_for({"0": "CT"}, ".png", np.array([[[0.0, 4095.0]]])) == {
+        "intensity": "zscore"}
 
 
 def test_dataset_fixes_dims_channels_classes_and_patch(tmp_path):
@@ -19,3 +35,22 @@ def test_dataset_fixes_dims_channels_classes_and_patch(tmp_path):
 
 def test_merge_is_deep():
     assert merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+def test_init_from_a_ct_model_keeps_its_hu_window(tmp_path):
+    """``--init`` takes the model's architecture and, from a CT model, the window its weights
+    learned: 8-bit PNG CT fine-tuned from an HU-windowed model is scaled as that model saw it."""
+    import json
+
+    from diffuseg.training.start import init_defaults
+
+    model = tmp_path / "model"
+    model.mkdir()
+    config = {"method": {"name": "ldseg"}, "network": {"channels": [16, 32, 64]},
+              "data": {"intensity": "ct", "ct_window": [-1000.0, 400.0]}}
+    (model / "config.json").write_text(json.dumps(config))
+    got = init_defaults(model)
+    assert got["data"] == {"ct_window": [-1000.0, 400.0]} and got["method"]["name"] == "ldseg"
+    config["data"] = {"intensity": "zscore", "ct_window": [-1000.0, 400.0]}
+    (model / "config.json").write_text(json.dumps(config))
+    assert "data" not in init_defaults(model)  # an MR model's window means nothing

@@ -31,14 +31,27 @@ def dataset_defaults(dataset_dir: Path | Dataset) -> dict[str, Any]:
     patch = [int(max(16, min(cap, s) // 16 * 16)) for s in spatial]
     return {"spatial_dims": dims, "in_channels": int(first.image.shape[0]),
             "num_classes": num_classes,
-            "data": {"patch_size": patch, "intensity": intensity_for(info.channel_names)}}
+            "data": {"patch_size": patch,
+                     **intensity_for(info.channel_names, info.file_ending, first.image)}}
 
 
-def intensity_for(channel_names: dict[str, str]) -> str:
+def intensity_for(channel_names: dict[str, str], file_ending: str = ".nii.gz",
+                  image: np.ndarray | None = None) -> dict[str, Any]:
     """nnU-Net's convention: CT channels keep their Hounsfield scale (clipped to a window), any
-    other modality is z-scored per image."""
+    other modality is z-scored per image. A PNG cannot hold Hounsfield units (it has no negative
+    values): CT in PNG files is display values an exporter already windowed (the LIDC-IDRI
+    slices release, 0-255), so 8-bit ones are scaled from [0, 255] to [-1, 1] (the CT mode with
+    that window; the HU window put them in [0.43, 0.79], where the augmentation's noise of
+    0.05 was 0.75 of a slice's standard deviation); other PNG CT (16-bit exports of unknown
+    offset) is z-scored. ``image``: the first case, whose largest value tells 8 from 16 bits."""
     modalities = {name.strip().upper() for name in channel_names.values()}
-    return "ct" if modalities == {"CT"} else "zscore"
+    if modalities != {"CT"}:
+        return {"intensity": "zscore"}
+    if file_ending != ".png":
+        return {"intensity": "ct"}
+    if image is not None and float(np.max(image)) <= 255:
+        return {"intensity": "ct", "ct_window": [0.0, 255.0]}
+    return {"intensity": "zscore"}
 
 
 def build_config(config_path: Path | None, overrides: list[str], *, dataset: Path | Dataset | None,
@@ -56,8 +69,9 @@ def build_config(config_path: Path | None, overrides: list[str], *, dataset: Pat
 
 
 # what ``train --init`` takes from the model: its architecture and sampling; the data's facts
-# (dimensions, channels, labels, patch, intensity) and the training schedule stay the dataset's
-# and the plan's
+# (dimensions, channels, labels, patch, intensity mode) and the training schedule stay the
+# dataset's and the plan's. A CT model's HU window comes too: where the data is CT as well, its
+# weights see the scale they learned (the window is unused by any other intensity mode)
 INHERITED = ("method", "process", "network", "sample")
 
 
@@ -73,7 +87,10 @@ def init_defaults(init: str | Path) -> dict[str, Any]:
                         "model name ('diffuseg models') or the -o folder of 'diffuseg train'")
     model = read_config_file(folder / "config.json")
     given = str(Path(init).resolve()) if Path(init).exists() else str(init)  # a path: absolute
-    return {**{k: model[k] for k in INHERITED if k in model}, "train": {"init": given}}
+    data = model.get("data", {})
+    window = {"data": {"ct_window": data["ct_window"]}} if data.get("intensity") == "ct" else {}
+    return {**{k: model[k] for k in INHERITED if k in model}, **window,
+            "train": {"init": given}}
 
 
 def plan_for(dataset: Path | Dataset, preset: str = "auto",
