@@ -1,9 +1,11 @@
+import json
+
 import numpy as np
 
 from diffuseg.config import merge
 from diffuseg.data.phantom import write_phantom_dataset
 from diffuseg.data.transforms import normalize_intensity
-from diffuseg.training.start import build_config, intensity_for
+from diffuseg.training.start import build_config, init_defaults, intensity_for
 
 
 def test_intensity_follows_the_modality():
@@ -40,10 +42,6 @@ def test_merge_is_deep():
 def test_init_from_a_ct_model_keeps_its_hu_window(tmp_path):
     """``--init`` takes the model's architecture and, from a CT model, the window its weights
     learned: 8-bit PNG CT fine-tuned from an HU-windowed model is scaled as that model saw it."""
-    import json
-
-    from diffuseg.training.start import init_defaults
-
     model = tmp_path / "model"
     model.mkdir()
     config = {"method": {"name": "ldseg"}, "network": {"channels": [16, 32, 64]},
