@@ -7,11 +7,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
 import torch
 
+from diffuseg.core.atomic import folder_lock
 from diffuseg.data import Dataset
 from diffuseg.data.loader import batches, load_examples
 from diffuseg.data.phantom import write_phantom_dataset
@@ -64,6 +66,34 @@ def test_a_changed_dataset_is_processed_again(tmp_path):
     assert preprocess(data, config, progress=False) == folder
     assert (folder / "index.json").stat().st_mtime_ns != stamp
     assert not stale.exists() and sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+
+
+def test_a_second_preprocess_waits_for_the_first_and_reads_its_folder(tmp_path, capsys):
+    """Two trainings of a sweep started together on one dataset: the second used to write its
+    own copy and replace the first one's folder under its running stream, which then failed.
+    Now it waits for the lock on DATASET/preprocessed, says whom it waits for, and returns the
+    folder the first one wrote without writing it again."""
+    data = write_phantom_dataset(tmp_path / "ph", 2, spatial_dims=3, size=12, n_raters=2)
+    config = config_for(data, "data.patch_size=[8,8,8]")
+    folder = default_folder(data, config)
+    result: dict[str, object] = {}
+    waiting = threading.Event()
+    with folder_lock(folder.parent, "preprocessed folder"):  # "the first training"
+        second = threading.Thread(target=lambda: result.update(
+            folder=preprocess(data, config, progress=False)))
+        second.start()
+        for _ in range(600):  # it must block and say so, not write
+            if "waiting for pid" in capsys.readouterr().err:
+                waiting.set()
+                break
+            second.join(0.05)
+        assert waiting.is_set() and second.is_alive()
+        first = preprocess(data, config, progress=False)  # re-entrant: the holder writes
+        stamp = (first / "index.json").stat().st_mtime_ns
+    second.join(60)
+    assert not second.is_alive() and result["folder"] == first == folder
+    assert (folder / "index.json").stat().st_mtime_ns == stamp  # read, not written again
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
 
 
 def test_smallest_exact_dtype():

@@ -245,3 +245,29 @@ def test_a_streamed_run_that_its_minutes_end_exits(tmp_path, phantom):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "streaming" in (tmp_path / "run" / "training_log.txt").read_text()
     assert (tmp_path / "run" / "verdict.json").is_file()
+
+
+def test_a_stream_whose_files_vanish_ends_in_one_line_and_exits(tmp_path):
+    """A run streaming from DATASET/preprocessed whose files another process removes: one line
+    that names the file and the fix, exit 2, and the process ends (a worker's FileNotFoundError
+    printed a traceback, and the workers, kept alive by it, hung the exit)."""
+    data = write_phantom_dataset(tmp_path / "ph", n_cases=4, spatial_dims=2, size=32,
+                                 n_raters=2, seed=3)
+    run = tmp_path / "run"
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cli("train", str(data), "-o", str(run), "--max-steps", "1000000",
+                                    "--device", "cpu", *settings("data.stream=true",
+                                                                 "data.num_workers=2")),
+                                env=env(), stderr=err, stdout=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: complete_step(run / "checkpoint") is not None)
+            for npy in (data / "preprocessed").glob("*/*.npy"):
+                npy.unlink()
+            code = proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1, stderr[-3000:]
+    assert "cannot be read" in errors[0] and "--resume" in errors[0], errors
+    assert "Traceback" not in stderr

@@ -149,9 +149,11 @@ def remove_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, what: str = "folder") -> Iterator[Path]:
+def folder_lock(folder: str | Path, what: str = "folder", *,
+                wait: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Hold ``folder/.diffuseg.lock`` while writing into ``folder`` (created if missing). A second
-    holder gets a one-line DataError naming the first one's pid, host and command. The kernel
+    holder gets a one-line DataError naming the first one's pid, host and command; with ``wait``,
+    it is told who holds the lock (``wait(holder)``, once) and blocks until it is free. The kernel
     drops the lock when its holder dies, even by kill -9, so a stale file never blocks anyone.
     Re-entrant within one thread; another thread of the same process is refused like another
     process (flock locks belong to the open file, not the process). The file is removed on
@@ -171,7 +173,7 @@ def folder_lock(folder: str | Path, what: str = "folder") -> Iterator[Path]:
         return
     path = folder / LOCK_NAME
     with writing(path):
-        fd = _acquire(path, folder, what)
+        fd = _acquire(path, folder, what, wait)
     _held[key] = 1
     try:
         yield folder
@@ -199,16 +201,21 @@ def lock_held_by_job(folder: str | Path) -> Iterator[Path]:
             del _held[key]
 
 
-def _acquire(path: Path, folder: Path, what: str) -> int:
+def _acquire(path: Path, folder: Path, what: str,
+             wait: Callable[[str], None] | None = None) -> int:
     for _ in range(20):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise DataError(f"{what} '{folder}' is in use by {holder}; wait for it to finish or "
-                            f"choose another {what}") from None
+            if wait is None:
+                os.close(fd)
+                raise DataError(f"{what} '{folder}' is in use by {holder}; wait for it to finish "
+                                f"or choose another {what}") from None
+            wait(holder)
+            wait = _silent  # said once; a retry on a fresh lock file waits without repeating it
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:  # the holder we waited for may have removed the file between our open and flock
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -226,6 +233,10 @@ def _acquire(path: Path, folder: Path, what: str) -> int:
             return fd
         os.close(fd)
     raise DataError(f"could not lock {what} '{folder}' (its lock file keeps changing); retry")
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def run_lock(run_dir: Path) -> contextlib.AbstractContextManager[Path]:

@@ -19,7 +19,9 @@ index.json (a case added, removed or rewritten), the folder is written again. It
 the listing ``data/files.scan`` makes once (``train`` passes its own, shared with the run's
 fingerprint), taken before any case is read, so a file changed while preprocessing runs makes the
 next check fail rather than pass. The folder is built under a temporary name and renamed when
-complete, so an interrupted run leaves nothing half-done.
+complete, so an interrupted run leaves nothing half-done; a lock on the parent folder makes a
+second process that needs the same folder wait for the first one's and read it (two trainings of a
+sweep started together), and the finished folder replaces an old one in one rename.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from diffuseg.config import RunConfig
+from diffuseg.core.atomic import folder_lock, replace_folder
 from diffuseg.data import files as dataset_files
 from diffuseg.data.dataset import Dataset
 from diffuseg.data.files import DatasetFiles
@@ -120,13 +123,26 @@ def preprocess(dataset_dir: str | Path, config: RunConfig, out: str | Path | Non
     folder = Path(out) if out is not None else default_folder(root, config)
     if not force and is_current(folder, root, config, files):
         return folder
-    _remove_stale(folder)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with folder_lock(folder.parent, "preprocessed folder", wait=_say_waiting(folder)):
+        if not force and is_current(folder, root, config, files):  # written while we waited
+            return folder
+        _remove_stale(folder)
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        entries = _write_cases(dataset, config, tmp, workers, progress)
+        index = {"plan": plan_of(config), "fingerprint": fingerprint(root, files),
+                 "dataset": str(root), "cases": entries}
+        (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+        replace_folder(tmp, folder)
+    return folder
+
+
+def _write_cases(dataset: Dataset, config: RunConfig, tmp: Path, workers: int,
+                 progress: bool) -> list[dict[str, Any]]:
     jobs = [(case, config, tmp) for case in dataset.cases]
     entries = []
-    with _Progress(len(jobs), f"preprocessing {root.name}", progress) as bar:
+    with _Progress(len(jobs), f"preprocessing {dataset.root.name}", progress) as bar:
         if workers > 0:
             with get_context("fork").Pool(workers) as pool:
                 for entry in pool.imap(write_case, jobs, chunksize=8):
@@ -136,13 +152,17 @@ def preprocess(dataset_dir: str | Path, config: RunConfig, out: str | Path | Non
             for job in jobs:
                 entries.append(write_case(job))
                 bar.advance()
-    index = {"plan": plan_of(config), "fingerprint": fingerprint(root, files),
-             "dataset": str(root), "cases": entries}
-    (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    return folder
+    return entries
+
+
+def _say_waiting(folder: Path):
+    """Two trainings started together on one dataset: the second waits for the first one's
+    preprocessing and then reads its folder (replacing it under the first one's running stream
+    made that run fail mid-step)."""
+    def say(holder: str) -> None:
+        print(f"waiting for {holder}: it is preprocessing into {folder.parent}; this run reads "
+              "the result when it is done", file=sys.stderr, flush=True)
+    return say
 
 
 def _remove_stale(folder: Path) -> None:

@@ -60,16 +60,26 @@ class MmapSource:
         return int(self.entries[index]["raters"])
 
     def locations(self, index: int) -> np.ndarray:
-        return np.load(self._path(index, "fg"))
+        return self._load(index, "fg")
 
     def crop(self, index: int, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
         return self._read(index, "image", box), self._read(index, "raters", box)
 
     def _read(self, index: int, kind: str, box: tuple[slice, ...]) -> np.ndarray:
-        mapped = np.load(self._path(index, kind), mmap_mode="r")
+        mapped = self._load(index, kind, mmap_mode="r")
         patch = np.array(mapped[(slice(None), *box)])
         del mapped  # unmapped: its pages leave this process's resident set
         return patch
+
+    def _load(self, index: int, kind: str, **kwargs) -> np.ndarray:
+        path = self._path(index, kind)
+        try:
+            return np.load(path, **kwargs)
+        except (OSError, ValueError) as err:  # removed, truncated or rewritten under this run
+            raise DataError(f"'{path}' cannot be read ({type(err).__name__}: {err}); another "
+                            "process removed or rewrote this preprocessed folder while the run "
+                            "read it: run 'diffuseg preprocess' and train again with --resume"
+                            ) from None
 
 
 class PatchStream(IterableDataset):
@@ -135,15 +145,30 @@ class StepStream:
         interpreter's exit, where multiprocessing SIGTERMs daemon workers, which ignore it
         (``_worker_start``), and then joins them: a finished ``--minutes`` run never exited."""
         it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)  # torch's multi-process iterator
+        if shutdown is not None:  # now, even where a traceback still holds the iterator
+            shutdown()
         del it
 
     def take(self, step: int) -> list[dict[str, torch.Tensor]]:
         if self._it is None:
             raise RuntimeError("take() on a closed StepStream")
-        made, parts = next(self._it)
+        try:
+            made, parts = next(self._it)
+        except DataError as err:  # a worker's: torch re-raises it with the worker's traceback
+            raise DataError(_worker_message(err)) from None
         if made != step:  # the loop asks for every step in order; anything else is a bug
             raise RuntimeError(f"streamed step {made} where step {step} was expected")
         return parts
+
+
+def _worker_message(err: DataError) -> str:
+    """The one-line message of a DataError raised in a DataLoader worker: torch re-raises it in
+    this process as ``DataError("Caught DataError in DataLoader worker process N. Original
+    Traceback ...: <message>")``; the message is what follows the last ``DataError: ``."""
+    text = str(err)
+    marker = "DataError: "
+    return text.rsplit(marker, 1)[1].strip() if marker in text else text
 
 
 def stream_batches(folder: str | Path, case_ids: list[str], config: RunConfig, seed: int, *,
