@@ -79,6 +79,7 @@ from diffuseg.evaluation.references import (  # noqa: E402
 from diffuseg.inference.predictor import Predictor  # noqa: E402
 from diffuseg.run.checkpoint import complete_step  # noqa: E402
 from diffuseg.run.folder import check_same_dataset, held_out_cases  # noqa: E402
+from diffuseg.run.verdict import BEST, WEIGHTS, predict_weights  # noqa: E402
 
 REFERENCES = {"always_empty": "always empty (ref.)",
               "majority_repeated": "raters' majority x16 (ref.)"}
@@ -156,6 +157,20 @@ def trained_state(run: Path, weights: Path) -> dict[str, Any]:
     return {"method": config["method"]["name"], "budget_clock": train.get("budget_clock", "wall"),
             "budget_minutes": train.get("max_minutes"), "train_steps": step,
             "train_minutes": seconds / 60.0, "channels": config["network"]["channels"]}
+
+
+def used_weights(run: Path, state: dict[str, Any]) -> str:
+    """What ``predict`` loads from a finished run (``weights.json``): ``final`` for its last EMA
+    weights; for the EMA weights of its best validation, ``ema_best`` and their step, which then
+    replaces ``state["train_steps"]`` (the table's steps are those of the weights scored; its
+    minutes stay the run's whole budget, what the weights cost)."""
+    used = predict_weights(run).name
+    if used != BEST:
+        return "final"
+    best = json.loads((run / WEIGHTS).read_text())["best"]["step"]
+    label = f"ema_best (step {best} of {state['train_steps']})"
+    state["train_steps"] = int(best)
+    return label
 
 
 def final_weights(run: Path) -> Path:
@@ -280,8 +295,9 @@ def score_run(run: Path, label: str, dataset: Dataset, cases: Sequence[str],
         predictor = Predictor.from_run(weights, device="cpu", precision=args.precision)
         sampler, steps = predictor.method.sampling(args.steps)
         state = trained_state(run, weights if args.checkpoint else run / "checkpoint")
-        settings = {"run": str(run.resolve()), "weights": "checkpoint" if args.checkpoint
-                    else "final", "train_steps": state["train_steps"], "samples": args.samples,
+        used = "checkpoint" if args.checkpoint else used_weights(run, state)
+        settings = {"run": str(run.resolve()), "weights": used,
+                    "train_steps": state["train_steps"], "samples": args.samples,
                     "sampler_steps": steps, "sampler": sampler,
                     "precision": predictor.precision_used(),
                     "seed": args.seed, "cases": len(cases), "cases_sha256": cases_hash(cases)}
@@ -404,7 +420,9 @@ def provenance(results: Sequence[dict[str, Any]]) -> list[str]:
         m, s = r["meta"], r["settings"]
         load = "/".join(f"{x:.1f}" for x in m["load_average"])
         hw = m["hardware"]
-        out.append(f"- {r['label']}: weights {s['weights']} (step {s['train_steps']}), "
+        weights = s["weights"] if "step" in s["weights"] else \
+            f"{s['weights']} (step {s['train_steps']})"
+        out.append(f"- {r['label']}: weights {weights}, "
                    f"{s['precision']}, scored {m['date']} on {hw.get('cpu')} ({hw.get('cpus')} "
                    f"CPUs), {hw['threads']} thread(s), load {load}, LD_PRELOAD "
                    f"'{m['ld_preload']}': `{m['command']}`")

@@ -93,7 +93,7 @@ def test_quick_writes_scores_table_and_curve(quick):
     table = (quick / "scores" / "table.md").read_text().splitlines()
     # header, rule, runs, references (no published rows: a phantom), blank, provenance
     assert len(table) == 2 + 4 + 2 + 1 + 4
-    assert table[-1].startswith("- unet_6: weights final (step 6)")
+    assert table[-1].startswith("- unet_6: weights ema_best (step 6 of 6),")  # predict's
     assert (quick / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (quick / "curves.md").read_text().splitlines() == table
 
@@ -168,3 +168,18 @@ def test_curves_refuse_runs_scored_on_other_slices(quick, tmp_path):
     with pytest.raises(DataError, match="cases_sha256"):
         bench.main(["curve", str(quick / "scores" / "ddpm_3.json"), str(tmp_path / "other.json"),
                     "--out", str(tmp_path / "c.png")])
+
+
+def test_a_run_whose_predict_uses_its_best_validation_is_labelled_with_that_step(quick, tmp_path):
+    """The weights ``predict`` loads are scored; when weights.json names ema_best, the row says so
+    and its steps are ema_best's (a 30-minute LIDC run was labelled with its last step, 2228,
+    while its scores were those of step 300)."""
+    run = tmp_path / "unet_6"
+    shutil.copytree(quick / "runs" / "unet_6", run)
+    (run / "weights.json").unlink()  # a run without weights.json: predict loads ema.safetensors
+    state = bench.trained_state(run, run / "checkpoint")
+    assert bench.used_weights(run, dict(state)) == "final" and state["train_steps"] == 6
+    (run / "weights.json").write_text(json.dumps(
+        {"predict_uses": "ema_best.safetensors", "best": {"step": 4}}))
+    assert bench.used_weights(run, state) == "ema_best (step 4 of 6)"
+    assert state["train_steps"] == 4
