@@ -145,6 +145,7 @@ class Scores:
         return {"step": step, "val_cases": len(self.ged), "val_cases_chosen": chosen,
                 "val_patients": len(self.groups), "val_samples": n_samples,
                 "val_raters": min(self.raters), "val_ged": mean(self.ged),
+                "val_ged_cases": [round(g, 5) for g in self.ged],  # paired comparisons (verdict)
                 "val_hm_iou": mean(self.hm_iou),
                 "val_dice_nonempty": mean(self.dice_foreground),
                 "val_nonempty_cases": len(self.dice_foreground),
