@@ -44,9 +44,10 @@ TARGET_SECONDS = {"cpu": 2.0, "gpu": 0.3, "quick": 0.5}  # per training step
 # The method a CPU plan picks for multi-rater 2D data when the user names none, and its denoiser
 # widths: the best row of benchmarks/RESULTS.md, "LIDC at CPU scale" (ldseg with widths
 # [16, 32, 64]: GED16 0.322, HM-IoU16 0.544 on 600 slices of 89 validation patients after 50.5
-# CPU-minutes, 84 steps per CPU-minute on one thread; flow_matching 0.544 / 0.367 after 30; ddpm
-# with the full-resolution plan [8, 16, 32] had NOT learned LIDC after 12 minutes, 608 steps). It
-# was measured on thousands of slices, so small data sets (below MULTI_RATER_MIN_CASES) keep ddpm.
+# CPU-minutes, 84 steps per CPU-minute on one thread; at an equal budget of 30 CPU-minutes, every
+# method with the same widths, "Equal budget": ldseg 0.337, berdiff 0.347 (10x slower to sample),
+# mc_dropout 0.467, ddpm 0.486, prob_unet 0.571, unet 0.652). It was measured on thousands of
+# slices, so small data sets (below MULTI_RATER_MIN_CASES) keep ddpm.
 MULTI_RATER_2D_CPU = ("ldseg", (16, 32, 64))
 MULTI_RATER_MIN_CASES = 500
 
@@ -268,9 +269,10 @@ def _plan_method(plan: Plan, fp: dict[str, Any], kind: str, method: str | None) 
             or fp["n_cases"] < MULTI_RATER_MIN_CASES):
         return False
     name, widths = MULTI_RATER_2D_CPU
-    cited = ("benchmarks/RESULTS.md, 'LIDC at CPU scale': ldseg [16, 32, 64] reached GED16 0.322 "
-             "on unseen LIDC patients after 50.5 CPU-minutes; flow_matching 0.544 after 30, ddpm "
-             "[8, 16, 32] had not learned after 12 minutes")
+    cited = ("benchmarks/RESULTS.md, 'LIDC at CPU scale': at 30 CPU-minutes each, ldseg "
+             "[16, 32, 64] reached GED16 0.337 on unseen LIDC patients, berdiff 0.347 (10x slower "
+             "to sample), mc_dropout 0.467, ddpm 0.486, prob_unet 0.571, unet 0.652; ldseg 0.288 "
+             "after 4 CPU-hours")
     plan.set("method.name", name, f"multi-rater 2D data ({fp['raters']} raters, "
              f"{fp['n_cases']} cases) on a CPU, no method chosen: the best measured ({cited}); "
              "--method overrides")
