@@ -102,6 +102,7 @@ def test_the_best_validation_is_used_only_when_it_beats_the_last_beyond_chance()
     z = max(2, sqrt(2 ln K)) standard errors (hand-computed cases below)."""
     last = record(10, [0.30, 0.50, 0.20, 0.40])
     assert choose(None, last, 3)[0] == LAST
+    assert choose(last, None, 3)[0] == BEST  # resumed, not validated since
     assert choose(record(10, [0.1, 0.2]), record(10, [0.1, 0.2]), 5)[0] == BEST  # the same step
     # the same gain 0.1 on every case: standard error 0, a gain beyond any z
     assert choose(record(4, [0.20, 0.40, 0.10, 0.30]), last, 50)[0] == BEST

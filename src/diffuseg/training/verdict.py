@@ -110,7 +110,9 @@ def choose(best: dict | None, last: dict | None, validations: int) -> tuple[str,
     Otherwise the last EMA weights (the most trained), also when the two cannot be compared."""
     if best is None:
         return LAST, "the last EMA weights: no validation scored every chosen case"
-    if last is None or best["step"] == last["step"]:
+    if last is None:  # resumed with no validation since: nothing to compare it with
+        return BEST, "the EMA weights of the best validation (no later validation to compare)"
+    if best["step"] == last["step"]:
         return BEST, "the EMA weights of the last validation, the best (every chosen case scored)"
     a, b = best.get("val_ged_cases"), last.get("val_ged_cases")
     if not a or not b or len(a) != len(b) or len(a) < 2:
