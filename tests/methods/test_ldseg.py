@@ -193,3 +193,56 @@ def test_result_json_records_the_steps_and_sampler_actually_used(tmp_path):
         folder = predictor.predict_file(image, tmp_path / f"out{steps}", n_samples=2, steps=steps)
         result = json.loads((folder / "result.json").read_text())
         assert (result["sampler"], result["steps"]) == ("ddim", expected)
+
+
+# -- self-conditioning (Chen et al. 2023, "Analog Bits", Alg. 1-2) -----------------------------
+
+
+def test_self_conditioned_sampling_feeds_each_step_the_previous_estimate():
+    """Alg. 2 written out: the first DDIM step sees zeros, every later one the clamped z0
+    estimate of the step before, as latent_channels extra conditioning channels."""
+    method = build(2, 1, self_condition=True).eval()
+    assert method.denoiser.cond_channels == 8 + 4  # cond_channels + latent_channels
+    image = batch(2, 1)["image"]
+    n, steps = 3, 3
+    with torch.no_grad():
+        cond = method.image_encoder(image).repeat(n, 1, 1, 1)
+        g = gen(4)
+        z_T = method.process.prior_sample((n * 2, 4, *cond.shape[2:]), generator=g)
+        seen, previous = [], torch.zeros_like(z_T)
+
+        def denoise(z, t):
+            nonlocal previous
+            seen.append(previous)
+            out = method.denoiser(z, t, torch.cat([cond, previous], dim=1))
+            previous = method.process.predict_x0(z, t, out).clamp(-1, 1)
+            return out
+
+        z0 = last(ddim(denoise, method.process, z_T, method.process.timesteps(steps), clip=1.0))
+        expected = torch.sigmoid(method.autoencoder.decode(z0)).reshape(n, 2, 1, *SIZE[2])
+    got = method.sample(image, n, steps=steps, generator=gen(4))
+    torch.testing.assert_close(got, expected)
+    assert seen[0].abs().max() == 0 and seen[1].abs().max() > 0
+
+
+def test_self_conditioned_training_draws_one_coin_per_batch():
+    """Alg. 1: on some batches one pass on zeros; on others a first no-grad pass on zeros whose
+    clamped x0 estimate is the second pass's extra input (and carries no gradient)."""
+    method = build(2, 1, self_condition=True).train()
+    calls: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
+    method.denoiser.register_forward_hook(lambda m, args, out: calls.append(
+        (args[2][:, 8:].detach().clone(), out.detach().clone(), torch.is_grad_enabled())))
+    passes = []
+    for seed in range(8):
+        calls.clear()
+        method.loss(batch(2, 1, seed=seed), generator=gen(seed))
+        passes.append(len(calls))
+        assert calls[0][0].abs().max() == 0  # the first pass always sees zeros
+        if len(calls) == 2:
+            assert not calls[0][2] and calls[1][2]  # the estimate pass is without gradient
+            torch.testing.assert_close(calls[1][0], calls[0][1].float().clamp(-1, 1))
+    assert set(passes) == {1, 2}  # both kinds of batch occur (p = 1 - 2^-7 each)
+
+
+def test_self_conditioning_off_keeps_the_denoiser_as_before():
+    assert build(2, 1).denoiser.cond_channels == 8

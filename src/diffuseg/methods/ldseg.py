@@ -33,11 +33,18 @@ decoded probabilities at the marks are then set to the marks, so every sample ho
 
 Options (``method.options``, ``LDSegOptions``): latent_channels 4, downsamples 2, width 16
 (autoencoder and image encoder base width), cond_channels 8 (image embedding channels), steps 2,
-rec_weight 1, diff_weight 1, seg_weight 1, guidance_scale 1.
+rec_weight 1, diff_weight 1, seg_weight 1, guidance_scale 1, self_condition false.
+
+Self-conditioning (option ``self_condition``; Chen, Zhang & Hinton 2023, "Analog Bits", Alg. 1-2;
+not in LDSeg): the denoiser also sees an earlier estimate of z_0 as latent_channels more
+conditioning channels. Training: on half the batches (one coin per batch) a first pass without
+gradient on zeros gives that estimate, else zeros; sampling: each step gets the previous step's
+estimate (zeros at the first). With 2 sampling steps it is the second step that gains.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +54,7 @@ from diffuseg.config import RunConfig
 from diffuseg.errors import ConfigError
 from diffuseg.methods.base import Method, one_hot, register
 from diffuseg.methods.parts import (
+    SelfConditioned,
     at_least,
     build_denoiser,
     dice_ce,
@@ -54,6 +62,7 @@ from diffuseg.methods.parts import (
     probabilities,
     regression_loss,
     repeat_samples,
+    self_condition_estimate,
 )
 from diffuseg.networks.autoencoder import ImageEncoder, MaskAutoencoder
 from diffuseg.sampling.repaint import KnownPixels, check_supported
@@ -76,11 +85,20 @@ class LDSegOptions:
     seg_weight: float = 1.0  # w_seg
     # guided resampling: DPS step size zeta on the latent x0 estimate (guidance_latent); 0 = off
     guidance_scale: float = 1.0
+    # self-conditioning (Chen et al. 2023, Alg. 1-2): the previous latent x0 estimate joins the
+    # image embedding as latent_channels more conditioning channels (not in the LDSeg paper)
+    self_condition: bool = False
 
     def __post_init__(self) -> None:
         at_least(self, 1, "latent_channels", "width", "cond_channels", "steps")
         at_least(self, 0, "downsamples", "rec_weight", "diff_weight", "seg_weight",
                  "guidance_scale")
+
+
+def with_estimate(cond: Tensor, previous: Tensor | None) -> Tensor:
+    """The denoiser's conditioning: the image embedding, and the fed-back z0 estimate when
+    self-conditioning (``None`` otherwise)."""
+    return cond if previous is None else torch.cat([cond, previous.to(cond.dtype)], dim=1)
 
 
 def check_patch(options: LDSegOptions, config: RunConfig) -> None:
@@ -112,8 +130,9 @@ class LDSeg(Method):
                                            o.downsamples, net.norm_groups)
         self.image_encoder = ImageEncoder(d, config.in_channels, o.cond_channels, o.width,
                                           o.downsamples, net.norm_groups)
+        extra = o.latent_channels if o.self_condition else 0  # the fed-back z0 estimate
         self.denoiser = build_denoiser(config, in_channels=o.latent_channels,
-                                       cond_channels=o.cond_channels,
+                                       cond_channels=o.cond_channels + extra,
                                        out_channels=o.latent_channels)
         self.criterion = dice_ce(config.num_classes)
 
@@ -133,7 +152,14 @@ class LDSeg(Method):
         rec = self.criterion(self.autoencoder.decode(z0).float(), y)
         target = z0.detach().float()
         t, noise, z_t = noised(self.process, target, generator)
-        out = self.denoiser(z_t, t, self.image_encoder(batch["image"])).float()
+        c = self.image_encoder(batch["image"])
+
+        def net(previous: Tensor | None) -> Tensor:
+            return self.denoiser(z_t, t, with_estimate(c, previous)).float()
+
+        previous = (self_condition_estimate(self.process, net, z_t, t, CLIP, generator)
+                    if self.options.self_condition else None)
+        out = net(previous)
         diff = regression_loss(self.process, out, target, noise, t)
         z0_hat = self.process.predict_x0(z_t, t, out).clamp(-CLIP, CLIP)
         seg = self.criterion(self.autoencoder.decode(z0_hat).float(), y)
@@ -143,19 +169,27 @@ class LDSeg(Method):
 
     def denoise_fn(self, cond: Tensor) -> Denoise:
         """The latent denoiser as the sampler sees it, with the image embedding ``cond``
-        ``[S*B, cond_channels, *latent]`` fixed; windows of the latent size of ``self.window``."""
+        ``[S*B, cond_channels, *latent]`` fixed; windows of the latent size of ``self.window``.
+        With ``self_condition`` each call also sees the previous call's z0 estimate."""
+        plain = self._denoise(cond)
+        if self.options.self_condition:
+            return SelfConditioned(self.process, plain, clip=CLIP)
+        return lambda z_t, t: plain(z_t, t, None)
+
+    def _denoise(self, cond: Tensor) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
         c = self.latent_channels
 
-        def denoise(z_t: Tensor, t: Tensor) -> Tensor:
+        def denoise(z_t: Tensor, t: Tensor, previous: Tensor | None) -> Tensor:
+            full = with_estimate(cond.to(z_t.dtype), previous)
             if not self._needs_windows(z_t.shape[2:]):
-                return self.denoiser(z_t, t, cond).to(z_t.dtype)
+                return self.denoiser(z_t, t, full).to(z_t.dtype)
 
             def window(inputs: Tensor) -> Tensor:
                 tb = t[:1].expand(inputs.shape[0])
                 return self.denoiser(inputs[:, :c], tb, inputs[:, c:]).to(inputs.dtype)
 
             latent_window = tuple(w // self.factor for w in self.window)
-            return sliding_blend(window, torch.cat([z_t, cond.to(z_t.dtype)], dim=1),
+            return sliding_blend(window, torch.cat([z_t, full], dim=1),
                                  latent_window, overlap=0.25)
 
         return denoise

@@ -134,6 +134,43 @@ def dice_ce(num_classes: int) -> DiceCELoss:
     return DiceCELoss(sigmoid=binary, softmax=not binary, include_background=binary, batch=True)
 
 
+# -- self-conditioning (Chen, Zhang & Hinton 2023, "Analog Bits", section 3.2, Alg. 1 and 2) --
+
+
+def self_condition_estimate(process: Any, net: Callable[[Tensor], Tensor], x_t: Tensor,
+                            t: Tensor, clip: float, generator: torch.Generator | None,
+                            rate: float = 0.5) -> Tensor:
+    """Training (Alg. 1): the estimate fed back as the network's extra input. With probability
+    ``rate`` (one coin per batch, as Alg. 1) a first pass ``net(zeros)`` without gradient gives
+    x0_hat = predict_x0(x_t, t, out) clamped to [-clip, clip]; otherwise zeros, which is what the
+    first sampling step sees. The coin is drawn from ``generator`` before anything else."""
+    coin = torch.rand(1, generator=generator, device=x_t.device).item()
+    previous = torch.zeros_like(x_t)
+    if coin < rate:
+        with torch.no_grad():
+            previous = process.predict_x0(x_t, t, net(previous).float()).clamp(-clip, clip)
+    return previous.detach()
+
+
+class SelfConditioned:
+    """Sampling (Alg. 2): a ``Denoise`` whose every call feeds ``net(x_t, t, previous)`` the
+    x0 estimate of its previous call (zeros at the first call or when the batch changes shape),
+    so the samplers stay stateless functions of ``denoise(x_t, t)``."""
+
+    def __init__(self, process: Any, net: Callable[[Tensor, Tensor, Tensor], Tensor],
+                 clip: float) -> None:
+        self.process, self.net, self.clip = process, net, clip
+        self.previous: Tensor | None = None
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        if self.previous is None or self.previous.shape != x_t.shape:
+            self.previous = torch.zeros_like(x_t)
+        out = self.net(x_t, t, self.previous)
+        x0_hat = self.process.predict_x0(x_t, t, out.float()).clamp(-self.clip, self.clip)
+        self.previous = x0_hat.to(x_t.dtype)
+        return out
+
+
 # -- options -----------------------------------------------------------------------------------
 
 
