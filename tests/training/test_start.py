@@ -52,3 +52,51 @@ def test_init_from_a_ct_model_keeps_its_hu_window(tmp_path):
     config["data"] = {"intensity": "zscore", "ct_window": [-1000.0, 400.0]}
     (model / "config.json").write_text(json.dumps(config))
     assert "data" not in init_defaults(model)  # an MR model's window means nothing
+
+
+def test_init_keeps_the_window_only_for_data_stored_as_the_models_was(tmp_path):
+    """A model trained on PNG display values (its dataset.json says .png) gives its window to
+    PNG data, not to HU NIfTI, where [0, 255] would clip everything below water; and the
+    reverse. A model folder without dataset.json keeps the old behaviour (inherit)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    config = {"method": {"name": "ldseg"},
+              "data": {"intensity": "ct", "ct_window": [0.0, 255.0]}}
+    (model / "config.json").write_text(json.dumps(config))
+    assert init_defaults(model, ".nii.gz")["data"] == {"ct_window": [0.0, 255.0]}  # unknown
+    (model / "dataset.json").write_text(json.dumps({"file_ending": ".png"}))
+    assert init_defaults(model, ".png")["data"] == {"ct_window": [0.0, 255.0]}
+    assert "data" not in init_defaults(model, ".nii.gz")
+    (model / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
+    assert init_defaults(model, ".nrrd")["data"] == {"ct_window": [0.0, 255.0]}  # both HU
+    assert "data" not in init_defaults(model, ".PNG")
+
+
+def test_init_from_a_png_model_leaves_nifti_ct_its_hu_window(tmp_path):
+    """Through build_config: the new dataset's own file ending decides (NIfTI CT keeps the HU
+    default window when the model learned on PNG)."""
+    import nibabel as nib
+
+    data = tmp_path / "ct"
+    for sub in ("imagesTr", "labelsTr"):
+        (data / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        image = rng.uniform(-1000, 400, (32, 32, 1)).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), data / "imagesTr" / f"c{i}_0000.nii.gz")
+        mask = np.zeros((32, 32, 1), np.uint8)
+        mask[8:16, 8:16] = 1
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), data / "labelsTr" / f"c{i}.nii.gz")
+    (data / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "nodule": 1},
+        "numTraining": 2, "file_ending": ".nii.gz"}))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "method": {"name": "unet"}, "data": {"intensity": "ct", "ct_window": [0.0, 255.0]}}))
+    (model / "dataset.json").write_text(json.dumps({"file_ending": ".png"}))
+    config = build_config(None, [], dataset=data, init=model)
+    assert config.data.intensity == "ct" and tuple(config.data.ct_window) == (-1000.0, 400.0)
+    (model / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
+    config = build_config(None, [], dataset=data, init=model)
+    assert tuple(config.data.ct_window) == (0.0, 255.0)

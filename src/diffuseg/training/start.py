@@ -60,23 +60,31 @@ def build_config(config_path: Path | None, overrides: list[str], *, dataset: Pat
     """Dataset-derived defaults and the plan (``diffuseg.training.planning``), then the sections of
     the model ``init`` starts from (``init_defaults``), then ``base`` and the user's config file,
     then ``--set`` overrides: ``config.load_config`` with those defaults."""
+    from diffuseg.data import Dataset
+
+    dataset = Dataset.of(dataset) if dataset is not None else None  # one listing
     defaults = dataset_defaults(dataset) if dataset is not None else None
     if plan is not None:
         defaults = merge(defaults or {}, plan.values)
     if init is not None:
-        defaults = merge(defaults or {}, init_defaults(init))
+        ending = dataset.info.file_ending if dataset is not None else None
+        defaults = merge(defaults or {}, init_defaults(init, ending))
     return load_config(config_path, overrides, defaults=defaults, base=base)
 
 
 # what ``train --init`` takes from the model: its architecture and sampling; the data's facts
 # (dimensions, channels, labels, patch, intensity mode) and the training schedule stay the
-# dataset's and the plan's. A CT model's HU window comes too: where the data is CT as well, its
-# weights see the scale they learned (the window is unused by any other intensity mode)
+# dataset's and the plan's. A CT model's window comes too when the new data is stored as the
+# model's was (PNG display values, or Hounsfield units in any other format), so its weights see
+# the scale they learned; across the two (a PNG model on HU NIfTI, or the reverse) the window
+# would clip one scale with the other's numbers, so the data's own window stays (the window is
+# unused by any other intensity mode)
 INHERITED = ("method", "process", "network", "sample")
 
 
-def init_defaults(init: str | Path) -> dict[str, Any]:
-    """The sections ``INHERITED`` of the model (or run) ``init``, and ``train.init`` itself."""
+def init_defaults(init: str | Path, file_ending: str | None = None) -> dict[str, Any]:
+    """The sections ``INHERITED`` of the model (or run) ``init``, and ``train.init`` itself;
+    ``file_ending``: the new dataset's (None: unknown, the window is inherited)."""
     from diffuseg.config import read_config_file
     from diffuseg.errors import DataError
     from diffuseg.pretrained.lookup import resolve
@@ -88,9 +96,26 @@ def init_defaults(init: str | Path) -> dict[str, Any]:
     model = read_config_file(folder / "config.json")
     given = str(Path(init).resolve()) if Path(init).exists() else str(init)  # a path: absolute
     data = model.get("data", {})
-    window = {"data": {"ct_window": data["ct_window"]}} if data.get("intensity") == "ct" else {}
+    ours, theirs = _is_png(file_ending), _is_png(_model_file_ending(folder))
+    same_scale = ours is None or theirs is None or ours == theirs  # unknown: as before
+    window = ({"data": {"ct_window": data["ct_window"]}}
+              if data.get("intensity") == "ct" and same_scale else {})
     return {**{k: model[k] for k in INHERITED if k in model}, **window,
             "train": {"init": given}}
+
+
+def _is_png(file_ending: str | None) -> bool | None:
+    return None if file_ending is None else file_ending.lower() == ".png"
+
+
+def _model_file_ending(folder: Path) -> str | None:
+    """The file ending of the data a model was trained on (its dataset.json), None if unknown."""
+    import json
+
+    try:
+        return json.loads((folder / "dataset.json").read_text()).get("file_ending")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def plan_for(dataset: Path | Dataset, preset: str = "auto",
