@@ -85,7 +85,9 @@ class MethodConfig:
 class DataConfig:
     # training crop; also the inference window
     patch_size: tuple[int, ...] = ranged((64, 64), 1, 4096)
-    rater_mode: Literal["sample", "all", "majority"] = "sample"  # one random rater per example
+    # sample: one random rater per example; majority: the raters' majority; all: each image
+    # once per rater in the step (batch_size x R examples; data.loader.every_rater)
+    rater_mode: Literal["sample", "all", "majority"] = "sample"
     intensity: Literal["zscore", "ct", "minmax", "none"] = "zscore"
     # HU window when intensity == "ct"
     ct_window: tuple[float, float] = ranged((-1000.0, 400.0), -100_000, 100_000, length=(2, 2))

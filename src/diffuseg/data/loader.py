@@ -3,7 +3,8 @@ examples from memory-mapped preprocessed files instead).
 
 Each example picks one rater's mask (``rater_mode="sample"``, the convention of the Probabilistic
 U-Net and CIMD), the majority mask (``"majority"``), or keeps all raters (``"all"``: ``raters`` is
-in every batch, and ``mask`` is a random rater's). All raters go through the same spatial
+in every batch, and ``mask`` is a random rater's; the training step hands the loss
+``every_rater(batch)``, each image once per rater). All raters go through the same spatial
 transforms as the image. Patches come from data/patches.py (foreground oversampling); item i of
 step t depends on (train.seed, t, i) alone (``patches.item_seed``).
 """
@@ -115,6 +116,20 @@ def batches(examples: list[Example] | PatchSource, config: RunConfig, seed: int,
     source, extra = as_source(examples), as_source(synthetic) if synthetic else None
     for step in itertools.count(start):
         yield batch_at(source, config, seed, step, items, extra)
+
+
+def every_rater(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``data.rater_mode=all`` as a method's loss sees it: each image once per rater, so one
+    step holds every expert's mask of the same crop (the ambiguity side by side, rather than one
+    rater drawn per image). ``raters [B, R, *sp]`` -> rows b*R + r: ``image`` repeated, ``mask``
+    rater r's; ``raters`` is consumed. A step then holds train.batch_size x R examples: for the
+    compute of one rater per image, divide batch_size by R."""
+    raters = batch["raters"]
+    b, r = raters.shape[:2]
+    out = {k: v.repeat_interleave(r, dim=0) for k, v in batch.items()
+           if k not in ("raters", "mask")}
+    out["mask"] = raters.reshape(b * r, 1, *raters.shape[2:])
+    return out
 
 
 def collate(items: list[dict], keep_raters: bool) -> dict[str, torch.Tensor]:

@@ -28,7 +28,14 @@ from diffuseg.core.runtime import (  # re-exported: diffuseg.training.loop.resol
 )
 from diffuseg.data import Dataset
 from diffuseg.data import files as dataset_files
-from diffuseg.data.loader import Example, InMemorySource, batch_at, load_examples, prepare_case
+from diffuseg.data.loader import (
+    Example,
+    InMemorySource,
+    batch_at,
+    every_rater,
+    load_examples,
+    prepare_case,
+)
 from diffuseg.data.preprocess import default_folder, is_current, preprocess
 from diffuseg.data.streaming import MmapSource, StepStream, should_stream
 from diffuseg.errors import ConfigError, TrainingDiverged, TrainingInterrupted
@@ -338,6 +345,8 @@ def train_step(run: Run, micro: list[dict], parts: range, step: int, signalled: 
         torch.manual_seed(seed)  # dropout and any other global-RNG draw
         generator = torch.Generator(device=run.device).manual_seed(seed)
         batch = {k: v.to(run.device) for k, v in batch.items()}
+        if "raters" in batch:  # data.rater_mode=all
+            batch = every_rater(batch)
         with autocast(run.device, run.dtype):
             out = run.method.loss(batch, generator=generator)
         (out["loss"] / run.micro).backward()
