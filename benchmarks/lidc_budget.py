@@ -40,9 +40,16 @@ one line per series (``--series`` at scoring, default the method name) with the 
 intervals as error bars and the references as horizontal lines, into ``--out`` (PNG), with the
 combined table beside it (``.md``). Runs scored on other slices or other clocks are refused.
 
+``compare BASE OTHER...`` reads the per-slice scores of ``WORK/<label>`` folders scored on the
+same slices with the same number of samples and reports, per other run, the **paired**
+difference to the base (other - base, per slice, then the patients' bootstrap of the mean
+difference): two levers scored on the same 600 slices differ by less than their separate
+intervals suggest, since the slices' difficulty is shared.
+
     python benchmarks/lidc_budget.py score --runs runs/ldseg_30 runs/flow_30 \\
         --dataset Dataset010_LIDC --cases 600 --work /tmp/lidc_budget --out /tmp/lidc_scores
     python benchmarks/lidc_budget.py curve /tmp/lidc_scores --out docs/lidc_learning_curves.png
+    python benchmarks/lidc_budget.py compare /tmp/lidc_budget/ldseg_30 /tmp/lidc_budget/flow_30
     python benchmarks/lidc_budget.py --quick   # the same code on a tiny phantom, seconds
 """
 
@@ -119,9 +126,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     c.add_argument("scores", type=Path, nargs="+", help="score JSON files or folders of them")
     c.add_argument("--out", type=Path, required=True, help="PNG (the table goes beside, .md)")
     c.add_argument("--target", type=float, help="a GED16 target drawn as a line (e.g. 0.25)")
+    d = sub.add_parser("compare", help="paired differences of runs scored on the same slices")
+    d.add_argument("base", type=Path, help="a WORK/<label> folder of 'score' (cases.jsonl)")
+    d.add_argument("others", type=Path, nargs="+", help="WORK/<label> folders to compare")
+    d.add_argument("--boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    d.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
     args = p.parse_args(argv)
     if args.command is None and not args.quick:
-        p.error("choose 'score' or 'curve' (or --quick)")
+        p.error("choose 'score', 'curve' or 'compare' (or --quick)")
     if args.command == "score":
         n = len(args.runs)
         for name in ("labels", "series"):
@@ -544,6 +556,56 @@ def curve(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# paired comparison
+
+
+def scored(folder: Path) -> tuple[dict[str, Any], dict[str, dict]]:
+    """``settings.json`` and the rows of ``cases.jsonl`` of a scored WORK/<label> folder."""
+    settings_path = folder / "settings.json"
+    if not settings_path.is_file():
+        raise DataError(f"'{folder}' holds no scores (no settings.json); give a WORK/<label> "
+                        "folder that 'lidc_budget.py score' wrote")
+    return json.loads(settings_path.read_text()), read_rows(folder / "cases.jsonl")
+
+
+def paired(base: dict[str, dict], other: dict[str, dict], cases: Sequence[str], key: str,
+           boot: PatientBootstrap) -> dict[str, Any]:
+    """The patients' bootstrap of the per-slice difference other - base of ``key`` (slices where
+    either is None are left out: Dice on an empty majority)."""
+    values = [None if base[c].get(key) is None or other[c].get(key) is None
+              else other[c][key] - base[c][key] for c in cases]
+    return boot.interval(values)
+
+
+def compare(args: argparse.Namespace) -> str:
+    """One markdown row per other run: its paired GED, HM-IoU and Dice differences to the base."""
+    settings, base = scored(args.base)
+    n = settings["samples"]
+    cases = list(base)
+    if len(cases) != settings["cases"]:
+        raise DataError(f"'{args.base}' is scored on {len(cases)} of {settings['cases']} slices; "
+                        "finish its scoring first (run 'score' again: it resumes)")
+    boot = PatientBootstrap([base[c]["patient"] for c in cases], args.boot, args.boot_seed)
+    lines = [f"| run - {args.base.name} | paired slices / patients | GED{n} diff [95% CI] | "
+             f"HM-IoU{n} diff [95% CI] | Dice diff, non-empty majority [95% CI] |",
+             "|---|---|---|---|---|"]
+    for folder in args.others:
+        theirs, rows = scored(folder)
+        same = {k: theirs.get(k) for k in ("cases_sha256", "samples", "seed")}
+        if same != {k: settings.get(k) for k in same} or set(rows) != set(cases):
+            raise DataError(f"'{folder}' is not scored on the same slices, samples and seed as "
+                            f"'{args.base}' ({same}); score both with the same --cases, "
+                            "--samples, --seed and validation fold")
+        ged = paired(base, rows, cases, f"ged_{n}", boot)
+        lines.append(f"| {folder.name} | {ged['slices']} / {ged['patients']} | {_ci(ged)} | "
+                     f"{_ci(paired(base, rows, cases, f'hm_iou_{n}', boot))} | "
+                     f"{_ci(paired(base, rows, cases, 'dice', boot))} |")
+    table = "\n".join(lines)
+    print(table)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
 # --quick: the same code on a tiny phantom
 
 
@@ -572,6 +634,8 @@ def main(argv: list[str] | None = None) -> Any:
     args = parse_args(argv)
     if args.quick:
         return quick(args.work)
+    if args.command == "compare":
+        return compare(args)
     return score(args) if args.command == "score" else curve(args)
 
 

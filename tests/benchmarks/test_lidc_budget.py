@@ -183,3 +183,45 @@ def test_a_run_whose_predict_uses_its_best_validation_is_labelled_with_that_step
         {"predict_uses": "ema_best.safetensors", "best": {"step": 4}}))
     assert bench.used_weights(run, state) == "ema_best (step 4 of 6)"
     assert state["train_steps"] == 4
+
+
+def scored_folder(folder: Path, values: dict[str, tuple[str, float, float, float | None]],
+                  sha: str = "s") -> Path:
+    """A WORK/<label> folder as 'score' writes it: case -> (patient, GED16, HM-IoU16, Dice)."""
+    folder.mkdir(parents=True)
+    (folder / "settings.json").write_text(json.dumps(
+        {"samples": 16, "seed": 0, "cases": len(values), "cases_sha256": sha}))
+    (folder / "cases.jsonl").write_text("".join(json.dumps(
+        {"case": c, "patient": p, "ged_16": g, "hm_iou_16": h, "dice": d}) + "\n"
+        for c, (p, g, h, d) in values.items()))
+    return folder
+
+
+def test_compare_reports_the_paired_difference_over_patients(tmp_path, capsys):
+    """Hand case: the other run is 0.1 lower in GED on every slice of patient A and equal on
+    B's, so the paired mean is -0.05 with every resample in [-0.1, 0]; Dice is compared only
+    where both have a value."""
+    base = scored_folder(tmp_path / "base", {
+        "a1": ("A", 0.5, 0.4, 0.6), "a2": ("A", 0.3, 0.5, None),
+        "b1": ("B", 0.9, 0.2, 0.1), "b2": ("B", 0.1, 0.8, 0.9)})
+    other = scored_folder(tmp_path / "other", {
+        "a1": ("A", 0.4, 0.4, 0.7), "a2": ("A", 0.2, 0.5, 0.5),
+        "b1": ("B", 0.9, 0.2, 0.1), "b2": ("B", 0.1, 0.8, 0.9)})
+    bench.main(["compare", str(base), str(other), "--boot", "500"])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "other" and cells[1] == "4 / 2"
+    mean, low, high = (float(x) for x in cells[2].replace("[", "").replace("]", "")
+                       .replace(",", "").split())
+    assert mean == pytest.approx(-0.05) and -0.1 <= low <= mean <= high <= 0.0
+    assert cells[3].startswith("0.000")  # HM-IoU unchanged
+    assert cells[4].startswith("0.033")  # Dice: (0.1 + 0 + 0) / 3 slices with both
+
+
+def test_compare_refuses_runs_scored_on_other_slices(tmp_path):
+    base = scored_folder(tmp_path / "base", {"a": ("A", 0.5, 0.4, 0.6)})
+    other = scored_folder(tmp_path / "other", {"a": ("A", 0.5, 0.4, 0.6)}, sha="t")
+    with pytest.raises(DataError, match="not scored on the same slices"):
+        bench.main(["compare", str(base), str(other)])
+    with pytest.raises(DataError, match="holds no scores"):
+        bench.main(["compare", str(base), str(tmp_path)])
