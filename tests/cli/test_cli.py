@@ -225,6 +225,21 @@ def test_train_steps_is_a_deprecated_alias(monkeypatch, capsys, tmp_path):
     assert_one_line_error(code, err, "--max-steps only")
 
 
+def test_a_flag_and_a_set_that_disagree_are_refused(monkeypatch, capsys, tmp_path):
+    """--max-steps 100000 with --set train.max_steps=3 trained 100000 steps without a word:
+    the flag used to win silently. The same value twice is fine."""
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path), "-o", str(tmp_path / "r"),
+                           "--max-steps", "100000", "--set", "train.max_steps=3")
+    assert_one_line_error(code, err, "--max-steps 100000", "train.max_steps=3", "disagree")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path), "-o", str(tmp_path / "r"),
+                           "--method", "ldseg", "--set", "method.name = ddpm")
+    assert_one_line_error(code, err, "--method ldseg", "method.name=ddpm")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path / "nope"), "-o",
+                           str(tmp_path / "r"), "--minutes", "30", "--set",
+                           "train.max_minutes=30")
+    assert_one_line_error(code, err, "nope")  # agreeing (30 = 30.0): on to the dataset check
+
+
 def test_export_format(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "export", str(tmp_path), "--format", "tflite")
     assert_one_line_error(code, err, "--format tflite", "onnx")

@@ -78,9 +78,15 @@ def train_command(
         warn(f"'train --steps' is deprecated (it counts optimiser steps); use --max-steps {steps}")
         max_steps = steps
     extra = list(overrides or [])
-    for key, value in (("method.name", method), ("train.max_steps", max_steps),
-                       ("train.max_minutes", minutes), ("train.device", device)):
+    given = {o.split("=", 1)[0].strip(): o.split("=", 1)[1].strip() for o in extra if "=" in o}
+    for key, flag, value in (("method.name", "--method", method),
+                             ("train.max_steps", "--max-steps", max_steps),
+                             ("train.max_minutes", "--minutes", minutes),
+                             ("train.device", "--device", device)):
         if value is not None:
+            if key in given and not _same(given[key], value):
+                raise ConfigError(f"{flag} {value} and --set {key}={given[key]} disagree; "
+                                  "give one of them")
             extra.append(f"{key}={value}")
     run_plan = None
     if resume:
@@ -116,6 +122,14 @@ def train_command(
     verdict = read_verdict(run)
     if verdict is not None:
         typer.echo(verdict["line"])
+
+
+def _same(text: str, value: object) -> bool:
+    """A ``--set`` value and a flag's value agree (numbers by value: 30 and 30.0)."""
+    try:
+        return float(text) == float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return text == str(value)
 
 
 @command("demo")
