@@ -90,11 +90,11 @@ def test_cpu_plan_picks_the_measured_method_for_large_multi_rater_2d_data():
     lidc = fp(2, [128, 128], n=2256, raters=4)
     plan = make_plan(".", "auto", hardware=CPU2, fp=lidc)
     assert plan.values["method"]["name"] == "ldseg"
-    assert plan.values["network"]["channels"] == [16, 32, 64]
+    assert plan.values["network"]["channels"] == [32, 64, 128]
     assert plan.values["train"]["val_cases"] == 32
     assert "benchmarks/RESULTS.md" in plan.reasons["method.name"]
     config = build_config(None, [], dataset=None, plan=plan)
-    assert (config.method.name, config.network.channels) == ("ldseg", (16, 32, 64))
+    assert (config.method.name, config.network.channels) == ("ldseg", (32, 64, 128))
     assert build_config(None, ["method.name=ddpm"], dataset=None, plan=plan).method.name == "ddpm"
     for other in (make_plan(".", "auto", hardware=CPU2, fp=lidc, method="ddpm"),
                   make_plan(".", "auto", hardware=GPU, fp=lidc),
