@@ -16,6 +16,8 @@ records the sampler and steps run), scored in memory with the evaluator's code
   diversity must beat);
 - the trivial references on the same slices (``diffuseg.evaluation.references``): always empty,
   and the raters' majority drawn 16 times (a perfect one-mask segmenter);
+- where the GED comes from: the same GED and the majority reference per number of raters who
+  marked the slice (0 .. R; ``raters_marked`` of each row), and each group's share of the mean;
 - 95 % intervals by a bootstrap over **patients** (``--boot`` resamples, seeded by ``--boot-seed``;
   each resample draws as many patients as were scored, with replacement, and averages over all
   the slices of the drawn patients; patients from dataset.json "groups", a case without a group
@@ -277,8 +279,22 @@ def score_case(predictor: Predictor, case, n: int, steps: int | None, seed: int
     own = repeated_mask_scores(consensus, data.raters, labels, n)[f"ged_{n}"]
     return {"case": case.case_id, "patient": case.group, "seconds": seconds,
             **set_scores(samples, consensus, data.raters, labels, n),
-            "own_consensus_ged": own,
+            "own_consensus_ged": own, "raters_marked": raters_marked(data.raters),
             "references": reference_scores(data.raters, labels, n)}
+
+
+def raters_marked(raters: np.ndarray) -> int:
+    """How many raters marked any foreground on the slice (0 .. R)."""
+    return int(sum(np.asarray(r).any() for r in raters))
+
+
+def with_raters_marked(rows: dict[str, dict], dataset: Dataset, path: Path) -> None:
+    """Fill ``raters_marked`` into rows scored before it was recorded (rewrites cases.jsonl)."""
+    old = [c for c, row in rows.items() if "raters_marked" not in row]
+    for case_id in old:
+        rows[case_id]["raters_marked"] = raters_marked(dataset.case(case_id).load().raters)
+    if old:
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows.values()))
 
 
 def read_rows(path: Path) -> dict[str, dict]:
@@ -320,6 +336,7 @@ def score_run(run: Path, label: str, dataset: Dataset, cases: Sequence[str],
                             "that folder")
         write_json_atomic(recorded, settings)
         rows = read_rows(folder / "cases.jsonl")
+        with_raters_marked(rows, dataset, folder / "cases.jsonl")
         todo = [c for c in cases if c not in rows]
         with open(folder / "cases.jsonl", "a") as stream, \
                 Progress(f"score {label}", len(cases), unit="slices",
@@ -376,9 +393,23 @@ def summarise(rows: Sequence[dict], n: int, n_boot: int, seed: int) -> dict[str,
 
     metrics = block(lambda r: r)
     metrics["own_consensus_ged"] = boot.interval([r["own_consensus_ged"] for r in rows])
-    return {"metrics": metrics,
+    return {"metrics": metrics, "by_raters_marked": by_raters_marked(rows, n, boot),
             "references": {name: block(lambda r, k=name: r["references"][k])
                            for name in REFERENCES}}
+
+
+def by_raters_marked(rows: Sequence[dict], n: int, boot: PatientBootstrap) -> dict[str, Any]:
+    """Where the GED comes from: per number of raters who marked the slice, the run's GED and the
+    raters' majority x n reference on those slices (patients' bootstrap), and the share of the
+    run's mean GED over all slices that those slices carry (their GED sum / all slices)."""
+    key, out = f"ged_{n}", {}
+    for k in sorted({r["raters_marked"] for r in rows}):
+        mine = [r[key] if r["raters_marked"] == k else None for r in rows]
+        ref = [r["references"]["majority_repeated"][key] if r["raters_marked"] == k else None
+               for r in rows]
+        out[str(k)] = {key: boot.interval(mine), "majority_repeated": boot.interval(ref),
+                       "share": float(sum(v for v in mine if v is not None) / len(rows))}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +453,30 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
         cells = [name, "-", "-", "-", f"{values['ged_16']:.3f}", f"{values['hm_iou_16']:.3f}",
                  "-", "-", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + [""] + provenance(results))
+    return "\n".join(lines + [""] + rater_table(results) + [""] + provenance(results))
+
+
+def rater_table(results: Sequence[dict[str, Any]]) -> list[str]:
+    """GED by how many raters marked the slice: the run's mean (the majority x n reference in
+    brackets) and that group's share of the run's mean GED."""
+    n = results[0]["settings"]["samples"]
+    groups = sorted({k for r in results for k in r.get("by_raters_marked", {})}, key=int)
+    if not groups:
+        return []
+    first = results[0]["by_raters_marked"]
+    head = ["run"] + [f"{k} of the raters marked (n={first[k][f'ged_{n}']['slices']})"
+                      if k in first else f"{k} marked" for k in groups]
+    lines = [f"GED{n} by how many raters marked the slice: run (raters' majority x{n}) / share "
+             f"of the run's GED{n}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r["label"]]
+        for k in groups:
+            g = r.get("by_raters_marked", {}).get(k)
+            cells.append("-" if g is None else
+                         f"{g[f'ged_{n}']['mean']:.3f} ({g['majority_repeated']['mean']:.3f}) / "
+                         f"{g['share']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def provenance(results: Sequence[dict[str, Any]]) -> list[str]:

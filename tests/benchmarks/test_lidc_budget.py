@@ -90,9 +90,15 @@ def test_quick_writes_scores_table_and_curve(quick):
     # a one-mask U-Net draws the same mask 16 times: its GED is its consensus repeated
     unet = scores["unet_6"]["metrics"]
     assert unet["ged_16"]["mean"] == pytest.approx(unet["own_consensus_ged"]["mean"])
+    for result in scores.values():  # the groups by raters who marked partition the slices
+        groups = result["by_raters_marked"].values()
+        assert sum(g["ged_16"]["slices"] for g in groups) == result["metrics"]["ged_16"]["slices"]
+        assert sum(g["share"] for g in groups) == pytest.approx(result["metrics"]["ged_16"]["mean"])
     table = (quick / "scores" / "table.md").read_text().splitlines()
-    # header, rule, runs, references (no published rows: a phantom), blank, provenance
-    assert len(table) == 2 + 4 + 2 + 1 + 4
+    # header, rule, runs, references (no published rows: a phantom), blank, the table by raters
+    # who marked (caption, blank, header, rule, runs), blank, provenance
+    assert len(table) == 2 + 4 + 2 + 1 + (4 + 4) + 1 + 4
+    assert table[9].startswith("GED16 by how many raters marked the slice")
     assert table[-1].startswith("- unet_6: weights ema_best (step 6 of 6),")  # predict's
     assert (quick / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (quick / "curves.md").read_text().splitlines() == table
@@ -136,10 +142,17 @@ def test_a_killed_scoring_resumes_and_other_settings_are_refused(quick, tmp_path
     full = json.loads((work / "ddpm_6" / "score.json").read_text())
     stream = work / "ddpm_6" / "cases.jsonl"
     lines = stream.read_text().splitlines()
-    stream.write_text(lines[0] + "\n" + lines[1][:20])  # killed while writing the second line
+    first = json.loads(lines[0])
+    del first["raters_marked"]  # a row scored before the count was recorded
+    stream.write_text(json.dumps(first) + "\n" + lines[1][:20])  # killed writing the second line
     again = bench.main(score_args(quick, tmp_path / "work"))[0]
     assert again["metrics"] == full["metrics"]
-    assert len(stream.read_text().splitlines()) == len(lines)
+    assert again["by_raters_marked"] == full["by_raters_marked"]
+    def timeless(rows: list[str]) -> list[dict]:
+        return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in rows]
+
+    # the count filled in from the dataset, the rest rescored as before
+    assert timeless(stream.read_text().splitlines()) == timeless(lines)
     with pytest.raises(DataError, match="other settings"):
         bench.main(score_args(quick, tmp_path / "work", "--samples", "8"))
 
@@ -216,6 +229,23 @@ def test_compare_reports_the_paired_difference_over_patients(tmp_path, capsys):
     assert mean == pytest.approx(-0.05) and -0.1 <= low <= mean <= high <= 0.0
     assert cells[3].startswith("0.000")  # HM-IoU unchanged
     assert cells[4].startswith("0.033")  # Dice: (0.1 + 0 + 0) / 3 slices with both
+
+
+def test_ged_by_raters_who_marked_hand_case():
+    """Three slices: two marked by 1 rater (GED 0.2, 0.4; majority ref 0.1, 0.3), one by all 4
+    (GED 0.9, ref 0.2), one patient each: means 0.3 / 0.9, refs 0.2 / 0.2, shares of the mean
+    GED (0.5) 0.6 / 3 = 0.2 and 0.9 / 3 = 0.3."""
+    rows = [{"patient": p, "raters_marked": k, "ged_16": g,
+             "references": {"majority_repeated": {"ged_16": ref}}}
+            for p, k, g, ref in (("A", 1, 0.2, 0.1), ("B", 1, 0.4, 0.3), ("C", 4, 0.9, 0.2))]
+    boot = bench.PatientBootstrap([r["patient"] for r in rows], 200, 0)
+    out = bench.by_raters_marked(rows, 16, boot)
+    assert set(out) == {"1", "4"}
+    assert out["1"]["ged_16"]["mean"] == pytest.approx(0.3) and out["1"]["ged_16"]["slices"] == 2
+    assert out["1"]["majority_repeated"]["mean"] == pytest.approx(0.2)
+    assert out["1"]["share"] == pytest.approx(0.2) and out["4"]["share"] == pytest.approx(0.3)
+    assert out["4"]["ged_16"]["ci95"] == [pytest.approx(0.9), pytest.approx(0.9)]
+    assert bench.raters_marked(np.array([[[0, 1]], [[0, 0]], [[2, 0]]])) == 2
 
 
 def test_compare_refuses_runs_scored_on_other_slices(tmp_path):
