@@ -463,7 +463,8 @@ def rater_table(results: Sequence[dict[str, Any]]) -> list[str]:
     groups = sorted({k for r in results for k in r.get("by_raters_marked", {})}, key=int)
     if not groups:
         return []
-    first = results[0]["by_raters_marked"]
+    # slice counts from the first run that has the split (score JSONs of older versions lack it)
+    first = next(r["by_raters_marked"] for r in results if r.get("by_raters_marked"))
     head = ["run"] + [f"{k} of the raters marked (n={first[k][f'ged_{n}']['slices']})"
                       if k in first else f"{k} marked" for k in groups]
     lines = [f"GED{n} by how many raters marked the slice: run (raters' majority x{n}) / share "

@@ -101,6 +101,10 @@ def test_quick_writes_scores_table_and_curve(quick):
     assert table[9].startswith("GED16 by how many raters marked the slice")
     assert table[-1].startswith("- unet_6: weights ema_best (step 6 of 6),")  # predict's
     assert (quick / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a score JSON of an older version (no split by raters) leads the table: a dash, no error
+    older = {k: v for k, v in scores["ddpm_3"].items() if k != "by_raters_marked"}
+    rows = bench.rater_table([older, scores["unet_6"]])
+    assert rows[4].startswith("| ddpm_3 | - |") and rows[5].startswith("| unet_6 | ")
     assert (quick / "curves.md").read_text().splitlines() == table
 
 
